@@ -1,0 +1,131 @@
+"""The `capsync` command line: run the agent, validate a config, inspect capture files.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (bad config, unreadable file, bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from actors.agent import Agent
+from actors.status_line import status_line
+from runtime.capture_file import CaptureFormatError, contents_as_json_lines
+from runtime.config import ConfigError, load_config
+from runtime.logs import configure_logging
+
+log = logging.getLogger("capsync.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `capsync` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="capsync", description="Capture robot data and sync it to the cloud.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent on a config until SIGINT/SIGTERM")
+    run.add_argument("config", type=Path)
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--status-interval", type=float, default=30.0, metavar="SECS",
+                     help="log a status line this often (0: never)")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a config; exit 0 if good, 2 with every problem if not")
+    val.add_argument("config", type=Path, nargs="+")
+    val.set_defaults(func=cmd_validate)
+
+    ins = sub.add_parser("inspect", help="print capture files as JSON lines (header, then records)")
+    ins.add_argument("files", type=Path, nargs="+")
+    ins.add_argument("--payload", action="store_true", help="include binary payloads (base64)")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`capsync validate CONFIG...`: print every problem with its JSON path."""
+    code = EXIT_OK
+    for path in args.config:
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(f"{path}: invalid", file=sys.stderr)
+            for issue in exc.issues:
+                print(f"  {issue}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+            continue
+        plans = cfg.capture_plan()
+        print(f"{path}: ok ({len(plans)} capture method{'s' if len(plans) != 1 else ''} enabled)")
+    return code
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """`capsync inspect FILE...`: header and records as JSON lines; damage is reported, not fatal."""
+    code = EXIT_OK
+    for path in args.files:
+        try:
+            for line in contents_as_json_lines(path, include_payload=args.payload):
+                print(line)
+        except (CaptureFormatError, OSError) as exc:
+            print(f"capsync inspect: {exc}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`capsync run CONFIG`: capture until SIGINT/SIGTERM, then finish every open file and exit 0."""
+    configure_logging(args.log_format, args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            log.error("invalid config", extra={"config": str(args.config), "where": issue.path,
+                                               "problem": issue.message})
+        return EXIT_BAD_INPUT
+    agent = Agent(config)
+    try:
+        trio.run(_run_until_signal, agent, args.status_interval)
+    except Exception:
+        log.exception("agent failed")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _run_until_signal(agent: Agent, status_interval: float) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            if status_interval > 0:
+                nursery.start_soon(_log_status, agent, status_interval)
+            async for signum in signals:
+                log.info("stopping: finishing open capture files", extra={"signal": signal.Signals(signum).name})
+                nursery.cancel_scope.cancel()
+                break
+    stats = agent.statistics()
+    log.info("stopped", extra={"captured": stats.captured, "failed": stats.failed,
+                               "files": stats.files_finished, "bytes": stats.bytes_written})
+
+
+async def _log_status(agent: Agent, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        log.info(status_line(agent.statistics()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

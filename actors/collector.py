@@ -1,0 +1,291 @@
+"""The collector: captures one capture method of one resource at a fixed rate into capture files.
+
+One collector runs per enabled capture method. Tick k is scheduled at `start + k / f` (no drift).
+A tick that starts late is performed and counted as late; ticks that were missed entirely (the
+previous call overran a whole period) are counted as missed, and the schedule stays on its grid.
+A resource call that raises or times out is logged (once per change of error) and counted; the
+collector keeps its schedule. Files finish by size, by age, on request (sync pass) and at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+from runtime.config import CaptureMethodPlan
+from runtime.logs import StateChangeLog
+from runtime.resources.methods import DataKind
+from runtime.resources.registry import Binary, Resource
+from runtime.wallclock import WallClock
+
+log = logging.getLogger("capsync.collector")
+
+#: A tick is late when it starts more than this share of its period after its scheduled time.
+LATE_SHARE = 0.1
+#: ... but never counts as late below this many seconds (scheduler jitter at very high rates).
+LATE_FLOOR_S = 0.002
+#: How long finishing the open file may block at shutdown before the .prog is left for recovery.
+FINISH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """Where and how a collector writes: the capture dir, part identity and file limits."""
+
+    capture_dir: Path
+    part_id: str
+    tags: tuple[str, ...] = ()
+    max_file_bytes: int = 64 * 1024
+    max_binary_file_bytes: int = 0  # 0: one binary capture per file
+    max_file_age_s: float = 60.0
+    fsync_interval_s: float = 1.0
+    resource_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class CollectorStats:
+    """A snapshot of one collector's counters, for `capsync status` and tests."""
+
+    name: str
+    target_hz: float
+    captured: int
+    failed: int
+    late_ticks: int
+    missed_ticks: int
+    max_lateness_s: float
+    files_finished: int
+    bytes_written: int
+    open_file: str | None
+    last_error: str | None
+
+
+def collector_name(plan: CaptureMethodPlan) -> str:
+    """The actor name of the collector for `plan`, e.g. `collector board/b/Analogs(reader_name=A1)`."""
+    r = plan.resource
+    where = f"{r.remote}:" if r.remote else ""
+    params = ",".join(f"{k}={v}" for k, v in sorted(plan.params.items()))
+    return f"collector {where}{r.type}/{r.name}/{plan.method}" + (f"({params})" if params else "")
+
+
+class Collector:
+    """Captures `plan.method` of `resource` at `plan.frequency_hz` into capture files.
+
+    `on_tabular` (optional) is handed every tabular reading after it was written to the capture
+    file; the MongoDB sink uses it. It must not block.
+    """
+
+    def __init__(
+        self,
+        plan: CaptureMethodPlan,
+        resource: Resource,
+        settings: CollectorSettings,
+        wall: WallClock,
+        on_tabular: Callable[[CaptureHeader, CaptureRecord], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.name = collector_name(plan)
+        self._resource = resource
+        self._settings = settings
+        self._wall = wall
+        self._on_tabular = on_tabular
+        self._period = self._grid_period = 1.0 / plan.frequency_hz
+        self._regrid = False
+        self._last_fsync = 0.0
+        self._writer: CaptureWriter | None = None
+        self._finish_requested = False
+        self._errors = StateChangeLog(log)
+        self._captured = self._failed = self._late = self._missed = 0
+        self._files_finished = self._bytes = 0
+        self._max_lateness = 0.0
+        self._last_error: str | None = None
+        self._wake = trio.Event()
+        #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
+        self.lateness_samples: list[float] | None = None
+
+    # -- control -------------------------------------------------------------------------
+
+    def set_frequency(self, hz: float) -> None:
+        """Change the capture rate; it takes effect at the next tick and keeps the open file."""
+        if hz <= 0:
+            raise ValueError(f"capture frequency must be > 0 Hz, not {hz}")
+        self._period = 1.0 / hz
+        self._regrid = True
+        self.plan = replace(self.plan, frequency_hz=hz)
+        self._wake.set()
+
+    def request_finish(self) -> None:
+        """Ask the collector to finish its open file (it is then ready to sync)."""
+        self._finish_requested = True
+        self._wake.set()
+
+    def statistics(self) -> CollectorStats:
+        """Counters since this collector started."""
+        return CollectorStats(
+            name=self.name,
+            target_hz=self.plan.frequency_hz,
+            captured=self._captured,
+            failed=self._failed,
+            late_ticks=self._late,
+            missed_ticks=self._missed,
+            max_lateness_s=self._max_lateness,
+            files_finished=self._files_finished,
+            bytes_written=self._bytes,
+            open_file=str(self._writer.path) if self._writer else None,
+            last_error=self._last_error,
+        )
+
+    # -- the actor -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Capture until cancelled, then finish the open file (shielded, time-bounded)."""
+        start, k = trio.current_time(), 0
+        task_status.started()
+        try:
+            while True:
+                if self._regrid:  # new rate: the next tick is one new period after the last one
+                    self._regrid = False
+                    if k > 0:
+                        start, k = start + (k - 1) * self._grid_period, 1
+                    self._grid_period = self._period
+                due = start + k * self._grid_period
+                await self._sleep_until(due)
+                now = trio.current_time()
+                if now < due or self._regrid:  # woken early: control request or file-age deadline
+                    self._maybe_finish(now)
+                    continue
+                lateness = now - due
+                if lateness >= self._grid_period:  # whole periods passed: those ticks are missed
+                    skipped = int(lateness // self._grid_period)
+                    self._missed += skipped
+                    k += skipped
+                    due = start + k * self._grid_period
+                    lateness = now - due
+                if lateness > max(LATE_FLOOR_S, LATE_SHARE * self._grid_period):
+                    self._late += 1
+                self._max_lateness = max(self._max_lateness, lateness)
+                if self.lateness_samples is not None:
+                    self.lateness_samples.append(lateness)
+                await self._capture_once(due)
+                self._maybe_finish(trio.current_time())
+                await self._maybe_fsync()
+                k += 1
+        finally:
+            with trio.move_on_after(FINISH_TIMEOUT_S, shield=True) as scope:
+                self._finish_file()
+            if scope.cancelled_caught:
+                log.error("could not finish capture file in time; it will be recovered at next start",
+                          extra={"actor": self.name})
+
+    async def _sleep_until(self, due: float) -> None:
+        deadline = due
+        if self._writer is not None and math.isfinite(self._settings.max_file_age_s):
+            deadline = min(deadline, self._writer.opened_at + self._settings.max_file_age_s)
+        if self._finish_requested or self._regrid:
+            return
+        self._wake = trio.Event()
+        with trio.move_on_at(deadline):
+            await self._wake.wait()
+
+    async def _capture_once(self, due: float) -> None:
+        requested_ns = self._wall.ns_at(due)
+        try:
+            with trio.fail_after(self._settings.resource_timeout_s):
+                result = await self._resource.capture(self.plan.method, self.plan.params)
+        except trio.TooSlowError:
+            self._count_failure(f"timed out after {self._settings.resource_timeout_s:g} s")
+            return
+        except Exception as exc:  # a resource error is data about the robot, not a bug in us
+            self._count_failure(f"{type(exc).__name__}: {exc}")
+            return
+        received_ns = self._wall.now_ns()
+        self._errors.ok(self.name, "capture works again", actor=self.name)
+        if self.plan.kind is DataKind.TABULAR:
+            if not isinstance(result, dict):
+                self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
+                return
+            record = CaptureRecord(requested_ns, received_ns, result)
+            header = self._write(record, "")
+            if self._on_tabular is not None:
+                self._on_tabular(header, record)
+        else:
+            images = result if isinstance(result, list) else [result]
+            if not images or not all(isinstance(b, Binary) for b in images):
+                self._count_failure("resource returned no binary data")
+                return
+            for img in images:
+                self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata), img.mime_type)
+            if self._settings.max_binary_file_bytes <= 0:
+                self._finish_file()
+        self._captured += 1
+
+    def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader:
+        if self._writer is None:
+            self._writer = CaptureWriter.create(
+                self._settings.capture_dir,
+                self._header(mime_type),
+                fsync_interval_s=math.inf,  # fsync happens off the event loop, in _maybe_fsync
+                clock=trio.current_time,
+            )
+        self._bytes += self._writer.append(record)
+        return self._writer.header
+
+    def _header(self, mime_type: str) -> CaptureHeader:
+        r = self.plan.resource
+        metadata: dict = {}
+        if self.plan.retention_policy:
+            metadata["retention_policy"] = self.plan.retention_policy
+        if r.remote:
+            metadata["remote_part"] = r.remote
+        return CaptureHeader(
+            file_id=new_file_id(),
+            part_id=self._settings.part_id,
+            resource_type=r.type,
+            resource_name=r.name,
+            method=self.plan.method,
+            params=dict(self.plan.params),
+            tags=tuple(self._settings.tags),
+            kind=self.plan.kind,
+            mime_type=mime_type,
+            metadata=metadata,
+            created_ns=self._wall.now_ns(),
+        )
+
+    def _maybe_finish(self, now: float) -> None:
+        w = self._writer
+        if w is None:
+            self._finish_requested = False
+            return
+        limit = self._settings.max_file_bytes if self.plan.kind is DataKind.TABULAR else self._settings.max_binary_file_bytes
+        if (
+            self._finish_requested
+            or (limit > 0 and w.size_bytes >= limit)
+            or now - w.opened_at >= self._settings.max_file_age_s
+        ):
+            self._finish_file()
+
+    async def _maybe_fsync(self) -> None:
+        w = self._writer
+        now = trio.current_time()
+        if w is not None and now - self._last_fsync >= self._settings.fsync_interval_s:
+            self._last_fsync = now
+            await trio.to_thread.run_sync(w.sync)
+
+    def _finish_file(self) -> None:
+        self._finish_requested = False
+        w, self._writer = self._writer, None
+        if w is None:
+            return
+        path = w.finish()
+        self._files_finished += 1
+        log.debug("capture file finished", extra={"actor": self.name, "path": str(path), "records": w.record_count})
+
+    def _count_failure(self, reason: str) -> None:
+        self._failed += 1
+        self._last_error = reason
+        self._errors.fail(self.name, "capture failed", actor=self.name, error=reason)

@@ -1,0 +1,101 @@
+"""Structured logging for the agent and the cloud: one line per event, as JSON or as readable text.
+
+Callers log with the standard `logging` module and pass fields through `extra`, e.g.
+``log.info("file finished", extra={"actor": name, "path": str(p), "records": n})``;
+the formatters here print every such field, so logs stay greppable and machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+# Attributes every LogRecord has; anything else on a record came from `extra`.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a caller attached to `record` through `extra`."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    t = time.gmtime(record.created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object: ts, level, logger, msg, then the extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(record_fields(record))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Formats a record as `ts LEVEL logger: msg key=value ...` for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in record_fields(record).items())
+        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if fields:
+            line += " " + fields
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return json.dumps(s) if (" " in s or not s) else s
+
+
+def configure_logging(fmt: str = "text", level: str | int = "INFO", stream: TextIO | None = None) -> None:
+    """Send all `capsync.*` and root logs to `stream` (stderr by default) in format `fmt` (text or json)."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+
+
+class StateChangeLog:
+    """Logs a condition once when it starts and once when it clears, instead of on every occurrence.
+
+    Used for errors that repeat at capture rate (a resource that keeps failing, a full disk):
+    the log shows each change of state, and the counters in `statistics()` show the volume.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._active: dict[str, str] = {}
+
+    def fail(self, key: str, message: str, **fields: Any) -> bool:
+        """Report that `key` is failing with `message`; logs only if that is new. Returns True if logged."""
+        if self._active.get(key) == message:
+            return False
+        self._active[key] = message
+        self._logger.warning(message, extra=fields)
+        return True
+
+    def ok(self, key: str, message: str, **fields: Any) -> bool:
+        """Report that `key` works again; logs `message` only if it was failing. Returns True if logged."""
+        if self._active.pop(key, None) is None:
+            return False
+        self._logger.info(message, extra=fields)
+        return True
