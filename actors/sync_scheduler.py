@@ -1,0 +1,242 @@
+"""The sync scheduler: every `sync_interval_mins` (or on request), uploads every ready file.
+
+A pass first asks the collectors to finish their open files, then finds the ready files (oldest
+first) and uploads them, at most `maximum_num_sync_threads` at a time and never two at once for
+one file. Each file that fails backs off on its own: about 1 s, doubling, capped at one hour
+(then hourly), without holding up other files. When the cloud is unreachable the rest of the
+pass is skipped (the files not tried keep their schedule), and that is logged once per change of
+state. A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported.
+Capture never waits for sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import trio
+
+from actors.uploader import upload_file
+from runtime.backoff import Backoff
+from runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
+from runtime.logs import StateChangeLog
+from runtime.sync_files import SyncFile, find_ready_files, set_aside
+
+log = logging.getLogger("capsync.sync")
+
+#: Per-file retry schedule, as documented: exponential up to one hour, then hourly.
+FILE_BACKOFF = Backoff(initial=1.0, factor=2.0, cap=3600.0, jitter=0.1)
+#: How long a pass waits for collectors to finish their open files before going on without them.
+FINISH_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one sync pass did."""
+
+    started_ns: int
+    duration_s: float
+    uploaded: int
+    bytes_sent: int
+    failed: int
+    waiting: int  # ready files skipped because they are backing off or the cloud is down
+    cloud_error: str | None
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        s = f"uploaded {self.uploaded} files ({self.bytes_sent} bytes), {self.failed} failed, {self.waiting} waiting"
+        return s + (f"; cloud unavailable: {self.cloud_error}" if self.cloud_error else "")
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """A snapshot of sync for `capsync status`, the demo and tests."""
+
+    cloud_url: str
+    backlog_files: int
+    backlog_bytes: int
+    in_flight: int
+    files_synced: int
+    bytes_sent: int
+    set_aside: int
+    passes: int
+    last_pass: PassResult | None
+    cloud_error: str | None
+
+
+@dataclass
+class _Retry:
+    attempts: int = 0
+    not_before: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class SyncScheduler:
+    """Runs sync passes for one agent against one cloud.
+
+    `capture_dirs` returns the dirs to look in (the current capture dir and any earlier ones that
+    still hold data); `finish_open_files` asks every collector to finish its open file.
+    """
+
+    def __init__(
+        self,
+        client: CloudClient,
+        *,
+        capture_dirs: Callable[[], list[Path]],
+        sync_paths: list[Path],
+        interval_s: float,
+        max_uploads: int,
+        finish_open_files: Callable[[], Awaitable[None]] | None = None,
+        wall_time: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._capture_dirs = capture_dirs
+        self._sync_paths = sync_paths
+        self.interval_s = interval_s
+        self._limiter = trio.CapacityLimiter(max(1, max_uploads))
+        self._finish_open_files = finish_open_files
+        self._wall_time = wall_time
+        self._retries: dict[Path, _Retry] = {}
+        self._in_flight: set[Path] = set()
+        self._cloud_log = StateChangeLog(log)
+        self._cloud_error: str | None = None
+        self._trigger = trio.Event()
+        self._pass_done = trio.Event()
+        self._passes = self._synced = self._bytes = self._set_aside = 0
+        self._last: PassResult | None = None
+        self._backlog = (0, 0)
+
+    def set_max_uploads(self, n: int) -> None:
+        """Change how many files upload at once; applies from the next upload started."""
+        self._limiter.total_tokens = max(1, n)
+
+    async def sync_now(self) -> PassResult:
+        """Run a pass as soon as possible and return its result once it has finished."""
+        done = self._pass_done
+        self._trigger.set()
+        await done.wait()
+        assert self._last is not None
+        return self._last
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run a pass every `interval_s` (and whenever asked) until cancelled."""
+        task_status.started()
+        try:
+            while True:
+                with trio.move_on_after(self.interval_s):
+                    await self._trigger.wait()
+                self._trigger = trio.Event()
+                done, self._pass_done = self._pass_done, trio.Event()
+                self._last = await self._pass()
+                done.set()
+        finally:
+            with trio.move_on_after(2, shield=True):
+                await self._client.aclose()
+
+    def statistics(self) -> SyncStats:
+        """Counters since start, and the backlog seen by the last pass."""
+        return SyncStats(
+            cloud_url=self._client.base_url,
+            backlog_files=self._backlog[0],
+            backlog_bytes=self._backlog[1],
+            in_flight=len(self._in_flight),
+            files_synced=self._synced,
+            bytes_sent=self._bytes,
+            set_aside=self._set_aside,
+            passes=self._passes,
+            last_pass=self._last,
+            cloud_error=self._cloud_error,
+        )
+
+    async def _pass(self) -> PassResult:
+        started_ns, t0 = time.time_ns(), trio.current_time()
+        if self._finish_open_files is not None:
+            with trio.move_on_after(FINISH_WAIT_S):
+                await self._finish_open_files()
+        capture_dirs = self._capture_dirs()
+        ready = await trio.to_thread.run_sync(find_ready_files, capture_dirs, self._sync_paths, self._wall_time())
+        self._backlog = (len(ready), sum(f.size for f in ready))
+        self._retries = {p: r for p, r in self._retries.items() if p.exists()}
+        now = trio.current_time()
+        due = [f for f in ready if f.path not in self._in_flight and self._retries.get(f.path, _Retry()).not_before <= now]
+        counts = {"uploaded": 0, "bytes": 0, "failed": 0}
+        outage = trio.Event()
+        pass_error: list[str] = []
+        async with trio.open_nursery() as nursery:
+            for f in due:
+                await self._limiter.acquire_on_behalf_of(f.path)
+                if outage.is_set():
+                    self._limiter.release_on_behalf_of(f.path)
+                    break
+                self._in_flight.add(f.path)
+                nursery.start_soon(self._upload_one, f, capture_dirs, counts, outage, pass_error)
+        result = PassResult(
+            started_ns=started_ns,
+            duration_s=trio.current_time() - t0,
+            uploaded=counts["uploaded"],
+            bytes_sent=counts["bytes"],
+            failed=counts["failed"],
+            waiting=len(ready) - counts["uploaded"] - counts["failed"],
+            cloud_error=pass_error[0] if pass_error else None,
+        )
+        self._passes += 1
+        if result.uploaded or result.failed:
+            log.info("sync pass", extra={"result": result.summary()})
+        return result
+
+    async def _upload_one(self, f: SyncFile, capture_dirs: list[Path], counts: dict, outage: trio.Event,
+                          pass_error: list[str]) -> None:
+        try:
+            result = await upload_file(self._client, f)
+        except CloudUnavailable as exc:
+            self._note_failure(f, str(exc))
+            counts["failed"] += 1
+            self._cloud_error = str(exc)
+            pass_error.append(str(exc))
+            outage.set()
+            self._cloud_log.fail("cloud", "cloud unavailable; backing off", cloud=self._client.base_url, error=str(exc))
+        except UploadRejected as exc:
+            counts["failed"] += 1
+            self._reject(f, capture_dirs, str(exc))
+        except (OSError, ValueError) as exc:  # local trouble with this file: retry it later
+            counts["failed"] += 1
+            self._note_failure(f, f"{type(exc).__name__}: {exc}")
+            log.warning("could not upload file; will retry", extra={"path": str(f.path), "error": str(exc)})
+        else:
+            counts["uploaded"] += 1
+            counts["bytes"] += result.bytes_sent
+            self._synced += 1
+            self._bytes += result.bytes_sent
+            self._retries.pop(f.path, None)
+            self._cloud_error = None
+            self._cloud_log.ok("cloud", "cloud reachable again", cloud=self._client.base_url)
+        finally:
+            self._in_flight.discard(f.path)
+            self._limiter.release_on_behalf_of(f.path)
+
+    def _note_failure(self, f: SyncFile, error: str) -> None:
+        r = self._retries.setdefault(f.path, _Retry())
+        delay = FILE_BACKOFF.delay(r.attempts)
+        r.attempts += 1
+        r.not_before = trio.current_time() + delay
+        r.errors = (r.errors + [error])[-3:]
+
+    def _reject(self, f: SyncFile, capture_dirs: list[Path], error: str) -> None:
+        home = f.root if f.root in capture_dirs else (capture_dirs[0] if capture_dirs else None)
+        if home is None:
+            self._note_failure(f, error)
+            return
+        dest = set_aside(f, home)
+        self._set_aside += 1
+        self._retries.pop(f.path, None)
+        log.error("cloud refused file for good; moved aside", extra={"path": str(f.path), "moved_to": str(dest),
+                                                                     "error": error})
+
+
+def interval_from_minutes(minutes: float) -> float:
+    """Seconds between passes for a `sync_interval_mins` value."""
+    return minutes * 60.0 if minutes > 0 and math.isfinite(minutes) else 6.0

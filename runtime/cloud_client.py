@@ -1,0 +1,112 @@
+"""The agent's HTTP client for the sync protocol (docs/sync-protocol.md), over httpx.
+
+Errors are sorted by what the uploader should do about them:
+`CloudUnavailable` (network down, timeouts, 5xx, bad credentials): back off and retry later;
+`StaleOffset`: resume from the offset the cloud gave; `ChecksumMismatch`: start the file over;
+`UploadRejected`: the cloud will never take this file (malformed): set it aside.
+The transport is injectable (an `httpx.ASGITransport` around the cloud app, in tests).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from runtime.sync_protocol import ErrorBody, FileStatus, UploadStart, file_route
+
+
+class CloudError(Exception):
+    """Base of everything the cloud client raises."""
+
+
+class CloudUnavailable(CloudError):
+    """The cloud could not be reached or could not serve the request now; retry later."""
+
+
+class UploadRejected(CloudError):
+    """The cloud refused this file for good (4xx): retrying the same bytes will not help."""
+
+
+class StaleOffset(CloudError):
+    """The cloud holds a different number of bytes than we assumed; `status.offset` is right."""
+
+    def __init__(self, status: FileStatus) -> None:
+        super().__init__(f"cloud holds {status.offset} bytes of {status.file_id}")
+        self.status = status
+
+
+class ChecksumMismatch(CloudError):
+    """The bytes the cloud received do not match the declared sha256; it discarded them."""
+
+
+class CloudClient:
+    """Talks the sync protocol to one cloud as one part (HTTP Basic auth: part id + secret)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        part_id: str,
+        secret: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=(part_id, secret),
+            transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        )
+        #: Bytes of file data sent (chunk bodies), for accounting and benchmarks.
+        self.bytes_sent = 0
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def status(self, file_id: str) -> FileStatus:
+        """What the cloud knows of `file_id`."""
+        return await self._call("GET", file_route(file_id))
+
+    async def start(self, file_id: str, start: UploadStart) -> FileStatus:
+        """Declare an upload (idempotent); the answer says where to resume, or that it is committed."""
+        return await self._call("POST", file_route(file_id), json=start.model_dump(mode="json"))
+
+    async def send(self, file_id: str, offset: int, data: bytes) -> FileStatus:
+        """Send `data` to be stored at `offset`; raises StaleOffset if the cloud holds another offset."""
+        status = await self._call(
+            "PUT", file_route(file_id) + "/data", params={"offset": offset}, content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        self.bytes_sent += len(data)
+        return status
+
+    async def commit(self, file_id: str) -> FileStatus:
+        """Ask the cloud to verify and commit the file; raises ChecksumMismatch if the bytes are wrong."""
+        return await self._call("POST", file_route(file_id) + "/commit")
+
+    async def _call(self, method: str, url: str, **kw) -> FileStatus:
+        try:
+            resp = await self._http.request(method, url, **kw)
+        except httpx.HTTPError as exc:  # connect errors, timeouts, resets mid-body
+            raise CloudUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        if resp.status_code == 200:
+            return FileStatus.model_validate_json(resp.content)
+        error = _error_body(resp)
+        if resp.status_code == 409 and error and error.status:
+            raise StaleOffset(error.status)
+        if resp.status_code == 422 and error and error.error == "checksum mismatch":
+            raise ChecksumMismatch(error.detail or error.error)
+        reason = f"HTTP {resp.status_code}: {error.error if error else resp.text[:200]}"
+        if error and error.detail:
+            reason += f" ({error.detail})"
+        if resp.status_code in (401, 403, 408, 429) or resp.status_code >= 500:
+            raise CloudUnavailable(reason)
+        raise UploadRejected(reason)
+
+
+def _error_body(resp: httpx.Response) -> ErrorBody | None:
+    try:
+        return ErrorBody.model_validate_json(resp.content)
+    except ValueError:
+        return None

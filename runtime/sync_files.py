@@ -1,0 +1,124 @@
+"""Finding the files that are ready to sync, and describing each one for an upload.
+
+Ready means: a finished `.capture` file in a capture dir (never a `.prog`, never anything in
+the `failed/` folder), or any regular file under an `additional_sync_paths` dir that has not
+been modified for `quiet_s` seconds (10, as documented), so a file still being written is left
+alone. Symlinks are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from runtime.capture_file import CAPTURE_SUFFIX, iter_capture
+from runtime.sync_protocol import FileKind
+
+#: Folder inside a capture dir where files the cloud refused for good are set aside.
+FAILED_DIR = "failed"
+#: A file under additional_sync_paths is ready once it has not been modified for this long.
+QUIET_S = 10.0
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SyncFile:
+    """One file ready to upload: where it is, what the cloud will call it, and what it is."""
+
+    path: Path
+    root: Path  # the capture dir or additional sync path it was found under
+    kind: FileKind
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        """The file's path relative to its root, as the cloud shows it."""
+        return self.path.relative_to(self.root).as_posix()
+
+    @property
+    def mime_type(self) -> str:
+        """A content type for plain files, guessed from the name; "" for capture files."""
+        if self.kind is FileKind.CAPTURE:
+            return ""
+        return mimetypes.guess_type(self.path.name)[0] or "application/octet-stream"
+
+
+def stable_file_id(path: Path, size: int, mtime_ns: int) -> str:
+    """The id of a plain file: the same for the same path, size and mtime, so a retry resumes."""
+    digest = hashlib.sha256(f"{path.resolve()}\0{size}\0{mtime_ns}".encode()).hexdigest()
+    return "f" + digest[:31]
+
+
+def file_id_of(f: SyncFile) -> str:
+    """The upload id of `f`: a capture file's own id from its header, or the stable id of a plain file."""
+    if f.kind is FileKind.CAPTURE:
+        items = iter_capture(f.path)
+        try:
+            return next(items).file_id
+        finally:
+            items.close()
+    return stable_file_id(f.path, f.size, f.mtime_ns)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_at(path: Path, offset: int, n: int) -> bytes:
+    """Up to `n` bytes of `path` from `offset`."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(n)
+
+
+def _walk_files(root: Path, skip_dir: str | None = None) -> Iterable[os.DirEntry]:
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if not (d == root and e.name == skip_dir):
+                    stack.append(Path(e.path))
+            elif e.is_file(follow_symlinks=False):
+                yield e
+
+
+def find_ready_files(capture_dirs: Iterable[Path], sync_paths: Iterable[Path], now_s: float,
+                     quiet_s: float = QUIET_S) -> list[SyncFile]:
+    """Every file ready to sync, oldest (by modification time) first."""
+    found: list[SyncFile] = []
+    for root in capture_dirs:
+        for e in _walk_files(root, skip_dir=FAILED_DIR):
+            if e.name.endswith(CAPTURE_SUFFIX):
+                st = e.stat(follow_symlinks=False)
+                found.append(SyncFile(Path(e.path), root, FileKind.CAPTURE, st.st_size, st.st_mtime_ns))
+    for root in sync_paths:
+        for e in _walk_files(root):
+            st = e.stat(follow_symlinks=False)
+            if now_s - st.st_mtime >= quiet_s and not e.name.startswith("."):
+                found.append(SyncFile(Path(e.path), root, FileKind.FILE, st.st_size, st.st_mtime_ns))
+    found.sort(key=lambda f: (f.mtime_ns, str(f.path)))
+    return found
+
+
+def set_aside(f: SyncFile, capture_dir: Path) -> Path:
+    """Move a file the cloud refused into `<capture_dir>/failed/`, keeping its relative path."""
+    dest = capture_dir / FAILED_DIR / f.name if f.kind is FileKind.CAPTURE else \
+        capture_dir / FAILED_DIR / "additional" / f.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(f.path, dest)
+    return dest
