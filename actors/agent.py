@@ -1,8 +1,10 @@
 """The agent: the root actor that turns a robot config into a running supervision tree.
 
     agent (supervisor, one_for_one)
-    └── capture (dynamic supervisor)
-        └── collector <type>/<name>/<method>   one per enabled capture method
+    ├── capture (dynamic supervisor)
+    │   └── collector <type>/<name>/<method>   one per enabled capture method
+    └── sync                                   only when sync is on and the part has a cloud identity
+        (the scheduler, running its uploaders)
 
 At start it recovers any `.prog` file a crash left in the capture dir, builds the configured
 resources, and starts one collector per enabled capture method. Shutdown is cancellation:
@@ -16,10 +18,13 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import trio
 
 from actors.collector import Collector, CollectorSettings, CollectorStats
+from actors.sync_scheduler import SyncScheduler, SyncStats
 from runtime.capture_file import recover_dir
+from runtime.cloud_client import CloudClient
 from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
 from runtime.resources.registry import ResourceRegistry
 from runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
@@ -38,6 +43,8 @@ class AgentStats:
     unavailable: tuple[str, ...]  # capture methods whose resource could not be built, with why
     recovered_files: int
     supervisors: tuple[SupervisorStats, ...]
+    sync: SyncStats | None  # None when sync is off
+    sync_off_reason: str | None
 
     @property
     def captured(self) -> int:
@@ -82,18 +89,56 @@ def collector_settings(dm: DataManagerAttributes, part_id: str) -> CollectorSett
 class Agent:
     """Runs capture for one robot part as described by `config` until cancelled."""
 
-    def __init__(self, config: RobotConfig, *, part_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: RobotConfig,
+        *,
+        part_id: str | None = None,
+        cloud_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.config = config
         self.part_id = part_id or part_id_of(config)
         self.collectors: dict[str, Collector] = {}
         self._unavailable: list[str] = []
         self._recovered = 0
         self._capture = Supervisor("capture", max_restarts=50, period=60.0)
-        self._root = Supervisor(
-            "agent",
-            [ChildSpec("capture", self._capture.run, restart=Restart.PERMANENT)],
-        )
+        children = [ChildSpec("capture", self._capture.run, restart=Restart.PERMANENT)]
+        self.sync: SyncScheduler | None = None
+        self.sync_off_reason = self._sync_off_reason()
+        if self.sync_off_reason is None:
+            self.sync = self._make_scheduler(cloud_transport)
+            children.append(ChildSpec("sync", self.sync.run, restart=Restart.PERMANENT))
+        self._root = Supervisor("agent", children)
         self._ready = trio.Event()
+
+    def _sync_off_reason(self) -> str | None:
+        dm, cloud = self.config.data_manager, self.config.cloud
+        if dm is None:
+            return "no data_manager service is configured"
+        if dm.sync_disabled:
+            return "sync_disabled is true"
+        if not (cloud.id and cloud.secret):
+            return "the config has no cloud.id and cloud.secret for this part"
+        return None
+
+    def _make_scheduler(self, transport: httpx.AsyncBaseTransport | None) -> SyncScheduler:
+        dm, cloud = self.config.data_manager, self.config.cloud
+        assert dm is not None
+        client = CloudClient(cloud.app_address, cloud.id, cloud.secret, transport=transport)
+        return SyncScheduler(
+            client,
+            capture_dirs=lambda: [dm.capture_dir_path()],
+            sync_paths=[Path(p).expanduser() for p in dm.additional_sync_paths],
+            interval_s=dm.sync_interval_secs,
+            max_uploads=dm.maximum_num_sync_threads,
+            finish_open_files=self.finish_open_files,
+        )
+
+    async def finish_open_files(self) -> None:
+        """Finish every collector's open file (a sync pass calls this so fresh data can go up)."""
+        async with trio.open_nursery() as nursery:
+            for c in self.collectors.values():
+                nursery.start_soon(c.finish_open_file)
 
     @property
     def capture_dir(self) -> Path | None:
@@ -180,4 +225,6 @@ class Agent:
             unavailable=tuple(self._unavailable),
             recovered_files=self._recovered,
             supervisors=(self._root.statistics(), self._capture.statistics()),
+            sync=self.sync.statistics() if self.sync else None,
+            sync_off_reason=self.sync_off_reason,
         )

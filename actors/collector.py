@@ -105,6 +105,7 @@ class Collector:
         self._max_lateness = 0.0
         self._last_error: str | None = None
         self._wake = trio.Event()
+        self._finished = trio.Event()  # set (and replaced) each time a file is finished
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
 
@@ -123,6 +124,14 @@ class Collector:
         """Ask the collector to finish its open file (it is then ready to sync)."""
         self._finish_requested = True
         self._wake.set()
+
+    async def finish_open_file(self) -> None:
+        """Finish the open file, if any, and wait until the collector has done it."""
+        if self._writer is None:
+            return
+        done = self._finished
+        self.request_finish()
+        await done.wait()
 
     def statistics(self) -> CollectorStats:
         """Counters since this collector started."""
@@ -281,7 +290,11 @@ class Collector:
         w, self._writer = self._writer, None
         if w is None:
             return
-        path = w.finish()
+        try:
+            path = w.finish()
+        finally:
+            self._finished.set()
+            self._finished = trio.Event()
         self._files_finished += 1
         log.debug("capture file finished", extra={"actor": self.name, "path": str(path), "records": w.record_count})
 
