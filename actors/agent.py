@@ -188,16 +188,14 @@ class Agent:
 
     def _build_resources(self, registry: ResourceRegistry, plans: list[CaptureMethodPlan]) -> None:
         wanted = {p.resource.name for p in plans if p.resource.remote is None}
-        for ref in self.config.resources():
-            if ref.remote is not None:
-                continue
-            try:
-                registry.build_all([ref])
-            except Exception as exc:
-                if ref.name in wanted:
-                    log.error("resource could not be built; its capture methods are not running",
-                              extra={"resource": f"{ref.type}/{ref.name}", "model": ref.model, "error": str(exc)})
-                    self._unavailable.append(f"{ref.type}/{ref.name}: {exc}")
+        refs = [r for r in self.config.resources() if r.remote is None]
+        failures = registry.reconcile(refs)
+        for ref in refs:
+            exc = failures.get(ref.name)
+            if exc is not None and ref.name in wanted:
+                log.error("resource could not be built; its capture methods are not running",
+                          extra={"resource": f"{ref.type}/{ref.name}", "model": ref.model, "error": str(exc)})
+                self._unavailable.append(f"{ref.type}/{ref.name}: {exc}")
 
     async def _start_collector(self, plan: CaptureMethodPlan, registry: ResourceRegistry, wall: WallClock) -> None:
         if plan.resource.remote is not None:

@@ -157,11 +157,12 @@ class Collector:
         task_status.started()
         try:
             while True:
-                if self._regrid:  # new rate: the next tick is one new period after the last one
+                if self._regrid:  # new rate: a new grid through the last tick, from its next tick not in the past
                     self._regrid = False
                     if k > 0:
-                        start, k = start + (k - 1) * self._grid_period, 1
+                        start += (k - 1) * self._grid_period
                     self._grid_period = self._period
+                    k = max(1 if k > 0 else 0, math.ceil((trio.current_time() - start) / self._period - 1e-9))
                 due = start + k * self._grid_period
                 await self._sleep_until(due)
                 now = trio.current_time()

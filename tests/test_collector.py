@@ -125,13 +125,13 @@ async def test_frequency_change_keeps_open_file(tmp_path, autojump_clock):
         await trio.sleep(2.5)  # ticks at 0, 1, 2
         open_before = c.statistics().open_file
         c.set_frequency(10)
-        await trio.sleep(0.95)  # ticks at 2.1 ... 3.4
+        await trio.sleep(0.95)  # new grid through the tick at 2.0: ticks at 2.5 ... 3.4
         assert c.statistics().open_file == open_before
         n.cancel_scope.cancel()
     (recs,) = records_by_method(tmp_path).values()
     times = [r.requested_ns / 1e9 for r in recs]
-    assert times[:4] == pytest.approx([0.0, 1.0, 2.0, 2.1])
-    assert len(recs) == 3 + 14
+    assert times[:5] == pytest.approx([0.0, 1.0, 2.0, 2.5, 2.6])
+    assert len(recs) == 3 + 10
     assert len(capture_files(tmp_path)) == 1
 
 
