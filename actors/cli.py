@@ -15,6 +15,7 @@ import trio
 
 from actors.agent import Agent
 from actors.status_line import status_line
+from cloud.cli import add_cloud_commands
 from runtime.capture_file import CaptureFormatError, contents_as_json_lines
 from runtime.config import ConfigError, load_config
 from runtime.logs import configure_logging
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("files", type=Path, nargs="+")
     ins.add_argument("--payload", action="store_true", help="include binary payloads (base64)")
     ins.set_defaults(func=cmd_inspect)
+
+    add_cloud_commands(sub)
     return p
 
 
