@@ -22,6 +22,7 @@ import trio
 
 from actors.uploader import upload_file
 from runtime.backoff import Backoff
+from runtime.capture_file import CaptureFormatError
 from runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
 from runtime.logs import StateChangeLog
 from runtime.sync_files import SyncFile, find_ready_files, set_aside
@@ -200,6 +201,9 @@ class SyncScheduler:
             outage.set()
             self._cloud_log.fail("cloud", "cloud unavailable; backing off", cloud=self._client.base_url, error=str(exc))
         except UploadRejected as exc:
+            counts["failed"] += 1
+            self._reject(f, capture_dirs, str(exc))
+        except CaptureFormatError as exc:  # not a capture file at all: the cloud would refuse it too
             counts["failed"] += 1
             self._reject(f, capture_dirs, str(exc))
         except (OSError, ValueError) as exc:  # local trouble with this file: retry it later
