@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from actors.agent import AgentStats
 
 
@@ -25,6 +27,16 @@ def status_line(stats: AgentStats, rate: float | None = None) -> str:
     parts.append(f"late {sum(c.late_ticks for c in stats.collectors)}")
     parts.append(f"files {stats.files_finished}")
     parts.append(human_bytes(stats.bytes_written))
+    if stats.sync is not None:
+        s = stats.sync
+        parts.append(f"backlog {s.backlog_files} files/{human_bytes(s.backlog_bytes)}")
+        parts.append(f"synced {s.files_synced} files")
+        if s.last_pass is not None:
+            when = time.strftime("%H:%M:%S", time.localtime(s.last_pass.started_ns / 1e9))
+            parts.append(f"last sync {when}" + (" (cloud down)" if s.cloud_error else ""))
+        parts.append(s.cloud_url)
+    elif stats.sync_off_reason:
+        parts.append(f"sync off: {stats.sync_off_reason}")
     if stats.unavailable:
         parts.append(f"unavailable {len(stats.unavailable)}")
     return " | ".join(parts)
