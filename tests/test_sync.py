@@ -101,7 +101,7 @@ async def test_file_the_cloud_refuses_is_set_aside_not_deleted(tmp_path):
     bogus.write_bytes(b"this is not a capture file")
     async with trio.open_nursery() as n:
         await n.start(agent.run)
-        await trio.sleep(1.5)
+        await agent.sync.sync_now()
         n.cancel_scope.cancel()
     moved = list((tmp_path / "capture" / FAILED_DIR).rglob("bogus.capture"))
     assert len(moved) == 1 and moved[0].read_bytes() == b"this is not a capture file"
