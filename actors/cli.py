@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input (bad config, unreadable fi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -15,6 +16,8 @@ import trio
 
 from actors.agent import Agent
 from actors.status_line import status_line
+from actors.status_report import render_status
+from runtime import rpc
 from cloud.cli import add_cloud_commands
 from runtime.capture_file import CaptureFormatError, contents_as_json_lines
 from runtime.config import ConfigError, load_config
@@ -23,6 +26,7 @@ from runtime.logs import configure_logging
 log = logging.getLogger("capsync.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_CONTROL_ADDRESS = "127.0.0.1:8791"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--payload", action="store_true", help="include binary payloads (base64)")
     ins.set_defaults(func=cmd_inspect)
 
+    for name, func, helptext in (
+        ("status", cmd_status, "show what a running agent is doing"),
+        ("sync", cmd_sync, "make a running agent sync now; waits for the pass and prints what it uploaded"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("config", type=Path, nargs="?",
+                       help="the agent's config: its network.bind_address and cloud.secret are used")
+        c.add_argument("--address", help="HOST:PORT of the agent's control endpoint (default 127.0.0.1:8791)")
+        c.add_argument("--secret", help="the part secret (needed when the agent is not on loopback)")
+        c.add_argument("--json", action="store_true", help="print JSON instead of text")
+        c.set_defaults(func=func)
+
     add_cloud_commands(sub)
     return p
 
@@ -87,6 +103,50 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except (CaptureFormatError, OSError) as exc:
             print(f"capsync inspect: {exc}", file=sys.stderr)
             code = EXIT_BAD_INPUT
+    return code
+
+
+def _control_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    address, secret = args.address, args.secret
+    if args.config is not None:
+        cfg = load_config(args.config)
+        address = address or cfg.network.bind_address
+        secret = secret or cfg.cloud.secret or None
+    return address or DEFAULT_CONTROL_ADDRESS, secret
+
+
+def _call_agent(args: argparse.Namespace, method: str) -> tuple[int, object]:
+    try:
+        address, secret = _control_target(args)
+    except ConfigError as exc:
+        print(f"capsync {method}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT, None
+
+    async def call() -> object:
+        async with rpc.connect(address, secret=secret) as client:
+            return await client.call(method)
+
+    try:
+        return EXIT_OK, trio.run(call)
+    except rpc.RpcError as exc:
+        hint = " (is `capsync run` running with this config?)" if exc.type == "Unreachable" else ""
+        print(f"capsync {method}: {exc}{hint}", file=sys.stderr)
+        return EXIT_FAILURE, None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`capsync status`: the running agent's collectors, sync, disk and MongoDB state."""
+    code, status = _call_agent(args, "status")
+    if code == EXIT_OK:
+        print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return code
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """`capsync sync`: run a sync pass now and print what it uploaded."""
+    code, result = _call_agent(args, "sync")
+    if code == EXIT_OK:
+        print(json.dumps(result, indent=2) if args.json else f"sync pass: {result['summary']}")
     return code
 
 

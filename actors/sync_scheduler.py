@@ -46,9 +46,13 @@ class PassResult:
     failed: int
     waiting: int  # ready files skipped because they are backing off or the cloud is down
     cloud_error: str | None
+    skipped: str | None = None  # why the whole pass was skipped (the selective syncer said no)
 
+    @property
     def summary(self) -> str:
         """One line for logs and the CLI."""
+        if self.skipped:
+            return f"skipped: {self.skipped}"
         s = f"uploaded {self.uploaded} files ({self.bytes_sent} bytes), {self.failed} failed, {self.waiting} waiting"
         return s + (f"; cloud unavailable: {self.cloud_error}" if self.cloud_error else "")
 
@@ -65,6 +69,7 @@ class SyncStats:
     bytes_sent: int
     set_aside: int
     passes: int
+    skipped_by_selective_syncer: int
     last_pass: PassResult | None
     cloud_error: str | None
 
@@ -80,7 +85,8 @@ class SyncScheduler:
     """Runs sync passes for one agent against one cloud.
 
     `capture_dirs` returns the dirs to look in (the current capture dir and any earlier ones that
-    still hold data); `finish_open_files` asks every collector to finish its open file.
+    still hold data); `finish_open_files` asks every collector to finish its open file;
+    `should_sync` (the selective syncer) is asked before each pass, and False skips the pass.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class SyncScheduler:
         interval_s: float,
         max_uploads: int,
         finish_open_files: Callable[[], Awaitable[None]] | None = None,
+        should_sync: Callable[[], Awaitable[bool]] | None = None,
         wall_time: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -100,6 +107,9 @@ class SyncScheduler:
         self.interval_s = interval_s
         self._limiter = trio.CapacityLimiter(max(1, max_uploads))
         self._finish_open_files = finish_open_files
+        self.should_sync = should_sync
+        self._skipped = 0
+        self._selective_log = StateChangeLog(log)
         self._wall_time = wall_time
         self._retries: dict[Path, _Retry] = {}
         self._in_flight: set[Path] = set()
@@ -149,12 +159,19 @@ class SyncScheduler:
             bytes_sent=self._bytes,
             set_aside=self._set_aside,
             passes=self._passes,
+            skipped_by_selective_syncer=self._skipped,
             last_pass=self._last,
             cloud_error=self._cloud_error,
         )
 
     async def _pass(self) -> PassResult:
         started_ns, t0 = time.time_ns(), trio.current_time()
+        skip = await self._selective_skip()
+        if skip is not None:
+            self._skipped += 1
+            self._passes += 1
+            log.debug("sync pass skipped", extra={"reason": skip})
+            return PassResult(started_ns, 0.0, 0, 0, 0, self._backlog[0], self._cloud_error, skipped=skip)
         if self._finish_open_files is not None:
             with trio.move_on_after(FINISH_WAIT_S):
                 await self._finish_open_files()
@@ -186,7 +203,7 @@ class SyncScheduler:
         )
         self._passes += 1
         if result.uploaded or result.failed:
-            log.info("sync pass", extra={"result": result.summary()})
+            log.info("sync pass", extra={"result": result.summary})
         return result
 
     async def _upload_one(self, f: SyncFile, capture_dirs: list[Path], counts: dict, outage: trio.Event,
@@ -221,6 +238,19 @@ class SyncScheduler:
         finally:
             self._in_flight.discard(f.path)
             self._limiter.release_on_behalf_of(f.path)
+
+    async def _selective_skip(self) -> str | None:
+        """Why the selective syncer says not to sync now, or None to go ahead."""
+        if self.should_sync is None:
+            return None
+        try:
+            go = await self.should_sync()
+        except Exception as exc:  # unsure whether syncing is allowed now: do not sync
+            reason = f"selective syncer failed: {type(exc).__name__}: {exc}"
+            self._selective_log.fail("selective", "cannot read the selective syncer; not syncing", error=reason)
+            return reason
+        self._selective_log.ok("selective", "selective syncer readable again")
+        return None if go else "the selective syncer says should_sync is false"
 
     def _note_failure(self, f: SyncFile, error: str) -> None:
         r = self._retries.setdefault(f.path, _Retry())

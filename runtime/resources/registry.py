@@ -89,6 +89,7 @@ def _load_builtins() -> None:
         # Imported for their register_model() calls; imported late because they import this module.
         importlib.import_module("runtime.resources.fake")
         importlib.import_module("runtime.resources.fake_camera")
+        importlib.import_module("runtime.resources.selective_syncer")
 
 
 def register_model(type: str, model: str, factory: Factory) -> None:

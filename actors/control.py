@@ -1,0 +1,116 @@
+"""The control endpoint: a WebSocket RPC server on `network.bind_address` for status and sync.
+
+Methods: `status` (the agent's statistics as JSON-like data), `sync` (run a sync pass now and
+return what it did), `Sync` and `DoCommand` (the data manager service's documented API). Clients
+on loopback need nothing more; when the endpoint is bound to another address, every client must
+present the part secret (`Authorization: Bearer <secret>`), loopback clients included.
+If the address is taken, the endpoint logs it once and keeps retrying; capture is never affected.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any, Awaitable, Callable
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from runtime.backoff import Backoff
+from runtime.logs import StateChangeLog
+from runtime.rpc import MAX_MESSAGE_BYTES, RpcError, bearer_secret, decode, encode
+
+log = logging.getLogger("capsync.control")
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+BIND_BACKOFF = Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.1)
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is a loopback address or `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ControlEndpoint:
+    """Serves `handlers` (method name -> async fn(params) -> result) over WebSocket RPC."""
+
+    def __init__(self, host: str, port: int, handlers: dict[str, Handler], *, secret: str = "") -> None:
+        self.host, self.port = host, port
+        self._handlers = handlers
+        self._secret = secret
+        self._require_secret = not is_loopback(host)
+        self.bound_port: int | None = None
+        self._bind_log = StateChangeLog(log)
+        self.calls = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; readiness is signalled at once (binding retries in the background)."""
+        if self._require_secret and not self._secret:
+            log.error("control endpoint not started: it binds to a non-loopback address and the part has no "
+                      "cloud.secret to require from clients", extra={"address": f"{self.host}:{self.port}"})
+            task_status.started()
+            await trio.sleep_forever()
+        task_status.started()
+        attempt = 0
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    server = await nursery.start(self._serve)
+                    self.bound_port = server.port
+                    self._bind_log.ok("bind", "control endpoint listening", address=f"{self.host}:{server.port}")
+                    log.info("control endpoint listening", extra={"address": f"{self.host}:{server.port}"})
+                    attempt = 0
+            except OSError as exc:
+                self._bind_log.fail("bind", "control endpoint cannot listen; retrying",
+                                    address=f"{self.host}:{self.port}", error=str(exc))
+                await trio.sleep(BIND_BACKOFF.delay(attempt))
+                attempt += 1
+
+    async def _serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_websocket(self._handle, self.host, self.port, None, max_message_size=MAX_MESSAGE_BYTES,
+                              connect_timeout=10, disconnect_timeout=2, task_status=task_status)
+
+    def _authorized(self, request: WebSocketRequest) -> bool:
+        if not self._require_secret:
+            return True
+        given = bearer_secret(list(request.headers))
+        return given is not None and hmac.compare_digest(given.encode(), self._secret.encode())
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if not self._authorized(request):
+            log.warning("control client refused: missing or wrong part secret",
+                        extra={"client": str(request.remote)})
+            await request.reject(401, body=b"the part secret is required (Authorization: Bearer <secret>)")
+            return
+        ws = await request.accept()
+        try:
+            while True:
+                reply = await self._dispatch(await ws.get_message())
+                await ws.send_message(encode(reply))
+        except ConnectionClosed:
+            pass
+
+    async def _dispatch(self, data: bytes | str) -> dict[str, Any]:
+        call_id = None
+        try:
+            msg = decode(data)
+            call_id = msg.get("id")
+            method, params = msg.get("method"), msg.get("params") or {}
+            handler = self._handlers.get(method) if isinstance(method, str) else None
+            if handler is None:
+                raise RpcError("UnknownMethod", f"no method {method!r}; available: {', '.join(sorted(self._handlers))}")
+            if not isinstance(params, dict):
+                raise RpcError("BadMessage", "params must be a map")
+            self.calls += 1
+            return {"id": call_id, "result": await handler(params)}
+        except RpcError as exc:
+            return {"id": call_id, "error": {"type": exc.type, "message": exc.message}}
+        except Exception as exc:  # a failing handler answers with an error; the endpoint stays up
+            log.exception("control call failed", extra={"call_id": call_id})
+            return {"id": call_id, "error": {"type": type(exc).__name__, "message": str(exc)}}

@@ -1,0 +1,82 @@
+"""The agent's status as plain data (for `capsync status --json`) and as text (for `capsync status`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import Any
+
+from actors.status_line import human_bytes
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, enums, paths and tuples turned into JSON-like dicts, lists and scalars."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _when(ns: int | None) -> str:
+    if not ns:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """A multi-line human report of a status dict as `plain(AgentStats)` plus `config` gives it."""
+    lines = [f"part {s['part_id']}  capture dir {s['capture_dir']}"]
+    cfg = s.get("config") or {}
+    if cfg:
+        line = f"config {cfg.get('path', '')} revision {cfg.get('revision')}"
+        rej = cfg.get("rejected")
+        if rej:
+            line += f"  (revision {rej['revision']} rejected: {'; '.join(rej['issues'])})"
+        lines.append(line)
+    lines.append(f"collectors ({len(s['collectors'])}):")
+    for c in s["collectors"]:
+        measured = c.get("measured_hz")
+        rate = f"{c['target_hz']:g} Hz" + (f" (measured {measured:.1f})" if measured is not None else "")
+        lines.append(f"  {c['name']:<56} {rate:<24} captured {c['captured']:<7} failed {c['failed']:<5} "
+                     f"late {c['late_ticks']:<5} missed {c['missed_ticks']}")
+        if c.get("last_error"):
+            lines.append(f"      last error: {c['last_error']}")
+    for u in s.get("unavailable") or []:
+        lines.append(f"  not running: {u}")
+    sync = s.get("sync")
+    if sync:
+        lines.append(f"sync to {sync['cloud_url']}: backlog {sync['backlog_files']} files "
+                     f"({human_bytes(sync['backlog_bytes'])}), in flight {sync['in_flight']}, "
+                     f"synced {sync['files_synced']} files ({human_bytes(sync['bytes_sent'])}), "
+                     f"set aside {sync['set_aside']}")
+        last = sync.get("last_pass")
+        if last:
+            lines.append(f"  last pass {_when(last['started_ns'])}: {_pass_summary(last)}")
+        if sync.get("skipped_by_selective_syncer"):
+            lines.append(f"  passes skipped by the selective syncer: {sync['skipped_by_selective_syncer']}")
+        if sync.get("cloud_error"):
+            lines.append(f"  cloud unavailable: {sync['cloud_error']}")
+    else:
+        lines.append(f"sync off: {s.get('sync_off_reason')}")
+    gov = s.get("governor")
+    if gov:
+        lines.append("disk: " + ", ".join(f"{k} {v}" for k, v in gov.items()))
+    mongo = s.get("mongo")
+    if mongo:
+        lines.append("mongodb sink: " + ", ".join(f"{k} {v}" for k, v in mongo.items()))
+    return "\n".join(lines)
+
+
+def _pass_summary(p: dict[str, Any]) -> str:
+    s = f"uploaded {p['uploaded']} files ({human_bytes(p['bytes_sent'])}), {p['failed']} failed, {p['waiting']} waiting"
+    if p.get("cloud_error"):
+        s += f"; cloud unavailable: {p['cloud_error']}"
+    return s
