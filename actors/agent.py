@@ -1,10 +1,14 @@
 """The agent: the root actor that turns a robot config into a running supervision tree.
 
     agent (supervisor, one_for_one)
+    ├── mongo_sink                             only when mongo_capture_config.uri is set
     ├── capture (dynamic supervisor)
     │   └── collector <type>/<name>/<method>   one per enabled capture method
-    └── sync                                   only when sync is on and the part has a cloud identity
-        (the scheduler, running its uploaders)
+    ├── sync                                   only when sync is on and the part has a cloud identity
+    │   (the scheduler, running its uploaders)
+    └── governor                               the disk-full rule, whenever there is a data manager
+
+The MongoDB sink starts before capture and stops after it, so it sees every reading.
 
 At start it recovers any `.prog` file a crash left in the capture dir, builds the configured
 resources, and starts one collector per enabled capture method. Shutdown is cancellation:
@@ -22,6 +26,8 @@ import httpx
 import trio
 
 from actors.collector import Collector, CollectorSettings, CollectorStats
+from actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
+from actors.mongo_sink import MongoSink, MongoSinkStats
 from actors.sync_scheduler import SyncScheduler, SyncStats
 from runtime.capture_file import recover_dir
 from runtime.cloud_client import CloudClient
@@ -45,6 +51,13 @@ class AgentStats:
     supervisors: tuple[SupervisorStats, ...]
     sync: SyncStats | None  # None when sync is off
     sync_off_reason: str | None
+    governor: GovernorStats | None = None  # None without a data manager
+    mongo: MongoSinkStats | None = None  # None unless mongo_capture_config.uri is set
+
+    @property
+    def dropped(self) -> int:
+        """Readings the disk refused (ENOSPC, EIO, ...) across all collectors."""
+        return sum(c.dropped for c in self.collectors)
 
     @property
     def captured(self) -> int:
@@ -95,6 +108,7 @@ class Agent:
         *,
         part_id: str | None = None,
         cloud_transport: httpx.AsyncBaseTransport | None = None,
+        governor_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         self.config = config
         self.part_id = part_id or part_id_of(config)
@@ -102,12 +116,27 @@ class Agent:
         self._unavailable: list[str] = []
         self._recovered = 0
         self._capture = Supervisor("capture", max_restarts=50, period=60.0)
-        children = [ChildSpec("capture", self._capture.run, restart=Restart.PERMANENT)]
+        dm = config.data_manager
+        children = []
+        # --- disk governor and MongoDB sink (issue 4) ---
+        self.mongo_sink: MongoSink | None = None
+        if dm is not None and dm.mongo_capture_config.uri:
+            self.mongo_sink = MongoSink(dm.mongo_capture_config)
+            children.append(ChildSpec("mongo_sink", self.mongo_sink.run, restart=Restart.PERMANENT))
+        self.governor: DiskGovernor | None = None
+        if dm is not None:
+            self.governor = DiskGovernor(dm.capture_dir_path(), every_nth=dm.delete_every_nth_when_disk_full,
+                                         capture_enabled=config.capture_enabled, interval_s=governor_interval_s,
+                                         is_busy=self._is_uploading)
+        # --- end ---
+        children.append(ChildSpec("capture", self._capture.run, restart=Restart.PERMANENT))
         self.sync: SyncScheduler | None = None
         self.sync_off_reason = self._sync_off_reason()
         if self.sync_off_reason is None:
             self.sync = self._make_scheduler(cloud_transport)
             children.append(ChildSpec("sync", self.sync.run, restart=Restart.PERMANENT))
+        if self.governor is not None:
+            children.append(ChildSpec("governor", self.governor.run, restart=Restart.PERMANENT))
         self._root = Supervisor("agent", children)
         self._ready = trio.Event()
 
@@ -133,6 +162,11 @@ class Agent:
             max_uploads=dm.maximum_num_sync_threads,
             finish_open_files=self.finish_open_files,
         )
+
+    def _is_uploading(self, path: Path) -> bool:
+        """True while the sync scheduler uploads `path` (the governor never deletes such a file)."""
+        # SyncScheduler has no public accessor for its in-flight set yet; reading it is safe (same thread).
+        return self.sync is not None and path in self.sync._in_flight
 
     async def finish_open_files(self) -> None:
         """Finish every collector's open file (a sync pass calls this so fresh data can go up)."""
@@ -210,7 +244,8 @@ class Agent:
             return  # already reported by _build_resources
         dm = self.config.data_manager
         assert dm is not None  # capture_plan() is empty without a data manager
-        collector = Collector(plan, resource, collector_settings(dm, self.part_id), wall)
+        collector = Collector(plan, resource, collector_settings(dm, self.part_id), wall,
+                              on_tabular=self.mongo_sink.offer if self.mongo_sink else None)
         self.collectors[collector.name] = collector
         await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.PERMANENT))
 
@@ -225,4 +260,6 @@ class Agent:
             supervisors=(self._root.statistics(), self._capture.statistics()),
             sync=self.sync.statistics() if self.sync else None,
             sync_off_reason=self.sync_off_reason,
+            governor=self.governor.statistics() if self.governor else None,
+            mongo=self.mongo_sink.statistics() if self.mongo_sink else None,
         )

@@ -5,10 +5,14 @@ A tick that starts late is performed and counted as late; ticks that were missed
 previous call overran a whole period) are counted as missed, and the schedule stays on its grid.
 A resource call that raises or times out is logged (once per change of error) and counted; the
 collector keeps its schedule. Files finish by size, by age, on request (sync pass) and at shutdown.
+A write that the disk refuses (ENOSPC, EIO, ...) drops that reading: it is counted as dropped, the
+error is logged once per change of state, the file stays readable, and capture resumes when the
+disk takes writes again.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -17,7 +21,7 @@ from typing import Callable
 
 import trio
 
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id, recover_prog
 from runtime.config import CaptureMethodPlan
 from runtime.logs import StateChangeLog
 from runtime.resources.methods import DataKind
@@ -63,6 +67,7 @@ class CollectorStats:
     bytes_written: int
     open_file: str | None
     last_error: str | None
+    dropped: int = 0  # readings the disk refused (ENOSPC, EIO, ...): lost, and counted here
 
 
 def collector_name(plan: CaptureMethodPlan) -> str:
@@ -100,6 +105,8 @@ class Collector:
         self._writer: CaptureWriter | None = None
         self._finish_requested = False
         self._errors = StateChangeLog(log)
+        self._disk_errors = StateChangeLog(log)  # disk-full handling: once per change of state
+        self._dropped = 0
         self._captured = self._failed = self._late = self._missed = 0
         self._files_finished = self._bytes = 0
         self._max_lateness = 0.0
@@ -147,6 +154,7 @@ class Collector:
             bytes_written=self._bytes,
             open_file=str(self._writer.path) if self._writer else None,
             last_error=self._last_error,
+            dropped=self._dropped,
         )
 
     # -- the actor -----------------------------------------------------------------------
@@ -221,6 +229,8 @@ class Collector:
                 return
             record = CaptureRecord(requested_ns, received_ns, result)
             header = self._write(record, "")
+            if header is None:
+                return  # dropped: the disk refused it
             if self._on_tabular is not None:
                 self._on_tabular(header, record)
         else:
@@ -229,21 +239,57 @@ class Collector:
                 self._count_failure("resource returned no binary data")
                 return
             for img in images:
-                self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata), img.mime_type)
+                if self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata), img.mime_type) is None:
+                    return  # dropped: the disk refused it
             if self._settings.max_binary_file_bytes <= 0:
                 self._finish_file()
         self._captured += 1
 
-    def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader:
-        if self._writer is None:
-            self._writer = CaptureWriter.create(
-                self._settings.capture_dir,
-                self._header(mime_type),
-                fsync_interval_s=math.inf,  # fsync happens off the event loop, in _maybe_fsync
-                clock=trio.current_time,
-            )
-        self._bytes += self._writer.append(record)
+    def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
+        """Append `record` to the open file (opening one if needed); None when the disk refused it."""
+        try:
+            if self._writer is None:
+                self._writer = CaptureWriter.create(
+                    self._settings.capture_dir,
+                    self._header(mime_type),
+                    fsync_interval_s=math.inf,  # fsync happens off the event loop, in _maybe_fsync
+                    clock=trio.current_time,
+                )
+            self._bytes += self._writer.append(record)
+        except OSError as exc:  # ENOSPC, EIO, ...: the writer cut any partial frame off again
+            self._dropped += 1
+            self._disk_failed(exc)
+            return None
+        self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
         return self._writer.header
+
+    def _disk_failed(self, exc: OSError) -> None:
+        """Log a refused write once per change of state, and retire the open file if it is unusable."""
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        self._last_error = f"write failed: {exc}"
+        self._disk_errors.fail("disk", f"capture file write failed ({reason}); readings are dropped until "
+                               "writes work again", actor=self.name, error=str(exc))
+        w = self._writer
+        if w is not None and (w.record_count == 0 or w.statistics().state != "open"):
+            self._writer = None
+            self._retire(w)
+
+    def _retire(self, w: CaptureWriter) -> None:
+        """Close a writer that cannot go on: drop it if it holds no record, else keep its good prefix
+        as a `.capture` file now (or leave the `.prog` for recovery at the next start)."""
+        w.close_unfinished()
+        try:
+            if w.record_count == 0:
+                w.path.unlink(missing_ok=True)
+            elif w.path.exists():
+                recover_prog(w.path)
+                self._files_finished += 1
+        except OSError as exc:
+            log.error("could not close a capture file after a disk error; it is recovered at the next start",
+                      extra={"actor": self.name, "path": str(w.path), "error": str(exc)})
+        finally:
+            self._finished.set()
+            self._finished = trio.Event()
 
     def _header(self, mime_type: str) -> CaptureHeader:
         r = self.plan.resource
@@ -284,7 +330,10 @@ class Collector:
         now = trio.current_time()
         if w is not None and now - self._last_fsync >= self._settings.fsync_interval_s:
             self._last_fsync = now
-            await trio.to_thread.run_sync(w.sync)
+            try:
+                await trio.to_thread.run_sync(w.sync)
+            except OSError as exc:  # the kernel may have dropped pages: the writer is broken now
+                self._disk_failed(exc)
 
     def _finish_file(self) -> None:
         self._finish_requested = False
@@ -293,9 +342,14 @@ class Collector:
             return
         try:
             path = w.finish()
+        except OSError as exc:
+            self._disk_errors.fail("finish", "could not finish a capture file", actor=self.name, error=str(exc))
+            self._retire(w)
+            return
         finally:
             self._finished.set()
             self._finished = trio.Event()
+        self._disk_errors.ok("finish", "capture files finish again", actor=self.name)
         self._files_finished += 1
         log.debug("capture file finished", extra={"actor": self.name, "path": str(path), "records": w.record_count})
 
