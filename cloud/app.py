@@ -1,0 +1,95 @@
+"""The cloud's HTTP API as a Starlette app: the sync protocol's upload routes and the query API.
+
+`create_app(data_dir)` builds the app over a data dir holding `cloud.sqlite` and the uploaded
+bytes; pass `store=` to use another Store (e.g. MongoDB). The app is plain ASGI: the server
+(cloud/server.py) runs it under Hypercorn's Trio worker, and tests run it in-process through
+`httpx.ASGITransport`. The protocol is documented in docs/sync-protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cloud import query, uploads
+from cloud.auth import CredentialCache
+from cloud.blobs import Blobs
+from cloud.http import Cloud, error_response
+from cloud.sqlite_store import SqliteStore
+from cloud.store import CommittedFile, Store
+from cloud.timefmt import iso_from_ns
+from runtime.sync_protocol import API_PREFIX, MAX_CHUNK_BYTES, MAX_FILE_BYTES, ErrorBody
+
+log = logging.getLogger("capsync.cloud")
+
+#: Name of the SQLite database inside the data dir.
+DB_NAME = "cloud.sqlite"
+
+
+async def health(request: Request) -> Response:
+    """`GET /v1/health`: liveness, without auth."""
+    return JSONResponse({
+        "ok": True,
+        "service": "capsync-cloud",
+        "api": API_PREFIX,
+        "time": iso_from_ns(time.time_ns()),
+        "max_chunk_bytes": MAX_CHUNK_BYTES,
+        "max_file_bytes": MAX_FILE_BYTES,
+    })
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    errors = {404: "not found", 405: "method not allowed"}
+    body = ErrorBody(error=errors.get(exc.status_code, "bad request"), detail=f"{request.method} {request.url.path}"[:300])
+    return error_response(exc.status_code, body, dict(exc.headers or {}))
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path, "method": request.method})
+    return error_response(500, ErrorBody(error="internal error", detail="see the cloud's log"))
+
+
+def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: float = 30.0) -> Starlette:
+    """The cloud's ASGI app over `data_dir` (created if missing).
+
+    Without `store`, a `SqliteStore` at `<data_dir>/cloud.sqlite` is opened. Verified part
+    secrets are cached for `auth_cache_ttl_s` seconds. `app.state.cloud` holds the `Cloud`
+    object (store, blobs, credential cache) for the server and for tests.
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if store is None:
+        store = SqliteStore(data_dir / DB_NAME)
+    cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(store.verify_part, ttl_s=auth_cache_ttl_s))
+    p = API_PREFIX
+    routes = [
+        Route(f"{p}/health", health, methods=["GET"]),
+        Route(f"{p}/files", query.files, methods=["GET"]),
+        Route(f"{p}/files/{{file_id}}", uploads.file_resource, methods=["GET", "POST"]),
+        Route(f"{p}/files/{{file_id}}/data", uploads.file_data, methods=["PUT"]),
+        Route(f"{p}/files/{{file_id}}/commit", uploads.file_commit, methods=["POST"]),
+        Route(f"{p}/tabular", query.tabular, methods=["GET"]),
+        Route(f"{p}/binary", query.binary, methods=["GET"]),
+        Route(f"{p}/binary/{{item_id}}", query.binary_bytes, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
+    app.state.cloud = cloud
+    return app
+
+
+async def apply_retention(cloud: Cloud, now_ns: int | None = None) -> list[CommittedFile]:
+    """Delete the data of committed files past their retention_policy, rows and bytes; return those files."""
+    gone = await cloud.store.expire(time.time_ns() if now_ns is None else now_ns)
+    for f in gone:
+        await trio.to_thread.run_sync(cloud.blobs.drop_committed, f.part_id, f.file_id)
+        log.info("retention expired file", extra={"part": f.part_id, "file_id": f.file_id, "records": f.records})
+    return gone

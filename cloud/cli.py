@@ -1,0 +1,118 @@
+"""The `capsync cloud ...` commands: run the cloud, and register parts with their secrets.
+
+`add_cloud_commands(subparsers)` adds them to the `capsync` parser (each sets `func`, which
+returns the exit code); `python -m cloud.cli` runs them alone. Exit codes: 0 success,
+1 runtime failure, 2 bad input (bad usage, existing part without --rotate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cloud.app import DB_NAME
+from cloud.auth import PART_ID_RE, new_secret
+from cloud.server import serve
+from cloud.sqlite_store import SqliteStore
+from cloud.store import PartExistsError, UnknownPartError
+from runtime.logs import configure_logging
+
+log = logging.getLogger("capsync.cloud.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def add_cloud_commands(subparsers: Any) -> None:
+    """Register `cloud serve` and `cloud add-part` on an argparse subparsers object."""
+    cloud = subparsers.add_parser("cloud", help="run the sync cloud and manage its parts")
+    sub = cloud.add_subparsers(metavar="CLOUD_COMMAND", required=True)
+
+    s = sub.add_parser("serve", help="serve the sync protocol and query API until SIGINT/SIGTERM")
+    s.add_argument("--data-dir", type=Path, required=True, help="where the database and uploaded files live")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8787, help="0 picks a free port (printed on start)")
+    s.add_argument("--tls-cert", type=Path, help="PEM certificate; with --tls-key, serve HTTPS")
+    s.add_argument("--tls-key", type=Path, help="PEM private key")
+    s.add_argument("--log-format", choices=["text", "json"], default="text")
+    s.add_argument("--log-level", default="INFO")
+    s.set_defaults(func=cmd_serve)
+
+    a = sub.add_parser("add-part", help="register a part and print its new secret")
+    a.add_argument("--data-dir", type=Path, required=True)
+    a.add_argument("part_id", metavar="PART_ID")
+    a.add_argument("--rotate", action="store_true", help="replace the secret of an existing part")
+    a.set_defaults(func=cmd_add_part)
+
+
+def cmd_add_part(args: argparse.Namespace) -> int:
+    """`capsync cloud add-part --data-dir DIR PART_ID`: print a new secret for the part (stdout)."""
+    if not PART_ID_RE.match(args.part_id):
+        print(f"capsync cloud add-part: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    store = SqliteStore(args.data_dir / DB_NAME)
+    secret = new_secret()
+    try:
+        store.add_part_sync(args.part_id, secret, rotate=args.rotate)
+    except PartExistsError:
+        print(f"capsync cloud add-part: part {args.part_id!r} exists; use --rotate to replace its secret",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UnknownPartError:
+        print(f"capsync cloud add-part: no part {args.part_id!r} to rotate", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        store.close_sync()
+    print(secret, flush=True)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`capsync cloud serve --data-dir DIR`: print the URL it listens on, serve until SIGINT/SIGTERM."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("capsync cloud serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure_logging(args.log_format, args.log_level)
+    try:
+        trio.run(_serve_until_signal, args)
+    except OSError as exc:
+        log.error("cannot serve", extra={"error": str(exc), "host": args.host, "port": args.port})
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("cloud failed")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _serve_until_signal(args: argparse.Namespace) -> None:
+    scheme = "https" if args.tls_cert else "http"
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: serve(
+                args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                task_status=task_status,
+            ))
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)
+            async for signum in signals:
+                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cloud commands alone: `python -m cloud.cli cloud serve ...`."""
+    parser = argparse.ArgumentParser(prog="capsync", description="The capsync cloud.")
+    add_cloud_commands(parser.add_subparsers(metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

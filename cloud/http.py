@@ -1,0 +1,174 @@
+"""HTTP plumbing shared by the cloud's routes: errors as ErrorBody JSON, auth, bounded body reads.
+
+Every endpoint is wrapped by `endpoint`, which turns an `ApiError` into its 4xx answer and any
+unexpected exception into a logged 500, so a malformed request can only ever get a 4xx.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from cloud.auth import CredentialCache, parse_basic
+from cloud.blobs import Blobs
+from cloud.store import Store
+from runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
+
+log = logging.getLogger("capsync.cloud")
+
+REALM_HEADER = {"WWW-Authenticate": 'Basic realm="capsync", charset="UTF-8"'}
+
+
+class ApiError(Exception):
+    """A request the cloud refuses: HTTP status, a short error, a detail, and maybe the file's status."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        detail: str = "",
+        *,
+        status: FileStatus | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {error}: {detail}")
+        self.status_code = status_code
+        self.body = ErrorBody(error=error, detail=detail, status=status)
+        self.headers = headers
+
+    def response(self) -> Response:
+        """The answer to send: ErrorBody JSON with this status code."""
+        return error_response(self.status_code, self.body, self.headers)
+
+
+def error_response(status_code: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response:
+    """An ErrorBody as a JSON response."""
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status_code, headers=headers)
+
+
+class KeyedLocks:
+    """One trio.Lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, list] = {}  # key -> [lock, users]
+
+    @asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        """Hold the lock of `key` for the duration of the block."""
+        entry = self._locks.setdefault(key, [trio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass
+class Cloud:
+    """What every request handler needs: the store, the bytes on disk, credentials and file locks."""
+
+    store: Store
+    blobs: Blobs
+    credentials: CredentialCache
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+
+    async def authenticate(self, request: Request) -> str:
+        """The part id of a request with valid Basic credentials; 401 otherwise."""
+        creds = parse_basic(request.headers.get("authorization"))
+        if creds is None:
+            raise ApiError(401, "unauthorized", "send HTTP Basic auth: user = part id, password = part secret",
+                           headers=REALM_HEADER)
+        if not await self.credentials.check(creds):
+            log.warning("authentication failed", extra={"part": creds.part_id, "client": _client(request)})
+            raise ApiError(401, "unauthorized", "unknown part or wrong secret", headers=REALM_HEADER)
+        return creds.part_id
+
+
+def cloud_of(request: Request) -> Cloud:
+    """The Cloud object of the app serving `request`."""
+    return request.app.state.cloud
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else ""
+
+
+def file_id_param(request: Request) -> str:
+    """The `{file_id}` path parameter, checked against FILE_ID_RE (400 otherwise)."""
+    file_id = request.path_params.get("file_id", "")
+    if not isinstance(file_id, str) or not FILE_ID_RE.match(file_id):
+        raise ApiError(400, "invalid file id", "file ids are 8-64 characters of A-Z a-z 0-9 _ -")
+    return file_id
+
+
+def content_length(request: Request, limit: int) -> int | None:
+    """The declared Content-Length, if any: 400 when it is not a number, 413 when above `limit`."""
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 20:
+        raise ApiError(400, "invalid Content-Length", f"got {raw[:32]!r}")
+    n = int(raw)
+    if n > limit:
+        raise ApiError(413, "body too large", f"at most {limit} bytes per request, Content-Length says {n}")
+    return n
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read while streaming and refused (413) as soon as it exceeds `limit` bytes.
+
+    A body whose length differs from its Content-Length is refused with 400.
+    """
+    declared = content_length(request, limit)
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "body too large", f"at most {limit} bytes per request")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected", "the request body ended early") from None
+    if declared is not None and declared != total:
+        raise ApiError(400, "wrong Content-Length", f"Content-Length says {declared}, body has {total} bytes")
+    return b"".join(chunks)
+
+
+def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, anything else -> logged 500."""
+
+    @functools.wraps(fn)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ApiError as exc:
+            if exc.status_code >= 500:
+                log.error("request failed", extra={"path": request.url.path, "error": exc.body.error})
+            return exc.response()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("disk full", extra={"path": request.url.path, "error": str(exc)})
+                return error_response(507, ErrorBody(error="insufficient storage", detail="the cloud's disk is full"))
+            log.exception("unexpected error", extra={"path": request.url.path, "method": request.method})
+            return error_response(500, ErrorBody(error="internal error", detail="see the cloud's log"))
+        except Exception:
+            log.exception("unexpected error", extra={"path": request.url.path, "method": request.method})
+            return error_response(500, ErrorBody(error="internal error", detail="see the cloud's log"))
+
+    return wrapper

@@ -1,0 +1,209 @@
+"""What the cloud keeps about parts, uploads and committed data, independent of where it keeps it.
+
+`Store` is the interface the HTTP app talks to. `cloud.sqlite_store.SqliteStore` is the default
+implementation; a MongoDB store implements the same methods. Every method is async so an
+implementation may run blocking drivers in a worker thread.
+
+The records here are plain frozen dataclasses. Every key includes the part id: file ids are
+chosen by agents, so each part has its own namespace and no part can see another's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from runtime.sync_protocol import FileKind
+
+#: Sort key of query results and what an opaque cursor encodes: (requested_ns, file_id, record_index).
+SortKey = tuple[int, str, int]
+
+
+class PartExistsError(Exception):
+    """`add_part` was asked to create a part that already exists (and not to rotate its secret)."""
+
+
+class UnknownPartError(Exception):
+    """`add_part(rotate=True)` was asked to rotate the secret of a part that does not exist."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A declared, not yet committed upload: what the agent said it will send, and how much arrived."""
+
+    part_id: str
+    file_id: str
+    kind: FileKind
+    size: int
+    sha256: str
+    name: str = ""
+    mime_type: str = ""
+    received: int = 0
+    created_ns: int = 0
+
+
+@dataclass(frozen=True)
+class CommittedFile:
+    """One committed file: its checksum-verified bytes live on disk, its records in the tables."""
+
+    part_id: str
+    file_id: str
+    kind: FileKind
+    size: int
+    sha256: str
+    records: int
+    committed_ns: int
+    name: str = ""
+    mime_type: str = ""
+    resource_type: str = ""
+    resource_name: str = ""
+    method: str = ""
+    data_kind: str = ""  # "tabular" | "binary" for capture files, "" for plain files
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    created_ns: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    expired_ns: int | None = None  # set when retention deleted its data; the file stays "committed"
+
+
+@dataclass(frozen=True)
+class TabularRow:
+    """One record of a tabular capture file: a reading with its times and tags."""
+
+    part_id: str
+    file_id: str
+    record_index: int
+    resource_type: str
+    resource_name: str
+    method: str
+    requested_ns: int
+    received_ns: int
+    tags: tuple[str, ...]
+    payload: Any
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BinaryItem:
+    """One binary datum: a record of a binary capture file, or a whole plain file (record_index 0).
+
+    `item_id` is ``f"{file_id}-{record_index}"``; it is unambiguous because file ids may contain
+    `-` but record indexes are digits only, so the last `-` always separates the two.
+    """
+
+    part_id: str
+    file_id: str
+    record_index: int
+    resource_type: str
+    resource_name: str
+    method: str
+    mime_type: str
+    size: int
+    requested_ns: int
+    received_ns: int
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # for plain files: the path relative to the sync root
+    from_capture: bool = True  # False: the bytes are the whole committed file
+
+    @property
+    def item_id(self) -> str:
+        """The public id of this item, used in `GET /v1/binary/{id}`."""
+        return f"{self.file_id}-{self.record_index}"
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters of a tabular or binary query. Times are ns since the epoch; start inclusive, end exclusive."""
+
+    resource_type: str | None = None
+    resource_name: str | None = None
+    method: str | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    tags: tuple[str, ...] = ()
+    after: SortKey | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """Row counts of a store, for `capsync status`, accounting and tests."""
+
+    parts: int
+    uploads: int
+    files: int
+    tabular_rows: int
+    binary_items: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where the cloud keeps parts, uploads in progress and committed data.
+
+    Implementations must make `commit` atomic (the file row and all its rows, or nothing) and
+    idempotent (a second commit of the same (part, file) inserts nothing and returns False).
+    """
+
+    async def add_part(self, part_id: str, secret: str, *, rotate: bool = False) -> None:
+        """Create a part with `secret` (kept only as a salted hash); `rotate=True` replaces an existing one's."""
+        ...
+
+    async def verify_part(self, part_id: str, secret: str) -> bool:
+        """Whether `secret` is the secret of `part_id`; False for an unknown part."""
+        ...
+
+    async def get_upload(self, part_id: str, file_id: str) -> Upload | None:
+        """The declared upload of (part, file), or None."""
+        ...
+
+    async def save_upload(self, upload: Upload) -> None:
+        """Insert or replace the declared upload of (upload.part_id, upload.file_id)."""
+        ...
+
+    async def set_received(self, part_id: str, file_id: str, received: int) -> None:
+        """Record how many bytes of an upload are durably on disk."""
+        ...
+
+    async def delete_upload(self, part_id: str, file_id: str) -> None:
+        """Forget an upload (after a checksum mismatch or a rejected file)."""
+        ...
+
+    async def get_file(self, part_id: str, file_id: str) -> CommittedFile | None:
+        """The committed file (part, file), or None."""
+        ...
+
+    async def commit(
+        self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]
+    ) -> bool:
+        """Atomically store a committed file with its rows and drop its upload; False if it was already committed."""
+        ...
+
+    async def list_files(self, part_id: str, *, after: str | None = None, limit: int = 100) -> list[CommittedFile]:
+        """Committed files of a part in file id order, those after file id `after`."""
+        ...
+
+    async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:
+        """Tabular rows of a part matching `query`, in SortKey order, at most `query.limit`."""
+        ...
+
+    async def query_binary(self, part_id: str, query: Query) -> list[BinaryItem]:
+        """Binary items of a part matching `query`, in SortKey order, at most `query.limit`."""
+        ...
+
+    async def get_binary(self, part_id: str, file_id: str, record_index: int) -> BinaryItem | None:
+        """One binary item of a part, or None."""
+        ...
+
+    async def expire(self, now_ns: int) -> list[CommittedFile]:
+        """Delete every committed file (and its rows) older than its retention_policy days; return them."""
+        ...
+
+    async def statistics(self) -> StoreStatistics:
+        """Row counts."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

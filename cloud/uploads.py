@@ -1,0 +1,199 @@
+"""The upload routes of the sync protocol: status, declare, send bytes, commit (docs/sync-protocol.md).
+
+Every step about one file runs under that file's lock, so concurrent requests for the same file
+see each other's effects in order. File ids are scoped per part: another part's file with the
+same id is simply not visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import replace
+
+import trio
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cloud import ingest
+from cloud.blobs import OffsetMismatch
+from cloud.http import ApiError, Cloud, cloud_of, content_length, endpoint, file_id_param, read_body
+from cloud.store import CommittedFile, Upload
+from runtime.sync_protocol import MAX_CHUNK_BYTES, MAX_JSON_BYTES, FileKind, FileState, FileStatus, UploadStart
+
+log = logging.getLogger("capsync.cloud.uploads")
+
+_OFFSET_RE = re.compile(r"^[0-9]{1,19}$")
+
+
+def _committed(f: CommittedFile) -> FileStatus:
+    return FileStatus(file_id=f.file_id, state=FileState.COMMITTED, offset=f.size, size=f.size, records=f.records)
+
+
+def _unknown(file_id: str) -> FileStatus:
+    return FileStatus(file_id=file_id, state=FileState.UNKNOWN)
+
+
+def _partial(u: Upload, held: int) -> FileStatus:
+    return FileStatus(file_id=u.file_id, state=FileState.PARTIAL, offset=held, size=u.size)
+
+
+def _ok(status: FileStatus) -> Response:
+    return JSONResponse(status.model_dump(mode="json"))
+
+
+async def lookup(cloud: Cloud, part_id: str, file_id: str) -> tuple[FileStatus, Upload | None]:
+    """Where the cloud is with (part, file) — committed, partial with the bytes held, or unknown —
+    and the declared upload when it is partial."""
+    f = await cloud.store.get_file(part_id, file_id)
+    if f is not None:
+        return _committed(f), None
+    u = await cloud.store.get_upload(part_id, file_id)
+    if u is None:
+        return _unknown(file_id), None
+    held = await trio.to_thread.run_sync(cloud.blobs.held, part_id, file_id)
+    return _partial(u, held), u
+
+
+@endpoint
+async def file_resource(request: Request) -> Response:
+    """`GET /v1/files/{file_id}` (status) and `POST /v1/files/{file_id}` (declare an upload)."""
+    cloud = cloud_of(request)
+    part_id = await cloud.authenticate(request)
+    file_id = file_id_param(request)
+    if request.method in ("GET", "HEAD"):
+        return _ok((await lookup(cloud, part_id, file_id))[0])
+    body = await read_body(request, MAX_JSON_BYTES)
+    try:
+        start = UploadStart.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid upload declaration", _summarize(exc)) from None
+    async with cloud.locks.hold((part_id, file_id)):
+        return _ok(await _start(cloud, part_id, file_id, start))
+
+
+async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -> FileStatus:
+    f = await cloud.store.get_file(part_id, file_id)
+    if f is not None:
+        await trio.to_thread.run_sync(cloud.blobs.discard, part_id, file_id)  # left by a crash after commit
+        return _committed(f)
+    u = await cloud.store.get_upload(part_id, file_id)
+    fields = {"part": part_id, "file_id": file_id, "kind": start.kind.value, "size": start.size}
+    if u is not None and (u.kind, u.size, u.sha256) == (start.kind, start.size, start.sha256):
+        if (u.name, u.mime_type) != (start.name, start.mime_type):
+            u = replace(u, name=start.name, mime_type=start.mime_type)
+            await cloud.store.save_upload(u)
+        held = await trio.to_thread.run_sync(cloud.blobs.held, part_id, file_id)
+        return _partial(u, held)
+    await trio.to_thread.run_sync(cloud.blobs.reset, part_id, file_id)
+    new = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, 0, time.time_ns())
+    await cloud.store.save_upload(new)
+    log.info("upload restarted" if u is not None else "upload started", extra=fields)
+    return _partial(new, 0)
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+@endpoint
+async def file_data(request: Request) -> Response:
+    """`PUT /v1/files/{file_id}/data?offset=N`: append one chunk at the offset the cloud holds."""
+    cloud = cloud_of(request)
+    part_id = await cloud.authenticate(request)
+    file_id = file_id_param(request)
+    raw = request.query_params.get("offset")
+    if raw is None or not _OFFSET_RE.match(raw):
+        raise ApiError(400, "invalid offset", "send ?offset=N with N the byte offset of this chunk")
+    offset = int(raw)
+    content_length(request, MAX_CHUNK_BYTES)
+    # Refuse a stale chunk before reading it, so a confused client does not push megabytes for nothing.
+    await _check_offset(cloud, part_id, file_id, offset, None)
+    data = await read_body(request, MAX_CHUNK_BYTES)
+    async with cloud.locks.hold((part_id, file_id)):
+        u = await _check_offset(cloud, part_id, file_id, offset, len(data))
+        try:
+            with trio.CancelScope(shield=True):
+                new = await trio.to_thread.run_sync(cloud.blobs.append, part_id, file_id, offset, data)
+                await cloud.store.set_received(part_id, file_id, new)
+        except OffsetMismatch as exc:
+            raise ApiError(409, "stale offset", f"the cloud holds {exc.held} bytes", status=_partial(u, exc.held)) from None
+    log.debug("chunk stored", extra={"part": part_id, "file_id": file_id, "offset": offset, "bytes": len(data)})
+    return _ok(_partial(u, new))
+
+
+async def _check_offset(cloud: Cloud, part_id: str, file_id: str, offset: int, length: int | None) -> Upload:
+    status, u = await lookup(cloud, part_id, file_id)
+    if status.state is FileState.COMMITTED:
+        raise ApiError(409, "already committed", "this file is committed; nothing more to send", status=status)
+    if status.state is FileState.UNKNOWN:
+        raise ApiError(409, "upload not started", "declare the upload with POST first", status=status)
+    if offset != status.offset:
+        raise ApiError(409, "stale offset", f"the cloud holds {status.offset} bytes; send from there", status=status)
+    assert u is not None  # state is partial
+    if length is not None and offset + length > u.size:
+        raise ApiError(400, "chunk exceeds declared size",
+                       f"{offset} + {length} bytes is more than the declared {u.size}", status=status)
+    return u
+
+
+@endpoint
+async def file_commit(request: Request) -> Response:
+    """`POST /v1/files/{file_id}/commit`: verify the checksum, store the content, answer committed."""
+    cloud = cloud_of(request)
+    part_id = await cloud.authenticate(request)
+    file_id = file_id_param(request)
+    async with cloud.locks.hold((part_id, file_id)):
+        return _ok(await _commit(cloud, part_id, file_id))
+
+
+async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
+    status, u = await lookup(cloud, part_id, file_id)
+    if status.state is FileState.COMMITTED:
+        await trio.to_thread.run_sync(cloud.blobs.discard, part_id, file_id)
+        return status
+    if status.state is FileState.UNKNOWN:
+        raise ApiError(409, "upload not started", "declare and send the file before committing", status=status)
+    if status.offset != status.size:
+        raise ApiError(409, "upload incomplete", f"the cloud holds {status.offset} of {status.size} bytes",
+                       status=status)
+    assert u is not None  # state is partial
+    fields = {"part": part_id, "file_id": file_id, "kind": u.kind.value, "size": u.size}
+    digest = await trio.to_thread.run_sync(cloud.blobs.sha256, part_id, file_id)
+    if digest != u.sha256:
+        await _discard(cloud, u)
+        log.warning("checksum mismatch; upload discarded", extra={**fields, "declared": u.sha256, "actual": digest})
+        raise ApiError(422, "checksum mismatch", f"declared sha256 {u.sha256}, received bytes hash to {digest}; "
+                       "the upload was discarded, send the file again", status=_unknown(file_id))
+    now = time.time_ns()
+    try:
+        if u.kind is FileKind.CAPTURE:
+            path = cloud.blobs.partial_path(part_id, file_id)
+            rows = await trio.to_thread.run_sync(ingest.capture_file, u, path, u.size, now)
+        else:
+            rows = ingest.plain_file(u, u.size, now)
+    except ingest.Rejected as exc:
+        await _discard(cloud, u)
+        log.warning("capture file rejected; upload discarded", extra={**fields, "reason": str(exc)})
+        raise ApiError(422, "capture file rejected", f"{exc}; the upload was discarded",
+                       status=_unknown(file_id)) from None
+    with trio.CancelScope(shield=True):  # a half-done commit must not be left by a client going away
+        await trio.to_thread.run_sync(cloud.blobs.publish, part_id, file_id)
+        inserted = await cloud.store.commit(rows.file, rows.tabular, rows.binary)
+        await trio.to_thread.run_sync(cloud.blobs.discard, part_id, file_id)
+    log.info("file committed", extra={**fields, "records": rows.file.records, "new": inserted})
+    f = await cloud.store.get_file(part_id, file_id)
+    assert f is not None
+    return _committed(f)
+
+
+async def _discard(cloud: Cloud, u: Upload) -> None:
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(cloud.blobs.discard, u.part_id, u.file_id)
+        await cloud.store.delete_upload(u.part_id, u.file_id)

@@ -1,0 +1,117 @@
+"""Shared builders for the cloud tests: an in-process cloud with two parts, capture files, uploads.
+
+Other tests/test_cloud_*.py modules import from here (fixtures included); the few tests at the
+bottom check the builders themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from cloud.app import DB_NAME, create_app
+from cloud.sqlite_store import SqliteStore
+from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+
+#: scrypt cost for tests: real hashing, but cheap enough for dozens of parts.
+TEST_SCRYPT_N = 2**10
+PART_A, SECRET_A = "part-a", "secret-a"
+PART_B, SECRET_B = "part-b", "secret-b"
+
+
+@dataclass
+class CloudEnv:
+    """An app, its store and data dir, with parts A and B registered."""
+
+    app: Starlette
+    store: SqliteStore
+    data_dir: Path
+
+    def client(self, part: str = PART_A, secret: str | None = None, *, anonymous: bool = False) -> httpx.AsyncClient:
+        """An httpx client talking to the app in-process as `part` (without credentials if `anonymous`)."""
+        if secret is None:
+            secret = {PART_A: SECRET_A, PART_B: SECRET_B}.get(part, "")
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
+            base_url="http://cloud.test", auth=None if anonymous else (part, secret),
+        )
+
+
+def make_env(data_dir: Path) -> CloudEnv:
+    """A fresh cloud over `data_dir` with parts A and B (registered without an event loop)."""
+    store = SqliteStore(data_dir / DB_NAME, scrypt_n=TEST_SCRYPT_N)
+    store.add_part_sync(PART_A, SECRET_A)
+    store.add_part_sync(PART_B, SECRET_B)
+    return CloudEnv(create_app(data_dir, store), store, data_dir)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> CloudEnv:
+    """A fresh in-process cloud with parts A and B."""
+    return make_env(tmp_path / "cloud")
+
+
+def tabular_capture(
+    directory: Path, part: str = PART_A, n: int = 5, *, t0: int = 1_000_000_000, step: int = 1_000,
+    tags: tuple[str, ...] = ("t1",), resource: tuple[str, str, str] = ("sensor", "s1", "Readings"),
+    metadata: dict | None = None, file_id: str | None = None,
+) -> tuple[str, bytes]:
+    """A finished tabular capture file of `n` records; returns (file id, file bytes)."""
+    header = CaptureHeader(file_id or new_file_id(), part, *resource, {}, tags, "tabular", metadata=metadata or {})
+    w = CaptureWriter.create(directory, header)
+    for i in range(n):
+        w.append(CaptureRecord(t0 + i * step, t0 + i * step + 7, {"i": i, "v": i * 0.5}))
+    return header.file_id, w.finish().read_bytes()
+
+
+def binary_capture(directory: Path, images: list[bytes], part: str = PART_A, *, mime: str = "image/jpeg",
+                   t0: int = 2_000_000_000, metadata: list[dict | None] | None = None) -> tuple[str, bytes]:
+    """A finished binary capture file holding `images`; returns (file id, file bytes)."""
+    header = CaptureHeader(new_file_id(), part, "camera", "cam", "ReadImage", {}, ("t1",), "binary", mime_type=mime)
+    w = CaptureWriter.create(directory, header)
+    for i, img in enumerate(images):
+        w.append(CaptureRecord(t0 + i, t0 + i + 1, img, (metadata or [None] * len(images))[i]))
+    return header.file_id, w.finish().read_bytes()
+
+
+def declaration(data: bytes, kind: str = "capture", **extra: Any) -> dict[str, Any]:
+    """The UploadStart JSON for `data`."""
+    return {"kind": kind, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), **extra}
+
+
+async def upload(client: httpx.AsyncClient, file_id: str, data: bytes, *, kind: str = "capture",
+                 chunk: int = 100, commit: bool = True, **extra: Any) -> httpx.Response:
+    """Declare, send in `chunk`-byte pieces, and (by default) commit; returns the last response."""
+    r = await client.post(f"/v1/files/{file_id}", json=declaration(data, kind, **extra))
+    assert r.status_code == 200, r.text
+    offset = r.json()["offset"]
+    while offset < len(data):
+        r = await client.put(f"/v1/files/{file_id}/data", params={"offset": offset}, content=data[offset:offset + chunk])
+        assert r.status_code == 200, r.text
+        offset = r.json()["offset"]
+    if commit:
+        r = await client.post(f"/v1/files/{file_id}/commit")
+    return r
+
+
+async def test_make_env_registers_two_parts_with_distinct_secrets(env: CloudEnv) -> None:
+    assert await env.store.verify_part(PART_A, SECRET_A)
+    assert await env.store.verify_part(PART_B, SECRET_B)
+    assert not await env.store.verify_part(PART_A, SECRET_B)
+    assert not await env.store.verify_part("nobody", SECRET_A)
+
+
+def test_capture_builders_make_files_of_the_requested_part(tmp_path: Path) -> None:
+    from runtime.capture_file import read_capture
+
+    fid, data = tabular_capture(tmp_path, PART_B, n=3)
+    (path,) = tmp_path.rglob("*.capture")
+    contents = read_capture(path)
+    assert (contents.header.file_id, contents.header.part_id, len(contents.records)) == (fid, PART_B, 3)
+    assert path.read_bytes() == data
