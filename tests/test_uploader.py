@@ -1,0 +1,71 @@
+"""The uploader against the real cloud app: resume at the cloud's offset, committed files, checksum mismatch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from actors.uploader import upload_file
+from runtime.cloud_client import CloudClient
+from runtime.sync_files import find_ready_files, stable_file_id
+from runtime.sync_protocol import FileKind, FileState, UploadStart
+from tests.cloudkit import InProcessCloud
+
+
+@pytest.fixture
+async def cloud(tmp_path):
+    c = InProcessCloud(tmp_path / "cloud")
+    secret = await c.add_part("p1")
+    client = CloudClient(c.url, "p1", secret, transport=c.transport)
+    yield c, client
+    await client.aclose()
+
+
+def _plain_file(tmp_path: Path, size: int) -> tuple:
+    root = tmp_path / "extra"
+    root.mkdir(exist_ok=True)
+    path = root / "blob.bin"
+    path.write_bytes(os.urandom(size))
+    os.utime(path, (1_000_000, 1_000_000))
+    (f,) = find_ready_files([], [root], now_s=2_000_000)
+    return f, stable_file_id(f.path, f.size, f.mtime_ns)
+
+
+async def test_resumes_at_the_clouds_offset(tmp_path, cloud):
+    _, client = cloud
+    f, file_id = _plain_file(tmp_path, 3 * 1024 * 1024 + 17)
+    data = f.path.read_bytes()
+    await client.start(file_id, UploadStart(kind=FileKind.FILE, size=f.size,
+                                            sha256=hashlib.sha256(data).hexdigest(), name=f.name))
+    await client.send(file_id, 0, data[:1_000_000])
+    result = await upload_file(client, f, chunk_bytes=1024 * 1024)
+    assert result.bytes_sent == f.size - 1_000_000
+    assert (await client.status(file_id)).state is FileState.COMMITTED
+    assert not f.path.exists()
+
+
+async def test_already_committed_file_is_deleted_without_sending(tmp_path, cloud):
+    _, client = cloud
+    f, _ = _plain_file(tmp_path, 5000)
+    content = f.path.read_bytes()
+    first = await upload_file(client, f)
+    assert first.bytes_sent == 5000
+    f.path.write_bytes(content)  # the same file again, e.g. a crash before the local delete
+    os.utime(f.path, (1_000_000, 1_000_000))
+    again = await upload_file(client, f)
+    assert again.bytes_sent == 0 and again.file_id == first.file_id and not f.path.exists()
+
+
+async def test_checksum_mismatch_starts_the_file_over(tmp_path, cloud):
+    _, client = cloud
+    f, file_id = _plain_file(tmp_path, 200_000)
+    data = f.path.read_bytes()
+    await client.start(file_id, UploadStart(kind=FileKind.FILE, size=f.size,
+                                            sha256=hashlib.sha256(data).hexdigest(), name=f.name))
+    await client.send(file_id, 0, b"\0" * f.size)  # wrong bytes, right length
+    result = await upload_file(client, f)
+    assert result.bytes_sent == f.size  # everything was sent again after the mismatch
+    assert (await client.status(file_id)).state is FileState.COMMITTED
