@@ -1,18 +1,21 @@
 """The agent: the root actor that turns a robot config into a running supervision tree.
 
     agent (supervisor, one_for_one)
-    ├── mongo_sink                             only when mongo_capture_config.uri is set
+    ├── mongo_sink                             once mongo_capture_config.uri is set
     ├── capture (dynamic supervisor)
     │   └── collector <type>/<name>/<method>   one per enabled capture method
-    ├── sync                                   only when sync is on and the part has a cloud identity
+    ├── sync                                   while sync is on and the part has a cloud identity
     │   (the scheduler, running its uploaders)
-    └── governor                               the disk-full rule, whenever there is a data manager
+    ├── governor                               the disk-full rule, whenever there is a data manager
+    ├── config_watcher                         when the agent was started from a config file
+    └── control                                status, sync now, Sync and DoCommand over WebSocket RPC
 
 The MongoDB sink starts before capture and stops after it, so it sees every reading.
 
 At start it recovers any `.prog` file a crash left in the capture dir, builds the configured
-resources, and starts one collector per enabled capture method. Shutdown is cancellation:
-every collector finishes its open file before the agent returns.
+resources, and starts one collector per enabled capture method. A new config is applied as a
+diff (`apply_config`, see actors/reconcile.py). Shutdown is cancellation: every collector
+finishes its open file before the agent returns.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from pathlib import Path
 import httpx
 import trio
 
+from actors.agent_api import agent_handlers
 from actors.collector import Collector, CollectorSettings, CollectorStats
+from actors.config_watcher import ConfigWatcher, ConfigWatcherStats
+from actors.control import ControlEndpoint
 from actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
 from actors.mongo_sink import MongoSink, MongoSinkStats
+from actors.reconcile import diff_configs
 from actors.sync_scheduler import SyncScheduler, SyncStats
 from runtime.capture_file import recover_dir
 from runtime.cloud_client import CloudClient
@@ -53,6 +60,9 @@ class AgentStats:
     sync_off_reason: str | None
     governor: GovernorStats | None = None  # None without a data manager
     mongo: MongoSinkStats | None = None  # None unless mongo_capture_config.uri is set
+    config: ConfigWatcherStats | None = None  # None when not started from a config file
+    revision: int = 1
+    control_address: str | None = None
 
     @property
     def dropped(self) -> int:
@@ -85,6 +95,10 @@ def part_id_of(config: RobotConfig) -> str:
     return config.cloud.id or socket.gethostname()
 
 
+#: How long a reload waits for a collector to finish its capture in flight before cancelling it.
+STOP_GRACE_S = 2.0
+
+
 def collector_settings(dm: DataManagerAttributes, part_id: str) -> CollectorSettings:
     """The collector settings the data manager attributes ask for."""
     return CollectorSettings(
@@ -100,7 +114,12 @@ def collector_settings(dm: DataManagerAttributes, part_id: str) -> CollectorSett
 
 
 class Agent:
-    """Runs capture for one robot part as described by `config` until cancelled."""
+    """Runs capture (and sync, and the rest of the tree) for one robot part as `config` describes.
+
+    With `config_path` the agent watches that file and applies each valid edit. `cloud_transport`
+    replaces the network for the cloud client (tests); `control` False leaves the control
+    endpoint out (tests that run several agents in one process).
+    """
 
     def __init__(
         self,
@@ -109,39 +128,52 @@ class Agent:
         part_id: str | None = None,
         cloud_transport: httpx.AsyncBaseTransport | None = None,
         governor_interval_s: float = DEFAULT_INTERVAL_S,
+        config_path: Path | None = None,
+        config_text: str | None = None,
+        control: bool = True,
+        config_poll_s: float = 0.5,
     ) -> None:
         self.config = config
         self.part_id = part_id or part_id_of(config)
+        self.revision = 1
         self.collectors: dict[str, Collector] = {}
-        self._unavailable: list[str] = []
+        self._unavailable: dict[str, str] = {}  # plan key or resource name -> why it is not running
         self._recovered = 0
+        self._transport = cloud_transport
+        self._registry = ResourceRegistry()
+        self._wall: WallClock | None = None
         self._capture = Supervisor("capture", max_restarts=50, period=60.0)
+        self._root = Supervisor("agent", [])
+        self._capture_dirs: list[Path] = []
+        self._ready = trio.Event()
+        self._reload_lock = trio.Lock()
         dm = config.data_manager
-        children = []
-        # --- disk governor and MongoDB sink (issue 4) ---
+        if dm is not None:
+            self._capture_dirs.append(dm.capture_dir_path())
         self.mongo_sink: MongoSink | None = None
         if dm is not None and dm.mongo_capture_config.uri:
             self.mongo_sink = MongoSink(dm.mongo_capture_config)
-            children.append(ChildSpec("mongo_sink", self.mongo_sink.run, restart=Restart.PERMANENT))
         self.governor: DiskGovernor | None = None
         if dm is not None:
             self.governor = DiskGovernor(dm.capture_dir_path(), every_nth=dm.delete_every_nth_when_disk_full,
                                          capture_enabled=config.capture_enabled, interval_s=governor_interval_s,
                                          is_busy=self._is_uploading)
-        # --- end ---
-        children.append(ChildSpec("capture", self._capture.run, restart=Restart.PERMANENT))
         self.sync: SyncScheduler | None = None
-        self.sync_off_reason = self._sync_off_reason()
+        self.sync_off_reason = self._sync_off_reason(config)
         if self.sync_off_reason is None:
-            self.sync = self._make_scheduler(cloud_transport)
-            children.append(ChildSpec("sync", self.sync.run, restart=Restart.PERMANENT))
-        if self.governor is not None:
-            children.append(ChildSpec("governor", self.governor.run, restart=Restart.PERMANENT))
-        self._root = Supervisor("agent", children)
-        self._ready = trio.Event()
+            self.sync = self._make_scheduler(config)
+        self.watcher: ConfigWatcher | None = None
+        if config_path is not None:
+            self.watcher = ConfigWatcher(config_path, self.apply_config, initial_text=config_text, poll_s=config_poll_s)
+        self.control: ControlEndpoint | None = None
+        if control:
+            self.control = self._make_control(config)
 
-    def _sync_off_reason(self) -> str | None:
-        dm, cloud = self.config.data_manager, self.config.cloud
+    # -- building the parts --------------------------------------------------------------
+
+    @staticmethod
+    def _sync_off_reason(config: RobotConfig) -> str | None:
+        dm, cloud = config.data_manager, config.cloud
         if dm is None:
             return "no data_manager service is configured"
         if dm.sync_disabled:
@@ -150,28 +182,47 @@ class Agent:
             return "the config has no cloud.id and cloud.secret for this part"
         return None
 
-    def _make_scheduler(self, transport: httpx.AsyncBaseTransport | None) -> SyncScheduler:
-        dm, cloud = self.config.data_manager, self.config.cloud
+    def _make_scheduler(self, config: RobotConfig) -> SyncScheduler:
+        dm, cloud = config.data_manager, config.cloud
         assert dm is not None
-        client = CloudClient(cloud.app_address, cloud.id, cloud.secret, transport=transport)
+        client = CloudClient(cloud.app_address, cloud.id, cloud.secret, transport=self._transport)
         return SyncScheduler(
             client,
-            capture_dirs=lambda: [dm.capture_dir_path()],
+            capture_dirs=self._dirs_to_sync,
             sync_paths=[Path(p).expanduser() for p in dm.additional_sync_paths],
             interval_s=dm.sync_interval_secs,
             max_uploads=dm.maximum_num_sync_threads,
             finish_open_files=self.finish_open_files,
+            should_sync=self._selective_syncer(config),
         )
+
+    def _selective_syncer(self, config: RobotConfig):
+        name = config.data_manager.selective_syncer_name if config.data_manager else ""
+        if not name:
+            return None
+
+        async def should_sync() -> bool:
+            reading = await self._registry.get(name).capture("Readings", {})
+            return bool(reading.get("should_sync", True)) if isinstance(reading, dict) else True
+
+        return should_sync
+
+    def _make_control(self, config: RobotConfig) -> ControlEndpoint:
+        net = config.network
+        return ControlEndpoint(net.host, net.port, agent_handlers(self), secret=config.cloud.secret)
+
+    def _dirs_to_sync(self) -> list[Path]:
+        """The current capture dir and earlier ones (after a capture_dir change) that still exist."""
+        return [d for i, d in enumerate(self._capture_dirs) if i == 0 or d.exists()]
 
     def _is_uploading(self, path: Path) -> bool:
         """True while the sync scheduler uploads `path` (the governor never deletes such a file)."""
-        # SyncScheduler has no public accessor for its in-flight set yet; reading it is safe (same thread).
-        return self.sync is not None and path in self.sync._in_flight
+        return self.sync is not None and self.sync.is_uploading(path)
 
     async def finish_open_files(self) -> None:
         """Finish every collector's open file (a sync pass calls this so fresh data can go up)."""
         async with trio.open_nursery() as nursery:
-            for c in self.collectors.values():
+            for c in list(self.collectors.values()):
                 nursery.start_soon(c.finish_open_file)
 
     @property
@@ -180,19 +231,27 @@ class Agent:
         dm = self.config.data_manager
         return dm.capture_dir_path() if dm else None
 
+    # -- running -------------------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover, build resources, start the tree; signals readiness; runs until cancelled."""
-        wall = WallClock()
-        registry = ResourceRegistry()
+        self._wall = WallClock()
         try:
             if self.capture_dir is not None:
                 await self._recover(self.capture_dir)
             plans = self.config.capture_plan()
-            self._build_resources(registry, plans)
+            self._build_resources(self.config)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._root.run)
+                if self.mongo_sink is not None:
+                    await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
+                await self._root.start_child(ChildSpec("capture", self._capture.run))
                 for plan in plans:
-                    await self._start_collector(plan, registry, wall)
+                    await self._start_collector(plan)
+                for name, actor in (("sync", self.sync), ("governor", self.governor),
+                                    ("config_watcher", self.watcher), ("control", self.control)):
+                    if actor is not None:
+                        await self._root.start_child(ChildSpec(name, actor.run))
                 log.info(
                     "agent running",
                     extra={"part_id": self.part_id, "collectors": len(self.collectors),
@@ -202,7 +261,7 @@ class Agent:
                 task_status.started()
         finally:
             with trio.move_on_after(5, shield=True):
-                await registry.close_all()
+                await self._registry.close_all()
 
     async def wait_ready(self) -> None:
         """Wait until every collector has started."""
@@ -218,48 +277,130 @@ class Agent:
                 log.error("unreadable capture file set aside as .corrupt", extra=extra)
             else:
                 log.warning("recovered capture file left by a crash", extra=extra)
-        self._recovered = sum(1 for r in recoveries if r.result is not None)
+        self._recovered += sum(1 for r in recoveries if r.result is not None)
 
-    def _build_resources(self, registry: ResourceRegistry, plans: list[CaptureMethodPlan]) -> None:
-        wanted = {p.resource.name for p in plans if p.resource.remote is None}
-        refs = [r for r in self.config.resources() if r.remote is None]
-        failures = registry.reconcile(refs)
+    def _build_resources(self, config: RobotConfig) -> None:
+        wanted = {p.resource.name for p in config.capture_plan() if p.resource.remote is None}
+        refs = [r for r in config.resources() if r.remote is None]
+        failures = self._registry.reconcile(refs)
+        for name in [k for k in self._unavailable if "|" not in k]:
+            del self._unavailable[name]
         for ref in refs:
             exc = failures.get(ref.name)
             if exc is not None and ref.name in wanted:
                 log.error("resource could not be built; its capture methods are not running",
                           extra={"resource": f"{ref.type}/{ref.name}", "model": ref.model, "error": str(exc)})
-                self._unavailable.append(f"{ref.type}/{ref.name}: {exc}")
+                self._unavailable[ref.name] = f"{ref.type}/{ref.name}: {exc}"
 
-    async def _start_collector(self, plan: CaptureMethodPlan, registry: ResourceRegistry, wall: WallClock) -> None:
+    async def _start_collector(self, plan: CaptureMethodPlan) -> None:
         if plan.resource.remote is not None:
-            self._unavailable.append(f"{plan.resource.remote}:{plan.resource.type}/{plan.resource.name}: "
-                                     "capture from remote parts is not supported yet")
+            self._unavailable[plan.key] = (f"{plan.resource.remote}:{plan.resource.type}/{plan.resource.name}: "
+                                           "capture from remote parts is not supported yet")
             log.warning("capture from remote parts is not supported yet; method skipped",
                         extra={"remote": plan.resource.remote, "method": plan.method})
             return
         try:
-            resource = registry.get(plan.resource.name)
+            resource = self._registry.get(plan.resource.name)
         except Exception:
             return  # already reported by _build_resources
         dm = self.config.data_manager
-        assert dm is not None  # capture_plan() is empty without a data manager
-        collector = Collector(plan, resource, collector_settings(dm, self.part_id), wall,
+        assert dm is not None and self._wall is not None  # capture_plan() is empty without a data manager
+        collector = Collector(plan, resource, collector_settings(dm, self.part_id), self._wall,
                               on_tabular=self.mongo_sink.offer if self.mongo_sink else None)
         self.collectors[collector.name] = collector
-        await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.PERMANENT))
+        await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.TRANSIENT))
+
+    async def _stop_collector(self, name: str) -> None:
+        """Stop a collector after its capture in flight (cancel it if that takes too long)."""
+        collector = self.collectors.pop(name, None)
+        if collector is None:
+            return
+        collector.request_stop()
+        with trio.move_on_after(STOP_GRACE_S):
+            await collector.stopped.wait()
+        if self._capture.has_child(name):
+            await self._capture.stop_child(name)
+
+    # -- reconfiguration -----------------------------------------------------------------
+
+    async def apply_config(self, new: RobotConfig, revision: int | None = None) -> None:
+        """Change the running agent to `new`, touching only what changed; no reading is lost."""
+        async with self._reload_lock:
+            old = self.config
+            diff = diff_configs(old, new)
+            log.info("applying config", extra={"revision": revision, "changes": diff.summary()})
+            by_key = {c.plan.key: name for name, c in self.collectors.items()}
+            for key in [*diff.removed, *(p.key for p in diff.restarted)]:
+                if key in by_key:
+                    await self._stop_collector(by_key[key])
+                self._unavailable.pop(key, None)
+            self.config = new
+            self.part_id = part_id_of(new) if old.cloud.id != new.cloud.id else self.part_id
+            if diff.resources_changed:
+                self._build_resources(new)
+                await self._registry.close_retired()
+            dm = new.data_manager
+            if dm is not None and dm.mongo_capture_config.uri and self.mongo_sink is None:
+                self.mongo_sink = MongoSink(dm.mongo_capture_config)
+                await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
+            elif diff.mongo_changed and self.mongo_sink is not None:
+                self.mongo_sink.reconfigure(dm.mongo_capture_config if dm else None)
+            if dm is not None:  # the new dir first; earlier ones are still synced until they are empty
+                current = dm.capture_dir_path()
+                self._capture_dirs = [current, *(d for d in self._capture_dirs if d != current)]
+            for plan in [*diff.restarted, *diff.added]:
+                await self._start_collector(plan)
+            for plan in diff.rate_changed:
+                name = by_key.get(plan.key)
+                if name in self.collectors:
+                    self.collectors[name].set_frequency(plan.frequency_hz)
+                    self.collectors[name].plan = plan
+            await self._apply_sync(new, diff)
+            if self.governor is not None and dm is not None and diff.governor_changed:
+                self.governor.reconfigure(dm.capture_dir_path(), every_nth=dm.delete_every_nth_when_disk_full,
+                                          capture_enabled=new.capture_enabled)
+            if self.control is not None and (old.network != new.network or old.cloud.secret != new.cloud.secret):
+                await self._root.stop_child("control")
+                self.control = self._make_control(new)
+                await self._root.start_child(ChildSpec("control", self.control.run))
+            if revision is not None:
+                self.revision = revision
+
+    async def _apply_sync(self, new: RobotConfig, diff) -> None:
+        if diff.sync_restart:
+            if self.sync is not None and self._root.has_child("sync"):
+                await self._root.stop_child("sync")
+            self.sync = None
+            self.sync_off_reason = self._sync_off_reason(new)
+            if self.sync_off_reason is None:
+                self.sync = self._make_scheduler(new)
+                await self._root.start_child(ChildSpec("sync", self.sync.run))
+            return
+        if self.sync is None:
+            return
+        if diff.sync_interval_s is not None:
+            self.sync.interval_s = diff.sync_interval_s
+        if diff.sync_threads is not None:
+            self.sync.set_max_uploads(diff.sync_threads)
+        self.sync.should_sync = self._selective_syncer(new)
+
+    # -- status --------------------------------------------------------------------------
 
     def statistics(self) -> AgentStats:
-        """A snapshot of every collector and supervisor."""
+        """A snapshot of every actor."""
         return AgentStats(
             part_id=self.part_id,
             capture_dir=str(self.capture_dir),
             collectors=tuple(c.statistics() for c in self.collectors.values()),
-            unavailable=tuple(self._unavailable),
+            unavailable=tuple(self._unavailable.values()),
             recovered_files=self._recovered,
             supervisors=(self._root.statistics(), self._capture.statistics()),
             sync=self.sync.statistics() if self.sync else None,
             sync_off_reason=self.sync_off_reason,
             governor=self.governor.statistics() if self.governor else None,
             mongo=self.mongo_sink.statistics() if self.mongo_sink else None,
+            config=self.watcher.statistics() if self.watcher else None,
+            revision=self.revision,
+            control_address=(f"{self.control.host}:{self.control.bound_port}"
+                             if self.control and self.control.bound_port else None),
         )

@@ -34,6 +34,8 @@ log = logging.getLogger("capsync.collector")
 LATE_SHARE = 0.1
 #: ... but never counts as late below this many seconds (scheduler jitter at very high rates).
 LATE_FLOOR_S = 0.002
+#: Window over which `measured_hz` is computed.
+RATE_WINDOW_S = 1.0
 #: How long finishing the open file may block at shutdown before the .prog is left for recovery.
 FINISH_TIMEOUT_S = 5.0
 
@@ -58,6 +60,7 @@ class CollectorStats:
 
     name: str
     target_hz: float
+    measured_hz: float | None  # captures per second over the last second; None until measured
     captured: int
     failed: int
     late_ticks: int
@@ -113,6 +116,12 @@ class Collector:
         self._last_error: str | None = None
         self._wake = trio.Event()
         self._finished = trio.Event()  # set (and replaced) each time a file is finished
+        self._stop_requested = False
+        #: Set once the collector has stopped after `request_stop()`.
+        self.stopped = trio.Event()
+        self._rate_t0: float | None = None  # start of the current rate window
+        self._rate_c0 = 0
+        self._measured_hz: float | None = None
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
 
@@ -124,7 +133,14 @@ class Collector:
             raise ValueError(f"capture frequency must be > 0 Hz, not {hz}")
         self._period = 1.0 / hz
         self._regrid = True
+        self._rate_t0, self._measured_hz = None, None
         self.plan = replace(self.plan, frequency_hz=hz)
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask the collector to stop after the capture in progress, finishing its file; `stopped` is
+        set when it has. Unlike cancellation, no reading that is being taken is lost."""
+        self._stop_requested = True
         self._wake.set()
 
     def request_finish(self) -> None:
@@ -145,6 +161,7 @@ class Collector:
         return CollectorStats(
             name=self.name,
             target_hz=self.plan.frequency_hz,
+            measured_hz=self._measured_hz,
             captured=self._captured,
             failed=self._failed,
             late_ticks=self._late,
@@ -164,7 +181,7 @@ class Collector:
         start, k = trio.current_time(), 0
         task_status.started()
         try:
-            while True:
+            while not self._stop_requested:
                 if self._regrid:  # new rate: a new grid through the last tick, from its next tick not in the past
                     self._regrid = False
                     if k > 0:
@@ -174,7 +191,7 @@ class Collector:
                 due = start + k * self._grid_period
                 await self._sleep_until(due)
                 now = trio.current_time()
-                if now < due or self._regrid:  # woken early: control request or file-age deadline
+                if now < due or self._regrid or self._stop_requested:  # woken early: a request or file age
                     self._maybe_finish(now)
                     continue
                 lateness = now - due
@@ -199,12 +216,14 @@ class Collector:
             if scope.cancelled_caught:
                 log.error("could not finish capture file in time; it will be recovered at next start",
                           extra={"actor": self.name})
+            if self._stop_requested:
+                self.stopped.set()
 
     async def _sleep_until(self, due: float) -> None:
         deadline = due
         if self._writer is not None and math.isfinite(self._settings.max_file_age_s):
             deadline = min(deadline, self._writer.opened_at + self._settings.max_file_age_s)
-        if self._finish_requested or self._regrid:
+        if self._finish_requested or self._regrid or self._stop_requested:
             return
         self._wake = trio.Event()
         with trio.move_on_at(deadline):
@@ -244,6 +263,16 @@ class Collector:
             if self._settings.max_binary_file_bytes <= 0:
                 self._finish_file()
         self._captured += 1
+        self._measure_rate()
+
+    def _measure_rate(self) -> None:
+        """Captures per second over the last completed window of at least RATE_WINDOW_S."""
+        now = trio.current_time()
+        if self._rate_t0 is None:
+            self._rate_t0, self._rate_c0 = now, self._captured
+        elif now - self._rate_t0 >= RATE_WINDOW_S:
+            self._measured_hz = (self._captured - self._rate_c0) / (now - self._rate_t0)
+            self._rate_t0, self._rate_c0 = now, self._captured
 
     def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
         """Append `record` to the open file (opening one if needed); None when the disk refused it."""

@@ -63,12 +63,12 @@ class ControlEndpoint:
                 async with trio.open_nursery() as nursery:
                     server = await nursery.start(self._serve)
                     self.bound_port = server.port
-                    self._bind_log.ok("bind", "control endpoint listening", address=f"{self.host}:{server.port}")
+                    self._bind_log.ok("bind", "control endpoint listening again", address=f"{self.host}:{server.port}")
                     log.info("control endpoint listening", extra={"address": f"{self.host}:{server.port}"})
                     attempt = 0
-            except OSError as exc:
+            except* OSError as group:  # the address is taken or not ours: retry, capture goes on
                 self._bind_log.fail("bind", "control endpoint cannot listen; retrying",
-                                    address=f"{self.host}:{self.port}", error=str(exc))
+                                    address=f"{self.host}:{self.port}", error=str(group.exceptions[0]))
                 await trio.sleep(BIND_BACKOFF.delay(attempt))
                 attempt += 1
 

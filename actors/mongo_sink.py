@@ -59,6 +59,7 @@ class MongoSinkStats:
     dropped: int  # the queue was full (or the URI was removed while they waited)
     failed: int  # in writes that failed, or not representable as BSON
     failed_writes: int  # insert calls that failed
+    abandoned: int  # still being written when shutdown's drain time ran out: outcome unknown
     clients_closed: int
     last_error: str | None
 
@@ -129,7 +130,7 @@ class MongoSink:
         self._stopped = False
         self._queue_full = False
         self._failing: str | None = None  # the kind of error writes fail with, while they do
-        self._written = self._dropped = self._failed = self._failed_writes = self._closed = 0
+        self._written = self._dropped = self._failed = self._failed_writes = self._closed = self._abandoned = 0
         self._last_error: str | None = None
 
     # -- called by collectors and the agent ---------------------------------------------------
@@ -177,6 +178,7 @@ class MongoSink:
             dropped=self._dropped,
             failed=self._failed,
             failed_writes=self._failed_writes,
+            abandoned=self._abandoned,
             clients_closed=self._closed,
             last_error=self._last_error,
         )
@@ -199,6 +201,7 @@ class MongoSink:
                 while self._want[0] and (batch := self._take(self.batch_size)):
                     await self._apply_target()
                     await self._write(batch)
+            self._dropped += len(self._take(self.queue_size))  # what the drain had no time for
             with trio.move_on_after(1.0, shield=True):
                 await self._close_client()
 
@@ -256,8 +259,12 @@ class MongoSink:
             self._failed += len(batch)
             return
         target = self._client_target
-        written, bad, error = await trio.to_thread.run_sync(
-            _write_batch, self._client, target[1], target[2], batch, abandon_on_cancel=True)
+        try:
+            written, bad, error = await trio.to_thread.run_sync(
+                _write_batch, self._client, target[1], target[2], batch, abandon_on_cancel=True)
+        except trio.Cancelled:  # shutdown: the thread finishes on its own, unobserved
+            self._abandoned += len(batch)
+            raise
         self._written += written
         if bad:
             self._failed += len(bad)

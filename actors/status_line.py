@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from actors.agent import AgentStats
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.agent import AgentStats
 
 
 def human_bytes(n: float) -> str:

@@ -121,6 +121,10 @@ class SyncScheduler:
         self._last: PassResult | None = None
         self._backlog = (0, 0)
 
+    def is_uploading(self, path: Path) -> bool:
+        """True while `path` is being uploaded."""
+        return path in self._in_flight
+
     def set_max_uploads(self, n: int) -> None:
         """Change how many files upload at once; applies from the next upload started."""
         self._limiter.total_tokens = max(1, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,19 @@ def fake_component(name: str, type_: str, methods: list[dict[str, Any]], **attri
     }
 
 
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def robot_config(capture_dir: Path, components: list[dict], **dm_attributes: Any) -> dict:
-    """A whole config with one data manager writing to `capture_dir`."""
+    """A whole config with one data manager writing to `capture_dir`; its control endpoint on a free port."""
     attrs = {"capture_dir": str(capture_dir), **dm_attributes}
     return {
         "cloud": {"id": "test-part", "secret": "s3cret"},
+        "network": {"bind_address": f"127.0.0.1:{free_port()}"},
         "components": components,
         "services": [{"name": "dm", "namespace": "rdk", "type": "data_manager", "attributes": attrs}],
     }

@@ -145,3 +145,27 @@ async def test_finish_request_rotates_the_file(tmp_path, autojump_clock):
         assert len(capture_files(tmp_path)) == 1
         assert c.statistics().open_file is None
         n.cancel_scope.cancel()
+
+
+async def test_measured_rate_follows_a_rate_change(tmp_path, autojump_clock):
+    c = _collector(tmp_path, "sensor", "Readings", 2)
+    async with trio.open_nursery() as n:
+        await n.start(c.run)
+        await trio.sleep(3.2)
+        assert c.statistics().measured_hz == pytest.approx(2.0, abs=0.05)
+        c.set_frequency(20)
+        await trio.sleep(2.1)
+        assert c.statistics().measured_hz == pytest.approx(20.0, abs=1.0)
+        n.cancel_scope.cancel()
+
+
+async def test_request_stop_finishes_after_the_capture_in_flight(tmp_path, autojump_clock):
+    c = _collector(tmp_path, "sensor", "Readings", 1, attributes={"latency_ms": 400})
+    async with trio.open_nursery() as n:
+        await n.start(c.run)
+        await trio.sleep(1.1)  # the call for the tick at 1.0 is in flight until 1.4
+        c.request_stop()
+        await c.stopped.wait()
+        assert trio.current_time() == pytest.approx(1.4)
+    (recs,) = records_by_method(tmp_path).values()
+    assert len(recs) == 2 and not leftover_progs(tmp_path)
