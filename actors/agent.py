@@ -47,6 +47,24 @@ log = logging.getLogger("capsync.agent")
 
 
 @dataclass(frozen=True)
+class RetiredTotals:
+    """Counters of collectors that were stopped by reloads, so totals survive reconfiguration."""
+
+    collectors: int = 0
+    captured: int = 0
+    failed: int = 0
+    dropped: int = 0
+    files_finished: int = 0
+    bytes_written: int = 0
+
+    def plus(self, c: CollectorStats) -> RetiredTotals:
+        """These totals with one more stopped collector's counters added."""
+        return RetiredTotals(self.collectors + 1, self.captured + c.captured, self.failed + c.failed,
+                             self.dropped + c.dropped, self.files_finished + c.files_finished,
+                             self.bytes_written + c.bytes_written)
+
+
+@dataclass(frozen=True)
 class AgentStats:
     """A snapshot of the whole agent for `capsync status`, the demo and tests."""
 
@@ -63,31 +81,32 @@ class AgentStats:
     config: ConfigWatcherStats | None = None  # None when not started from a config file
     revision: int = 1
     control_address: str | None = None
+    retired: RetiredTotals = RetiredTotals()
 
     @property
     def dropped(self) -> int:
         """Readings the disk refused (ENOSPC, EIO, ...) across all collectors."""
-        return sum(c.dropped for c in self.collectors)
+        return self.retired.dropped + sum(c.dropped for c in self.collectors)
 
     @property
     def captured(self) -> int:
         """Readings captured by all collectors."""
-        return sum(c.captured for c in self.collectors)
+        return self.retired.captured + sum(c.captured for c in self.collectors)
 
     @property
     def failed(self) -> int:
         """Captures that failed (resource errors and timeouts) across all collectors."""
-        return sum(c.failed for c in self.collectors)
+        return self.retired.failed + sum(c.failed for c in self.collectors)
 
     @property
     def files_finished(self) -> int:
         """Capture files finished (renamed to .capture) since start."""
-        return sum(c.files_finished for c in self.collectors)
+        return self.retired.files_finished + sum(c.files_finished for c in self.collectors)
 
     @property
     def bytes_written(self) -> int:
         """Bytes appended to capture files since start."""
-        return sum(c.bytes_written for c in self.collectors)
+        return self.retired.bytes_written + sum(c.bytes_written for c in self.collectors)
 
 
 def part_id_of(config: RobotConfig) -> str:
@@ -139,6 +158,7 @@ class Agent:
         self.collectors: dict[str, Collector] = {}
         self._unavailable: dict[str, str] = {}  # plan key or resource name -> why it is not running
         self._recovered = 0
+        self._retired = RetiredTotals()
         self._transport = cloud_transport
         self._registry = ResourceRegistry()
         self._wall: WallClock | None = None
@@ -318,8 +338,11 @@ class Agent:
         collector.request_stop()
         with trio.move_on_after(STOP_GRACE_S):
             await collector.stopped.wait()
-        if self._capture.has_child(name):
-            await self._capture.stop_child(name)
+        try:
+            await self._capture.stop_child(name)  # cancels it if the grace ran out; waits for it to be gone
+        except KeyError:
+            pass  # it had ended and the supervisor already let it go
+        self._retired = self._retired.plus(collector.statistics())
 
     # -- reconfiguration -----------------------------------------------------------------
 
@@ -403,4 +426,5 @@ class Agent:
             revision=self.revision,
             control_address=(f"{self.control.host}:{self.control.bound_port}"
                              if self.control and self.control.bound_port else None),
+            retired=self._retired,
         )
