@@ -20,7 +20,7 @@ from actors.status_report import render_status
 from runtime import rpc
 from cloud.cli import add_cloud_commands
 from runtime.capture_file import CaptureFormatError, contents_as_json_lines
-from runtime.config import ConfigError, load_config
+from runtime.config import ConfigError, load_config, parse_config
 from runtime.logs import configure_logging
 
 log = logging.getLogger("capsync.cli")
@@ -154,13 +154,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`capsync run CONFIG`: capture until SIGINT/SIGTERM, then finish every open file and exit 0."""
     configure_logging(args.log_format, args.log_level)
     try:
-        config = load_config(args.config)
+        text = args.config.read_text(encoding="utf-8")
+        config = parse_config(text, source=str(args.config))
+    except OSError as exc:
+        log.error("cannot read config", extra={"config": str(args.config), "error": str(exc)})
+        return EXIT_BAD_INPUT
     except ConfigError as exc:
         for issue in exc.issues:
             log.error("invalid config", extra={"config": str(args.config), "where": issue.path,
                                                "problem": issue.message})
         return EXIT_BAD_INPUT
-    agent = Agent(config)
+    agent = Agent(config, config_path=args.config, config_text=text)
     try:
         trio.run(_run_until_signal, agent, args.status_interval)
     except Exception:

@@ -36,7 +36,7 @@ def render_status(s: dict[str, Any]) -> str:
     lines = [f"part {s['part_id']}  capture dir {s['capture_dir']}"]
     cfg = s.get("config") or {}
     if cfg:
-        line = f"config {cfg.get('path', '')} revision {cfg.get('revision')}"
+        line = f"config {cfg.get('path', '')} revision {s.get('revision')}"
         rej = cfg.get("rejected")
         if rej:
             line += f"  (revision {rej['revision']} rejected: {'; '.join(rej['issues'])})"
@@ -68,10 +68,15 @@ def render_status(s: dict[str, Any]) -> str:
         lines.append(f"sync off: {s.get('sync_off_reason')}")
     gov = s.get("governor")
     if gov:
-        lines.append("disk: " + ", ".join(f"{k} {v}" for k, v in gov.items()))
+        usage = "unknown" if gov["usage_percent"] is None else f"{gov['usage_percent']:.1f} % used"
+        lines.append(f"disk: {usage} ({gov['state']}); governor deleted {gov['files_deleted']} files "
+                     f"({human_bytes(gov['bytes_deleted'])}) in {gov['passes']} passes, warned {gov['warnings']} times"
+                     + (f"; last error: {gov['last_error']}" if gov.get("last_error") else ""))
     mongo = s.get("mongo")
     if mongo:
-        lines.append("mongodb sink: " + ", ".join(f"{k} {v}" for k, v in mongo.items()))
+        lines.append(f"mongodb sink: {mongo['target'] or 'off'}, written {mongo['written']}, queued "
+                     f"{mongo['queued']}/{mongo['queue_size']}, dropped {mongo['dropped']}, failed {mongo['failed']}"
+                     + (f"; last error: {mongo['last_error']}" if mongo.get("last_error") else ""))
     return "\n".join(lines)
 
 

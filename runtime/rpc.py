@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 import cbor2
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
 
 #: Largest message either side accepts (an image from a remote camera fits comfortably).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -101,7 +101,10 @@ async def connect(address: str, *, secret: str | None = None, path: str = "/cont
                                       max_message_size=MAX_MESSAGE_BYTES, connect_timeout=timeout_s,
                                       disconnect_timeout=2) as ws:
             yield RpcClient(ws)
-    except HandshakeError as exc:
-        raise RpcError("Refused", f"{url}: {exc}") from exc
-    except OSError as exc:
-        raise RpcError("Unreachable", f"{url}: {exc.strerror or exc}") from exc
+    except ConnectionRejected as exc:
+        body = (exc.body or b"").decode(errors="replace")
+        raise RpcError("Refused", f"{url}: HTTP {exc.status_code} {body}".rstrip()) from exc
+    except (HandshakeError, OSError) as exc:
+        cause = exc.__cause__ or exc.__context__ or exc
+        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        raise RpcError("Unreachable", f"{url}: {reason}") from exc
