@@ -42,6 +42,7 @@ from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
 from runtime.resources.registry import ResourceRegistry
 from runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
 from runtime.wallclock import WallClock
+from runtime.blocking import run_blocking
 
 log = logging.getLogger("capsync.agent")
 
@@ -288,7 +289,7 @@ class Agent:
         await self._ready.wait()
 
     async def _recover(self, capture_dir: Path) -> None:
-        recoveries = await trio.to_thread.run_sync(recover_dir, capture_dir)
+        recoveries = await run_blocking(recover_dir, capture_dir)
         for r in recoveries:
             extra = {"path": str(r.original), "records": r.records}
             if r.damage:

@@ -27,6 +27,8 @@ from runtime.logs import StateChangeLog
 from runtime.resources.methods import DataKind
 from runtime.resources.registry import Binary, Resource
 from runtime.wallclock import WallClock
+from runtime.blocking import run_blocking
+from runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.collector")
 
@@ -122,6 +124,8 @@ class Collector:
         self._rate_t0: float | None = None  # start of the current rate window
         self._rate_c0 = 0
         self._measured_hz: float | None = None
+        #: Fault injection (tests): points tick, before_call, after_call, before_write, after_write.
+        self.faults: FaultPlan | None = None
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
 
@@ -206,6 +210,8 @@ class Collector:
                 self._max_lateness = max(self._max_lateness, lateness)
                 if self.lateness_samples is not None:
                     self.lateness_samples.append(lateness)
+                if self.faults is not None:  # a bug in the collector itself: the supervisor restarts it
+                    await self.faults.hit(self.name, "tick")
                 await self._capture_once(due)
                 self._maybe_finish(trio.current_time())
                 await self._maybe_fsync()
@@ -233,7 +239,11 @@ class Collector:
         requested_ns = self._wall.ns_at(due)
         try:
             with trio.fail_after(self._settings.resource_timeout_s):
+                if self.faults is not None:
+                    await self.faults.hit(self.name, "before_call")
                 result = await self._resource.capture(self.plan.method, self.plan.params)
+                if self.faults is not None:
+                    result = await self.faults.hit(self.name, "after_call", result)
         except trio.TooSlowError:
             self._count_failure(f"timed out after {self._settings.resource_timeout_s:g} s")
             return
@@ -277,6 +287,8 @@ class Collector:
     def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
         """Append `record` to the open file (opening one if needed); None when the disk refused it."""
         try:
+            if self.faults is not None:
+                self.faults.hit_sync(self.name, "before_write")
             if self._writer is None:
                 self._writer = CaptureWriter.create(
                     self._settings.capture_dir,
@@ -289,6 +301,8 @@ class Collector:
             self._dropped += 1
             self._disk_failed(exc)
             return None
+        if self.faults is not None:  # a crash right after a record reached the file
+            self.faults.hit_sync(self.name, "after_write")
         self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
         return self._writer.header
 
@@ -360,7 +374,7 @@ class Collector:
         if w is not None and now - self._last_fsync >= self._settings.fsync_interval_s:
             self._last_fsync = now
             try:
-                await trio.to_thread.run_sync(w.sync)
+                await run_blocking(w.sync)
             except OSError as exc:  # the kernel may have dropped pages: the writer is broken now
                 self._disk_failed(exc)
 

@@ -20,6 +20,8 @@ import trio
 
 from runtime.config import ConfigError, RobotConfig, parse_config
 from runtime.logs import StateChangeLog
+from runtime.blocking import run_blocking
+from runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.config")
 
@@ -61,6 +63,8 @@ class ConfigWatcher:
         self._seen_stat: tuple | None = None
         self._rejected: Rejected | None = None
         self._missing = StateChangeLog(log)
+        #: Fault injection (tests): the point `read`.
+        self.faults: FaultPlan | None = None
 
     def statistics(self) -> ConfigWatcherStats:
         """The running revision and the last rejection (cleared when a newer revision applies)."""
@@ -68,7 +72,7 @@ class ConfigWatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll until cancelled."""
-        self._seen_stat = await trio.to_thread.run_sync(self._stat)
+        self._seen_stat = await run_blocking(self._stat)
         task_status.started()
         while True:
             await trio.sleep(self.poll_s)
@@ -76,7 +80,7 @@ class ConfigWatcher:
 
     async def check(self) -> None:
         """Look at the file once; apply or reject what changed."""
-        st = await trio.to_thread.run_sync(self._stat)
+        st = await run_blocking(self._stat)
         if st is None:
             self._missing.fail("missing", "config file is missing; keeping the running config", path=str(self.path))
             self._seen_stat = None
@@ -86,7 +90,9 @@ class ConfigWatcher:
             return
         self._seen_stat = st
         try:
-            text = await trio.to_thread.run_sync(self.path.read_text, "utf-8")
+            if self.faults is not None:
+                await self.faults.hit("config_watcher", "read")
+            text = await run_blocking(self.path.read_text, "utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             log.warning("cannot read config file; keeping the running config",
                         extra={"path": str(self.path), "error": str(exc)})

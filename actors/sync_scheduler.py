@@ -26,6 +26,8 @@ from runtime.capture_file import CaptureFormatError
 from runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
 from runtime.logs import StateChangeLog
 from runtime.sync_files import SyncFile, find_ready_files, set_aside
+from runtime.blocking import run_blocking
+from runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.sync")
 
@@ -109,6 +111,8 @@ class SyncScheduler:
         self._finish_open_files = finish_open_files
         self.should_sync = should_sync
         self._skipped = 0
+        #: Fault injection (tests): the scheduler's point `pass`; handed on to every uploader.
+        self.faults: FaultPlan | None = None
         self._selective_log = StateChangeLog(log)
         self._wall_time = wall_time
         self._retries: dict[Path, _Retry] = {}
@@ -170,6 +174,8 @@ class SyncScheduler:
 
     async def _pass(self) -> PassResult:
         started_ns, t0 = time.time_ns(), trio.current_time()
+        if self.faults is not None:
+            await self.faults.hit("scheduler", "pass")
         skip = await self._selective_skip()
         if skip is not None:
             self._skipped += 1
@@ -180,7 +186,7 @@ class SyncScheduler:
             with trio.move_on_after(FINISH_WAIT_S):
                 await self._finish_open_files()
         capture_dirs = self._capture_dirs()
-        ready = await trio.to_thread.run_sync(find_ready_files, capture_dirs, self._sync_paths, self._wall_time())
+        ready = await run_blocking(find_ready_files, capture_dirs, self._sync_paths, self._wall_time())
         self._backlog = (len(ready), sum(f.size for f in ready))
         self._retries = {p: r for p, r in self._retries.items() if p.exists()}
         now = trio.current_time()
@@ -213,7 +219,7 @@ class SyncScheduler:
     async def _upload_one(self, f: SyncFile, capture_dirs: list[Path], counts: dict, outage: trio.Event,
                           pass_error: list[str]) -> None:
         try:
-            result = await upload_file(self._client, f)
+            result = await upload_file(self._client, f, faults=self.faults)
         except CloudUnavailable as exc:
             self._note_failure(f, str(exc))
             counts["failed"] += 1

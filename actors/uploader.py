@@ -15,9 +15,11 @@ from pathlib import Path
 
 import trio
 
-from runtime.cloud_client import ChecksumMismatch, CloudClient, StaleOffset
+from runtime.cloud_client import ChecksumMismatch, CloudClient, CloudUnavailable, StaleOffset
+from runtime.faults import FaultPlan, InjectedNetworkError
 from runtime.sync_files import SyncFile, file_id_of, read_at, sha256_of
 from runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
+from runtime.blocking import run_blocking
 
 log = logging.getLogger("capsync.uploader")
 
@@ -37,29 +39,47 @@ class UploadResult:
     records: int | None
 
 
-async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> UploadResult:
-    """Upload `f` until the cloud has committed it, then delete it locally."""
-    file_id = await trio.to_thread.run_sync(file_id_of, f)
-    digest = await trio.to_thread.run_sync(sha256_of, f.path)
+async def _point(faults: FaultPlan | None, actor: str, point: str) -> None:
+    if faults is None:
+        return
+    try:
+        await faults.hit(actor, point)
+    except InjectedNetworkError as exc:  # a dropped network looks like an unreachable cloud
+        raise CloudUnavailable(str(exc)) from exc
+
+
+async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      faults: FaultPlan | None = None) -> UploadResult:
+    """Upload `f` until the cloud has committed it, then delete it locally.
+
+    With `faults`, the points `before_request` and `before_chunk` of actor `uploader <file_id>` fire.
+    """
+    file_id = await run_blocking(file_id_of, f)
+    digest = await run_blocking(sha256_of, f.path)
     start = UploadStart(kind=f.kind, size=f.size, sha256=digest, name=f.name, mime_type=f.mime_type)
     sent = 0
     fresh_starts = 0
+    actor = f"uploader {file_id}"
+    await _point(faults, actor, "before_request")
     status = await client.start(file_id, start)
     while status.state is not FileState.COMMITTED:
         if status.state is FileState.UNKNOWN:  # the cloud discarded the upload: declare it again
             fresh_starts += 1
             if fresh_starts > MAX_FRESH_STARTS:
                 raise OSError(f"the cloud discarded {f.path} {fresh_starts - 1} times; will retry later")
+            await _point(faults, actor, "before_request")
             status = await client.start(file_id, start)
             continue
         try:
             if status.offset < f.size:
-                data = await trio.to_thread.run_sync(read_at, f.path, status.offset, chunk_bytes)
+                data = await run_blocking(read_at, f.path, status.offset, chunk_bytes)
                 if not data:
                     raise OSError(f"{f.path} shrank to {status.offset} bytes while uploading (declared {f.size})")
+                await _point(faults, actor, "before_chunk")
                 status = await client.send(file_id, status.offset, data)
                 sent += len(data)
             else:
+                await _point(faults, actor, "before_request")
                 status = await client.commit(file_id)
         except StaleOffset as stale:  # the cloud holds something else than we thought: adopt its view
             status = stale.status
@@ -69,7 +89,7 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             log.warning("cloud found a checksum mismatch; sending the file again",
                         extra={"file_id": file_id, "path": str(f.path)})
             status = FileStatus(file_id=file_id, state=FileState.UNKNOWN)
-    await trio.to_thread.run_sync(_delete_synced, f.path)
+    await run_blocking(_delete_synced, f.path)
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
     return UploadResult(file_id, f.path, f.size, sent, status.records)
 
