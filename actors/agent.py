@@ -24,6 +24,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import trio
@@ -38,6 +39,8 @@ from actors.reconcile import diff_configs
 from actors.sync_scheduler import SyncScheduler, SyncStats
 from runtime.capture_file import recover_dir
 from runtime.cloud_client import CloudClient
+from runtime.disk_usage import DiskUsage
+from runtime.faults import FaultPlan
 from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
 from runtime.resources.registry import ResourceRegistry
 from runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
@@ -152,8 +155,11 @@ class Agent:
         config_text: str | None = None,
         control: bool = True,
         config_poll_s: float = 0.5,
+        faults: FaultPlan | None = None,
+        disk_usage: Callable[[Path], DiskUsage] | None = None,
     ) -> None:
         self.config = config
+        self.faults = faults
         self.part_id = part_id or part_id_of(config)
         self.revision = 1
         self.collectors: dict[str, Collector] = {}
@@ -178,7 +184,8 @@ class Agent:
         if dm is not None:
             self.governor = DiskGovernor(dm.capture_dir_path(), every_nth=dm.delete_every_nth_when_disk_full,
                                          capture_enabled=config.capture_enabled, interval_s=governor_interval_s,
-                                         is_busy=self._is_uploading)
+                                         is_busy=self._is_uploading,
+                                         **({"usage_of": disk_usage} if disk_usage is not None else {}))
         self.sync: SyncScheduler | None = None
         self.sync_off_reason = self._sync_off_reason(config)
         if self.sync_off_reason is None:
@@ -186,6 +193,7 @@ class Agent:
         self.watcher: ConfigWatcher | None = None
         if config_path is not None:
             self.watcher = ConfigWatcher(config_path, self.apply_config, initial_text=config_text, poll_s=config_poll_s)
+            self.watcher.faults = faults
         self.control: ControlEndpoint | None = None
         if control:
             self.control = self._make_control(config)
@@ -207,7 +215,7 @@ class Agent:
         dm, cloud = config.data_manager, config.cloud
         assert dm is not None
         client = CloudClient(cloud.app_address, cloud.id, cloud.secret, transport=self._transport)
-        return SyncScheduler(
+        scheduler = SyncScheduler(
             client,
             capture_dirs=self._dirs_to_sync,
             sync_paths=[Path(p).expanduser() for p in dm.additional_sync_paths],
@@ -216,6 +224,8 @@ class Agent:
             finish_open_files=self.finish_open_files,
             should_sync=self._selective_syncer(config),
         )
+        scheduler.faults = self.faults
+        return scheduler
 
     def _selective_syncer(self, config: RobotConfig):
         name = config.data_manager.selective_syncer_name if config.data_manager else ""
@@ -328,6 +338,7 @@ class Agent:
         assert dm is not None and self._wall is not None  # capture_plan() is empty without a data manager
         collector = Collector(plan, resource, collector_settings(dm, self.part_id), self._wall,
                               on_tabular=self.mongo_sink.offer if self.mongo_sink else None)
+        collector.faults = self.faults
         self.collectors[collector.name] = collector
         await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.TRANSIENT))
 
