@@ -12,7 +12,6 @@ import logging
 import time
 from pathlib import Path
 
-import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,6 +25,7 @@ from cloud.http import Cloud, error_response
 from cloud.sqlite_store import SqliteStore
 from cloud.store import CommittedFile, Store
 from cloud.timefmt import iso_from_ns
+from runtime.blocking import run_blocking
 from runtime.sync_protocol import API_PREFIX, MAX_CHUNK_BYTES, MAX_FILE_BYTES, ErrorBody
 
 log = logging.getLogger("capsync.cloud")
@@ -90,6 +90,6 @@ async def apply_retention(cloud: Cloud, now_ns: int | None = None) -> list[Commi
     """Delete the data of committed files past their retention_policy, rows and bytes; return those files."""
     gone = await cloud.store.expire(time.time_ns() if now_ns is None else now_ns)
     for f in gone:
-        await trio.to_thread.run_sync(cloud.blobs.drop_committed, f.part_id, f.file_id)
+        await run_blocking(cloud.blobs.drop_committed, f.part_id, f.file_id)
         log.info("retention expired file", extra={"part": f.part_id, "file_id": f.file_id, "records": f.records})
     return gone

@@ -21,6 +21,7 @@ from cloud import ingest
 from cloud.http import ApiError, cloud_of, endpoint
 from cloud.store import BinaryItem, CommittedFile, Query, SortKey, TabularRow
 from cloud.timefmt import iso_from_ns, parse_time
+from runtime.blocking import run_blocking
 from runtime.sync_protocol import API_PREFIX, FILE_ID_RE
 
 DEFAULT_LIMIT = 100
@@ -172,7 +173,7 @@ async def binary_bytes(request: Request) -> Response:
             raise ApiError(404, "not found", "the item's bytes are no longer stored")
         return FileResponse(path, media_type=item.mime_type)
     try:
-        data = await trio.to_thread.run_sync(ingest.binary_record_bytes, path, item.record_index)
+        data = await run_blocking(ingest.binary_record_bytes, path, item.record_index)
     except FileNotFoundError:
         data = None
     if data is None:

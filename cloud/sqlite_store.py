@@ -17,8 +17,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-import trio
-
 from cloud.auth import check_secret, hash_secret
 from cloud.store import (
     BinaryItem,
@@ -31,6 +29,7 @@ from cloud.store import (
     Upload,
 )
 from cloud.timefmt import iso_from_ns
+from runtime.blocking import run_blocking
 from runtime.sync_protocol import FileKind
 
 T = TypeVar("T")
@@ -123,7 +122,7 @@ class SqliteStore:
             return fn(*args)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(partial(self._locked, fn, *args))
+        return await run_blocking(partial(self._locked, fn, *args))
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._db.execute("BEGIN IMMEDIATE")
@@ -157,14 +156,14 @@ class SqliteStore:
 
     async def add_part(self, part_id: str, secret: str, *, rotate: bool = False) -> None:
         """Create a part, or with `rotate=True` replace an existing part's secret."""
-        await trio.to_thread.run_sync(partial(self.add_part_sync, part_id, secret, rotate=rotate))
+        await run_blocking(partial(self.add_part_sync, part_id, secret, rotate=rotate))
 
     async def verify_part(self, part_id: str, secret: str) -> bool:
         """Whether `secret` is the secret of `part_id` (scrypt runs outside the lock)."""
         row = await self._run(lambda: self._db.execute("SELECT secret_hash FROM parts WHERE part_id = ?", (part_id,)).fetchone())
         # An unknown part costs the same scrypt as a known one, so timing does not tell which ids exist.
         stored = _dummy_hash(self._scrypt_n) if row is None else row["secret_hash"]
-        ok = await trio.to_thread.run_sync(check_secret, secret, stored)
+        ok = await run_blocking(check_secret, secret, stored)
         return ok and row is not None
 
     # -- uploads ------------------------------------------------------------------------------

@@ -19,9 +19,25 @@ from starlette.responses import JSONResponse, Response
 
 from cloud import ingest
 from cloud.blobs import OffsetMismatch
-from cloud.http import ApiError, Cloud, cloud_of, content_length, endpoint, file_id_param, read_body
+from cloud.http import (
+    ApiError,
+    Cloud,
+    cloud_of,
+    content_length,
+    endpoint,
+    file_id_param,
+    read_body,
+)
 from cloud.store import CommittedFile, Upload
-from runtime.sync_protocol import MAX_CHUNK_BYTES, MAX_JSON_BYTES, FileKind, FileState, FileStatus, UploadStart
+from runtime.blocking import run_blocking
+from runtime.sync_protocol import (
+    MAX_CHUNK_BYTES,
+    MAX_JSON_BYTES,
+    FileKind,
+    FileState,
+    FileStatus,
+    UploadStart,
+)
 
 log = logging.getLogger("capsync.cloud.uploads")
 
@@ -53,7 +69,7 @@ async def lookup(cloud: Cloud, part_id: str, file_id: str) -> tuple[FileStatus, 
     u = await cloud.store.get_upload(part_id, file_id)
     if u is None:
         return _unknown(file_id), None
-    held = await trio.to_thread.run_sync(cloud.blobs.held, part_id, file_id)
+    held = await run_blocking(cloud.blobs.held, part_id, file_id)
     return _partial(u, held), u
 
 
@@ -77,7 +93,7 @@ async def file_resource(request: Request) -> Response:
 async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -> FileStatus:
     f = await cloud.store.get_file(part_id, file_id)
     if f is not None:
-        await trio.to_thread.run_sync(cloud.blobs.discard, part_id, file_id)  # left by a crash after commit
+        await run_blocking(cloud.blobs.discard, part_id, file_id)  # left by a crash after commit
         return _committed(f)
     u = await cloud.store.get_upload(part_id, file_id)
     fields = {"part": part_id, "file_id": file_id, "kind": start.kind.value, "size": start.size}
@@ -85,9 +101,9 @@ async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -
         if (u.name, u.mime_type) != (start.name, start.mime_type):
             u = replace(u, name=start.name, mime_type=start.mime_type)
             await cloud.store.save_upload(u)
-        held = await trio.to_thread.run_sync(cloud.blobs.held, part_id, file_id)
+        held = await run_blocking(cloud.blobs.held, part_id, file_id)
         return _partial(u, held)
-    await trio.to_thread.run_sync(cloud.blobs.reset, part_id, file_id)
+    await run_blocking(cloud.blobs.reset, part_id, file_id)
     new = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, 0, time.time_ns())
     await cloud.store.save_upload(new)
     log.info("upload restarted" if u is not None else "upload started", extra=fields)
@@ -120,7 +136,7 @@ async def file_data(request: Request) -> Response:
         u = await _check_offset(cloud, part_id, file_id, offset, len(data))
         try:
             with trio.CancelScope(shield=True):
-                new = await trio.to_thread.run_sync(cloud.blobs.append, part_id, file_id, offset, data)
+                new = await run_blocking(cloud.blobs.append, part_id, file_id, offset, data)
                 await cloud.store.set_received(part_id, file_id, new)
         except OffsetMismatch as exc:
             raise ApiError(409, "stale offset", f"the cloud holds {exc.held} bytes", status=_partial(u, exc.held)) from None
@@ -156,7 +172,7 @@ async def file_commit(request: Request) -> Response:
 async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
     status, u = await lookup(cloud, part_id, file_id)
     if status.state is FileState.COMMITTED:
-        await trio.to_thread.run_sync(cloud.blobs.discard, part_id, file_id)
+        await run_blocking(cloud.blobs.discard, part_id, file_id)
         return status
     if status.state is FileState.UNKNOWN:
         raise ApiError(409, "upload not started", "declare and send the file before committing", status=status)
@@ -165,7 +181,7 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
                        status=status)
     assert u is not None  # state is partial
     fields = {"part": part_id, "file_id": file_id, "kind": u.kind.value, "size": u.size}
-    digest = await trio.to_thread.run_sync(cloud.blobs.sha256, part_id, file_id)
+    digest = await run_blocking(cloud.blobs.sha256, part_id, file_id)
     if digest != u.sha256:
         await _discard(cloud, u)
         log.warning("checksum mismatch; upload discarded", extra={**fields, "declared": u.sha256, "actual": digest})
@@ -175,7 +191,7 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
     try:
         if u.kind is FileKind.CAPTURE:
             path = cloud.blobs.partial_path(part_id, file_id)
-            rows = await trio.to_thread.run_sync(ingest.capture_file, u, path, u.size, now)
+            rows = await run_blocking(ingest.capture_file, u, path, u.size, now)
         else:
             rows = ingest.plain_file(u, u.size, now)
     except ingest.Rejected as exc:
@@ -184,9 +200,9 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
         raise ApiError(422, "capture file rejected", f"{exc}; the upload was discarded",
                        status=_unknown(file_id)) from None
     with trio.CancelScope(shield=True):  # a half-done commit must not be left by a client going away
-        await trio.to_thread.run_sync(cloud.blobs.publish, part_id, file_id)
+        await run_blocking(cloud.blobs.publish, part_id, file_id)
         inserted = await cloud.store.commit(rows.file, rows.tabular, rows.binary)
-        await trio.to_thread.run_sync(cloud.blobs.discard, part_id, file_id)
+        await run_blocking(cloud.blobs.discard, part_id, file_id)
     log.info("file committed", extra={**fields, "records": rows.file.records, "new": inserted})
     f = await cloud.store.get_file(part_id, file_id)
     assert f is not None
@@ -195,5 +211,5 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
 
 async def _discard(cloud: Cloud, u: Upload) -> None:
     with trio.CancelScope(shield=True):
-        await trio.to_thread.run_sync(cloud.blobs.discard, u.part_id, u.file_id)
+        await run_blocking(cloud.blobs.discard, u.part_id, u.file_id)
         await cloud.store.delete_upload(u.part_id, u.file_id)

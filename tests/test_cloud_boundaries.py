@@ -6,8 +6,9 @@ import ast
 from pathlib import Path
 
 CLOUD = Path(__file__).resolve().parents[1] / "cloud"
-#: runtime modules cloud/ may import: the capture format, the protocol models, and log formatting.
-ALLOWED_RUNTIME = {"runtime.capture_file", "runtime.sync_protocol", "runtime.logs"}
+#: runtime modules cloud/ may import: the capture format, the protocol models, log formatting, and
+#: run_blocking (so the simulation harness can run the in-process cloud's blocking work inline).
+ALLOWED_RUNTIME = {"runtime.capture_file", "runtime.sync_protocol", "runtime.logs", "runtime.blocking"}
 
 
 def _imports(path: Path) -> set[str]:
