@@ -8,7 +8,9 @@
     │   (the scheduler, running its uploaders)
     ├── governor                               the disk-full rule, whenever there is a data manager
     ├── config_watcher                         when the agent was started from a config file
-    └── control                                status, sync now, Sync and DoCommand over WebSocket RPC
+    ├── remotes                                one connection per remote part (runtime/remote.py)
+    └── control                                status, sync now, Sync and DoCommand over WebSocket RPC,
+                                               and this part's resources for other parts on /resources
 
 The MongoDB sink starts before capture and stops after it, so it sees every reading.
 
@@ -24,6 +26,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from collections import Counter
 from typing import Callable
 
 import httpx
@@ -36,12 +39,14 @@ from actors.control import ControlEndpoint
 from actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
 from actors.mongo_sink import MongoSink, MongoSinkStats
 from actors.reconcile import diff_configs
+from actors.resource_server import ResourceServer, ResourceServerStats
 from actors.sync_scheduler import SyncScheduler, SyncStats
 from runtime.capture_file import recover_dir
 from runtime.cloud_client import CloudClient
 from runtime.disk_usage import DiskUsage
 from runtime.faults import FaultPlan
 from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
+from runtime.remote import RESOURCES_PATH, RemoteParts, RemoteStats
 from runtime.resources.registry import ResourceRegistry
 from runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
 from runtime.wallclock import WallClock
@@ -86,6 +91,8 @@ class AgentStats:
     revision: int = 1
     control_address: str | None = None
     retired: RetiredTotals = RetiredTotals()
+    remotes: tuple[RemoteStats, ...] = ()  # connections to remote parts this part captures from
+    served: ResourceServerStats | None = None  # this part's resources served to other parts
 
     @property
     def dropped(self) -> int:
@@ -157,9 +164,11 @@ class Agent:
         config_poll_s: float = 0.5,
         faults: FaultPlan | None = None,
         disk_usage: Callable[[Path], DiskUsage] | None = None,
+        ledger: Counter[str] | None = None,
     ) -> None:
         self.config = config
         self.faults = faults
+        self.ledger = ledger  # file id -> records appended, kept by every collector (simulation)
         self.part_id = part_id or part_id_of(config)
         self.revision = 1
         self.collectors: dict[str, Collector] = {}
@@ -186,10 +195,13 @@ class Agent:
                                          capture_enabled=config.capture_enabled, interval_s=governor_interval_s,
                                          is_busy=self._is_uploading,
                                          **({"usage_of": disk_usage} if disk_usage is not None else {}))
+            self.governor.faults = faults
         self.sync: SyncScheduler | None = None
         self.sync_off_reason = self._sync_off_reason(config)
         if self.sync_off_reason is None:
             self.sync = self._make_scheduler(config)
+        self.remotes = RemoteParts(config.remotes)
+        self.resource_server: ResourceServer | None = None
         self.watcher: ConfigWatcher | None = None
         if config_path is not None:
             self.watcher = ConfigWatcher(config_path, self.apply_config, initial_text=config_text, poll_s=config_poll_s)
@@ -240,7 +252,9 @@ class Agent:
 
     def _make_control(self, config: RobotConfig) -> ControlEndpoint:
         net = config.network
-        return ControlEndpoint(net.host, net.port, agent_handlers(self), secret=config.cloud.secret)
+        self.resource_server = ResourceServer(self._registry, config.cloud.secret)
+        return ControlEndpoint(net.host, net.port, agent_handlers(self), secret=config.cloud.secret,
+                               routes={RESOURCES_PATH: self.resource_server.handle})
 
     def _dirs_to_sync(self) -> list[Path]:
         """The current capture dir and earlier ones (after a capture_dir change) that still exist."""
@@ -276,6 +290,7 @@ class Agent:
                 await nursery.start(self._root.run)
                 if self.mongo_sink is not None:
                     await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
+                await self._root.start_child(ChildSpec("remotes", self.remotes.run))
                 await self._root.start_child(ChildSpec("capture", self._capture.run))
                 for plan in plans:
                     await self._start_collector(plan)
@@ -324,14 +339,9 @@ class Agent:
                 self._unavailable[ref.name] = f"{ref.type}/{ref.name}: {exc}"
 
     async def _start_collector(self, plan: CaptureMethodPlan) -> None:
-        if plan.resource.remote is not None:
-            self._unavailable[plan.key] = (f"{plan.resource.remote}:{plan.resource.type}/{plan.resource.name}: "
-                                           "capture from remote parts is not supported yet")
-            log.warning("capture from remote parts is not supported yet; method skipped",
-                        extra={"remote": plan.resource.remote, "method": plan.method})
-            return
         try:
-            resource = self._registry.get(plan.resource.name)
+            resource = (self.remotes.proxy(plan.resource) if plan.resource.remote is not None
+                        else self._registry.get(plan.resource.name))
         except Exception:
             return  # already reported by _build_resources
         dm = self.config.data_manager
@@ -339,6 +349,7 @@ class Agent:
         collector = Collector(plan, resource, collector_settings(dm, self.part_id), self._wall,
                               on_tabular=self.mongo_sink.offer if self.mongo_sink else None)
         collector.faults = self.faults
+        collector.ledger = self.ledger
         self.collectors[collector.name] = collector
         await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.TRANSIENT))
 
@@ -370,6 +381,7 @@ class Agent:
                     await self._stop_collector(by_key[key])
                 self._unavailable.pop(key, None)
             self.config = new
+            self.remotes.reconfigure(new.remotes)
             self.part_id = part_id_of(new) if old.cloud.id != new.cloud.id else self.part_id
             if diff.resources_changed:
                 self._build_resources(new)
@@ -439,4 +451,6 @@ class Agent:
             control_address=(f"{self.control.host}:{self.control.bound_port}"
                              if self.control and self.control.bound_port else None),
             retired=self._retired,
+            remotes=self.remotes.statistics(),
+            served=self.resource_server.statistics() if self.resource_server else None,
         )

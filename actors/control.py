@@ -24,6 +24,8 @@ from runtime.rpc import MAX_MESSAGE_BYTES, RpcError, bearer_secret, decode, enco
 log = logging.getLogger("capsync.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: Serves one whole WebSocket request on its own path (e.g. `/resources`), authentication included.
+Route = Callable[[WebSocketRequest], Awaitable[None]]
 BIND_BACKOFF = Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.1)
 
 
@@ -38,11 +40,14 @@ def is_loopback(host: str) -> bool:
 
 
 class ControlEndpoint:
-    """Serves `handlers` (method name -> async fn(params) -> result) over WebSocket RPC."""
+    """Serves `handlers` (method name -> async fn(params) -> result) over WebSocket RPC; requests
+    for a path in `routes` go to that route instead (it does its own authentication)."""
 
-    def __init__(self, host: str, port: int, handlers: dict[str, Handler], *, secret: str = "") -> None:
+    def __init__(self, host: str, port: int, handlers: dict[str, Handler], *, secret: str = "",
+                 routes: dict[str, Route] | None = None) -> None:
         self.host, self.port = host, port
         self._handlers = handlers
+        self._routes = dict(routes or {})
         self._secret = secret
         self._require_secret = not is_loopback(host)
         self.bound_port: int | None = None
@@ -83,6 +88,10 @@ class ControlEndpoint:
         return given is not None and hmac.compare_digest(given.encode(), self._secret.encode())
 
     async def _handle(self, request: WebSocketRequest) -> None:
+        route = self._routes.get(request.path)
+        if route is not None:
+            await route(request)
+            return
         if not self._authorized(request):
             log.warning("control client refused: missing or wrong part secret",
                         extra={"client": str(request.remote)})

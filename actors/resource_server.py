@@ -1,0 +1,164 @@
+"""Serving this part's resources to other parts: the `/resources` WebSocket path of the control endpoint.
+
+Another part (the main part, with this one in its `remotes[]`) connects to
+`ws://<network.bind_address>/resources` and calls `resource.capture` with
+`{"resource", "type", "method", "params"}`; the answer is the capture result in the wire form of
+runtime/remote.py (bytes travel as CBOR bytes) or a typed error: `UnknownResource`,
+`UnknownMethod`, `WrongType`, `ResourceError`, `Timeout`, `BadMessage`. `resource.list` names what
+is served.
+
+The part secret (`cloud.secret`) is always required here, on loopback too: a client presents it
+as `Authorization: Bearer <secret>` or is refused with HTTP 401 (403 when this part has no secret,
+so it serves nothing). Refusals are logged once per client host and state change. Calls on one
+connection run concurrently, so a slow resource never holds up another.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from runtime.logs import StateChangeLog
+from runtime.remote import encode_result
+from runtime.resources.methods import METHODS, method_spec
+from runtime.resources.registry import ResourceError, ResourceLookup
+from runtime.rpc import RpcError, bearer_secret, decode, encode
+
+log = logging.getLogger("capsync.resource_server")
+
+#: At most this many calls of one client run at once; further messages wait to be read.
+MAX_CONCURRENT_CALLS = 32
+
+
+@dataclass(frozen=True)
+class ResourceServerStats:
+    """What the resource server has done since it started."""
+
+    clients: int  # connected now
+    accepted: int
+    refused: int
+    calls: int
+    errors: int
+
+
+class ResourceServer:
+    """Answers resource calls from other parts with the resources `lookup` holds (the agent's registry)."""
+
+    def __init__(self, lookup: ResourceLookup, secret: str, *, call_timeout_s: float = 30.0) -> None:
+        self._lookup = lookup
+        self._secret = secret
+        self.call_timeout_s = call_timeout_s
+        self._auth_log = StateChangeLog(log)
+        self._clients = self._accepted = self._refused = self._calls = self._errors = 0
+
+    def statistics(self) -> ResourceServerStats:
+        """Counters since start."""
+        return ResourceServerStats(self._clients, self._accepted, self._refused, self._calls, self._errors)
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """Serve one client connection (the control endpoint routes `/resources` requests here)."""
+        host = getattr(request.remote, "address", str(request.remote))
+        if not self._secret:
+            self._refuse_log(host, "resource client refused: this part has no cloud.secret, so it serves no resources")
+            await request.reject(403, body=b"this part serves no resources: it has no cloud.secret")
+            return
+        given = bearer_secret(list(request.headers))
+        if given is None or not hmac.compare_digest(given.encode(), self._secret.encode()):
+            self._refuse_log(host, "resource client refused: missing or wrong part secret")
+            await request.reject(401, body=b"wrong or missing part secret (Authorization: Bearer <secret>)")
+            return
+        self._auth_log.ok(f"auth {host}", "resource client authenticated again", client=host)
+        ws = await request.accept()
+        self._accepted += 1
+        self._clients += 1
+        log.info("resource client connected", extra={"client": str(request.remote)})
+        try:
+            await self._serve(ws)
+        finally:
+            self._clients -= 1
+            log.info("resource client disconnected", extra={"client": str(request.remote)})
+
+    def _refuse_log(self, host: str, message: str) -> None:
+        self._refused += 1
+        self._auth_log.fail(f"auth {host}", message, client=host)
+
+    async def _serve(self, ws: WebSocketConnection) -> None:
+        slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    data = await ws.get_message()
+                    await slots.acquire()
+                    nursery.start_soon(self._answer, ws, data, slots)
+            except ConnectionClosed:
+                pass
+            nursery.cancel_scope.cancel()
+
+    async def _answer(self, ws: WebSocketConnection, data: bytes | str, slots: trio.Semaphore) -> None:
+        try:
+            reply = await self.dispatch(data)
+            try:
+                await ws.send_message(encode(reply))
+            except ConnectionClosed:
+                pass
+        finally:
+            slots.release()
+
+    async def dispatch(self, data: bytes | str) -> dict[str, Any]:
+        """One call message in, one reply message out (never raises for a bad call)."""
+        call_id = None
+        try:
+            msg = decode(data)
+            call_id = msg.get("id")
+            params = msg.get("params") or {}
+            if not isinstance(params, dict):
+                raise RpcError("BadMessage", "params must be a map")
+            self._calls += 1
+            method = msg.get("method")
+            if method == "resource.capture":
+                return {"id": call_id, "result": await self._capture(params)}
+            if method == "resource.list":
+                return {"id": call_id, "result": [{"type": r.type, "name": n, "model": getattr(r, "model", "")}
+                                                  for n, r in sorted(self._served().items())]}
+            raise RpcError("UnknownMethod", f"no method {method!r}; available: resource.capture, resource.list")
+        except RpcError as exc:
+            self._errors += 1
+            return {"id": call_id, "error": {"type": exc.type, "message": exc.message}}
+        except Exception as exc:  # a bug in a model answers with an error; the server stays up
+            self._errors += 1
+            log.exception("resource call failed", extra={"call_id": call_id})
+            return {"id": call_id, "error": {"type": type(exc).__name__, "message": str(exc)}}
+
+    def _served(self) -> dict[str, Any]:
+        resources = getattr(self._lookup, "resources", None)
+        return resources() if callable(resources) else {}
+
+    async def _capture(self, params: dict[str, Any]) -> dict[str, Any]:
+        name, method = params.get("resource"), params.get("method")
+        call_params = params.get("params") or {}
+        if not isinstance(name, str) or not isinstance(method, str) or not isinstance(call_params, dict):
+            raise RpcError("BadMessage", "resource.capture takes {resource: str, method: str, params: map}")
+        try:
+            resource = self._lookup.get(name)
+        except ResourceError as exc:
+            raise RpcError("UnknownResource", str(exc)) from None
+        wanted_type = params.get("type")
+        if wanted_type and wanted_type != resource.type:
+            raise RpcError("WrongType", f"resource {name!r} is a {resource.type}, not a {wanted_type}")
+        if resource.type in METHODS and method_spec(resource.type, method) is None:
+            raise RpcError("UnknownMethod", f"{resource.type} has no capture method {method!r}; "
+                           f"valid: {', '.join(METHODS[resource.type])}")
+        try:
+            with trio.fail_after(self.call_timeout_s):
+                result = await resource.capture(method, call_params)
+            return encode_result(result)
+        except trio.TooSlowError:
+            raise RpcError("Timeout", f"{resource.type} {name!r} {method} took more than "
+                           f"{self.call_timeout_s:g} s") from None
+        except ResourceError as exc:
+            raise RpcError("ResourceError", str(exc)) from None
