@@ -22,6 +22,8 @@ from typing import Callable
 
 import trio
 
+from runtime.blocking import run_blocking
+from runtime.faults import FaultPlan
 from runtime.disk_usage import (
     USAGE_THRESHOLD_PERCENT,
     DiskUsage,
@@ -107,6 +109,10 @@ class DiskGovernor:
         self._share: float | None = None
         self._last_pass: DeletionPass | None = None
         self._last_error: str | None = None
+        #: Called with each file's path right before the disk rule deletes it (the simulation's ledger).
+        self.on_delete: Callable[[Path], None] | None = None
+        #: Fault injection (tests): the point `check`.
+        self.faults: FaultPlan | None = None
         self.reconfigure(capture_dir, every_nth=every_nth, capture_enabled=capture_enabled)
 
     def reconfigure(self, capture_dir: Path, *, every_nth: int, capture_enabled: bool) -> None:
@@ -147,10 +153,17 @@ class DiskGovernor:
 
     async def check_once(self) -> Verdict | None:
         """Measure, apply the rule once (deleting if it says so) and return its verdict (None on error)."""
-        self._checks += 1
+        try:
+            return await self._check()
+        finally:
+            self._checks += 1  # counted when done, so a snapshot never shows a check half-way
+
+    async def _check(self) -> Verdict | None:
+        if self.faults is not None:
+            await self.faults.hit("governor", "check")
         capture_dir = self.capture_dir
         try:
-            usage, capture_bytes = await trio.to_thread.run_sync(self._measure, capture_dir)
+            usage, capture_bytes = await run_blocking(self._measure, capture_dir)
         except OSError as exc:
             self._state, self._last_error = "error", f"{type(exc).__name__}: {exc}"
             self._state_log.fail("measure", "cannot measure disk usage", capture_dir=str(capture_dir),
@@ -180,7 +193,7 @@ class DiskGovernor:
         return usage, self._capture_bytes_of(capture_dir)
 
     async def _delete_pass(self, capture_dir: Path, before: DiskUsage) -> None:
-        files = await trio.to_thread.run_sync(finished_capture_files, capture_dir)
+        files = await run_blocking(finished_capture_files, capture_dir)
         n_files = n_bytes = since_checkpoint = 0
         errors: list[str] = []
         for f in every_nth(files, self.every_nth, self._is_busy):  # busy is asked right before each unlink
@@ -193,6 +206,8 @@ class DiskGovernor:
             try:
                 if not is_inside(f.path, capture_dir) or not f.path.is_file() or f.path.is_symlink():
                     continue
+                if self.on_delete is not None:
+                    self.on_delete(f.path)
                 os.unlink(f.path)
             except FileNotFoundError:
                 continue  # synced and removed meanwhile
@@ -201,7 +216,7 @@ class DiskGovernor:
                 continue
             n_files += 1
             n_bytes += f.size
-        after = await trio.to_thread.run_sync(self._usage_of, capture_dir)
+        after = await run_blocking(self._usage_of, capture_dir)
         self._passes += 1
         self._files += n_files
         self._bytes += n_bytes

@@ -6,7 +6,7 @@ hello/isMaster, buildInfo, ping, insert, find (equality filters on top-level fie
 killCursors, endSessions, drop and dropDatabase. Documents are kept in memory per database and
 collection. It runs in threads (one per connection), so it serves pymongo's monitor and its
 connection pool at once, can be stopped mid-test (every connection is cut, new ones refused), and
-can be told to answer each insert slowly (`insert_delay_s`).
+can be told to answer each insert slowly (`insert_delay_s`) or with an error (`fail_inserts`).
 
 When CAPSYNC_TEST_MONGODB_URI is set, tests run against that real server as well (see the
 `mongo_target` fixture in tests/test_mongo_capture.py).
@@ -14,6 +14,7 @@ When CAPSYNC_TEST_MONGODB_URI is set, tests run against that real server as well
 
 from __future__ import annotations
 
+import os
 import socket
 import socketserver
 import struct
@@ -23,6 +24,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import bson
+import pytest
+from pymongo import MongoClient
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 _HEADER = struct.Struct("<iiii")  # messageLength, requestID, responseTo, opCode
@@ -34,6 +37,7 @@ class MongoStandIn:
 
     def __init__(self, *, insert_delay_s: float = 0.0) -> None:
         self.insert_delay_s = insert_delay_s
+        self.fail_inserts: str | None = None  # when set, every insert is refused with this message
         self.data: dict[tuple[str, str], list[dict]] = {}
         self.commands: list[str] = []  # every command name received, in order
         self.lock = threading.Lock()
@@ -150,6 +154,8 @@ class MongoStandIn:
         if name == "insert":
             if self.insert_delay_s:
                 time.sleep(self.insert_delay_s)
+            if self.fail_inserts:
+                return {"ok": 0.0, "errmsg": self.fail_inserts, "code": 8000, "codeName": "AtlasError"}
             docs = cmd.get("documents", [])
             with self.lock:
                 self.data.setdefault((db, cmd["insert"]), []).extend(docs)
@@ -207,3 +213,46 @@ def _parse_query(body: bytes) -> dict[str, Any]:
     pos = name_end + 1 + 8
     (size,) = struct.unpack_from("<i", body, pos)
     return bson.decode(body[pos:pos + size])
+
+
+# -- the test fixture: the stand-in, or a real server when CAPSYNC_TEST_MONGODB_URI is set ---------
+
+REAL_URI_ENV = "CAPSYNC_TEST_MONGODB_URI"
+
+
+class MongoTarget:
+    """Where a test writes: a URI and database, the stand-in when it is one, and a way to read back."""
+
+    def __init__(self, uri: str, database: str, standin: MongoStandIn | None) -> None:
+        self.uri, self.database, self.standin = uri, database, standin
+
+    def documents(self, collection: str, **flt: Any) -> list[dict]:
+        """Every document of `collection` (matching the equality filter), read back with pymongo."""
+        with MongoClient(self.uri, serverSelectionTimeoutMS=3000) as client:
+            return list(client[self.database][collection].find(flt))
+
+    def require_standin(self) -> MongoStandIn:
+        """The stand-in; skips the test on a real server (it cannot be stopped or slowed from here)."""
+        if self.standin is None:
+            pytest.skip("needs the MongoDB stand-in (stops it or slows it down)")
+        return self.standin
+
+
+@pytest.fixture(params=["standin", "real"])
+def mongo_target(request: pytest.FixtureRequest):
+    """A MongoDB to write to: the stand-in on a free port, or the real server at CAPSYNC_TEST_MONGODB_URI
+    (skipped when that is not set). The database is unique to the test and dropped afterwards."""
+    database = f"capsync_test_{os.getpid()}_{threading.get_ident() % 10000}_{time.monotonic_ns() % 10**9}"
+    if request.param == "real":
+        uri = os.environ.get(REAL_URI_ENV)
+        if not uri:
+            pytest.skip(f"set {REAL_URI_ENV} to run against a real MongoDB")
+        yield MongoTarget(uri, database, None)
+        with MongoClient(uri, serverSelectionTimeoutMS=3000) as client:
+            client.drop_database(database)
+        return
+    standin = MongoStandIn().start()
+    try:
+        yield MongoTarget(standin.uri, database, standin)
+    finally:
+        standin.stop()
