@@ -90,6 +90,8 @@ def _load_builtins() -> None:
         importlib.import_module("runtime.resources.fake")
         importlib.import_module("runtime.resources.fake_camera")
         importlib.import_module("runtime.resources.selective_syncer")
+        for real in ("system", "wifi_rssi", "image_dir", "command"):  # real data sources
+            importlib.import_module(f"runtime.resources.{real}")
 
 
 def register_model(type: str, model: str, factory: Factory) -> None:
