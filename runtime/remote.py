@@ -191,6 +191,7 @@ class RemoteConnection:
                 self._connects += 1
                 self._set_state("connected", None)
                 self._settled.set()
+                reason = "the remote part stopped answering pings"  # unless the reader says otherwise
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._keepalive, ws, nursery.cancel_scope)
@@ -198,7 +199,7 @@ class RemoteConnection:
                         nursery.cancel_scope.cancel()
                 finally:
                     self._drop_link()
-                self._set_state("disconnected", reason or "the remote part closed the connection")
+                self._set_state("disconnected", reason)
         except ConnectionRejected as exc:
             body = (exc.body or b"").decode(errors="replace").strip()
             raise RpcError("Refused", f"HTTP {exc.status_code}: {body or 'rejected'}") from exc
@@ -210,7 +211,7 @@ class RemoteConnection:
             reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
             raise RpcError("Unreachable", reason) from exc
 
-    async def _read(self, ws: WebSocketConnection) -> str | None:
+    async def _read(self, ws: WebSocketConnection) -> str:
         """Hand each reply to its waiting call; returns why the connection ended."""
         try:
             while True:
@@ -224,9 +225,10 @@ class RemoteConnection:
                     pending.reply = msg
                     pending.event.set()
         except ConnectionClosed as exc:
-            reason = exc.reason
-            return f"connection closed ({reason.code}{' ' + reason.reason if reason and reason.reason else ''})" \
-                if reason is not None else "connection closed"
+            why = exc.reason
+            if why is None:
+                return "the remote part closed the connection"
+            return f"connection closed ({why.code}{' ' + why.reason if why.reason else ''})"
 
     async def _keepalive(self, ws: WebSocketConnection, scope: trio.CancelScope) -> None:
         """Ping now and then; a remote that stops answering (a partition, no FIN) ends the session."""
