@@ -52,7 +52,9 @@ def _restarts(agent: Agent) -> int:
 async def test_10hz_for_10s_writes_100_documents_of_the_documented_shape(tmp_path, mongo_target):
     agent = _agent(tmp_path, mongo_target, 10, with_camera=True)
     children: list[str] = []
-    await _run(agent, 10.0, midway=lambda: children.extend(agent._root.child_names()))
+    # 10 s of ticks at 0.0, 0.1, ... 9.9; collectors start a little before the agent reports ready
+    # and stop a little after the cancel, hence the 50 ms less.
+    await _run(agent, 10.0 - 0.05, midway=lambda: children.extend(agent._root.child_names()))
     assert children.index("mongo_sink") < children.index("capture")  # starts before capture, stops after it
     stats = agent.statistics()
     docs = sorted(mongo_target.documents("readings"), key=lambda d: d["time_requested"])
