@@ -1,4 +1,5 @@
-"""The cloud's HTTP API as a Starlette app: the sync protocol's upload routes and the query API.
+"""The cloud's HTTP API as a Starlette app: the sync protocol's upload routes, the query API, and the
+data browser page (docs/cloud.md).
 
 `create_app(data_dir)` builds the app over a data dir holding `cloud.sqlite` and the uploaded
 bytes; pass `store=` to use another Store (e.g. MongoDB). The app is plain ASGI: the server
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cloud import query, uploads
+from cloud import browser, query, uploads, user_queries
 from cloud.auth import CredentialCache
 from cloud.blobs import Blobs
 from cloud.http import Cloud, error_response
@@ -80,6 +81,10 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
         Route(f"{p}/tabular", query.tabular, methods=["GET"]),
         Route(f"{p}/binary", query.binary, methods=["GET"]),
         Route(f"{p}/binary/{{item_id}}", query.binary_bytes, methods=["GET"]),
+        Route(f"{p}/summary", user_queries.summary, methods=["GET"]),
+        Route(f"{p}/tabular/sql", user_queries.sql, methods=["POST"]),
+        Route(f"{p}/tabular/mql", user_queries.mql, methods=["POST"]),
+        *browser.routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
     app.state.cloud = cloud
@@ -87,9 +92,16 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
 
 
 async def apply_retention(cloud: Cloud, now_ns: int | None = None) -> list[CommittedFile]:
-    """Delete the data of committed files past their retention_policy, rows and bytes; return those files."""
+    """Delete the data of committed files past their retention_policy, rows and bytes; return those files.
+
+    The rule (UTC days, size limits oldest first) is cloud.retention's. `now_ns` defaults to now;
+    tests pass any time to apply retention on demand.
+    """
     gone = await cloud.store.expire(time.time_ns() if now_ns is None else now_ns)
     for f in gone:
         await run_blocking(cloud.blobs.drop_committed, f.part_id, f.file_id)
-        log.info("retention expired file", extra={"part": f.part_id, "file_id": f.file_id, "records": f.records})
+        log.info("retention expired file", extra={
+            "part": f.part_id, "file_id": f.file_id, "records": f.records, "bytes": f.size,
+            "resource": f"{f.resource_type}/{f.resource_name}/{f.method}", "committed": iso_from_ns(f.committed_ns),
+        })
     return gone

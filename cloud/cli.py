@@ -1,4 +1,4 @@
-"""The `capsync cloud ...` commands: run the cloud, and register parts with their secrets.
+"""The `capsync cloud ...` commands: run the cloud, register parts with their secrets, apply retention.
 
 `add_cloud_commands(subparsers)` adds them to the `capsync` parser (each sets `func`, which
 returns the exit code); `python -m cloud.cli` runs them alone. Exit codes: 0 success,
@@ -8,6 +8,7 @@ returns the exit code); `python -m cloud.cli` runs them alone. Exit codes: 0 suc
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -16,11 +17,12 @@ from typing import Any
 
 import trio
 
-from cloud.app import DB_NAME
+from cloud.app import DB_NAME, apply_retention, create_app
 from cloud.auth import PART_ID_RE, new_secret
 from cloud.server import serve
 from cloud.sqlite_store import SqliteStore
-from cloud.store import PartExistsError, UnknownPartError
+from cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
+from runtime.blocking import run_blocking
 from runtime.logs import configure_logging
 
 log = logging.getLogger("capsync.cloud.cli")
@@ -39,6 +41,9 @@ def add_cloud_commands(subparsers: Any) -> None:
     s.add_argument("--port", type=int, default=8787, help="0 picks a free port (printed on start)")
     s.add_argument("--tls-cert", type=Path, help="PEM certificate; with --tls-key, serve HTTPS")
     s.add_argument("--tls-key", type=Path, help="PEM private key")
+    s.add_argument("--mongodb-uri", metavar="URI",
+                   help="keep parts, uploads, files and tabular rows in MongoDB (database from the URI's path, "
+                        "default 'capsync') instead of SQLite; binary bytes stay under --data-dir")
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(func=cmd_serve)
@@ -47,7 +52,22 @@ def add_cloud_commands(subparsers: Any) -> None:
     a.add_argument("--data-dir", type=Path, required=True)
     a.add_argument("part_id", metavar="PART_ID")
     a.add_argument("--rotate", action="store_true", help="replace the secret of an existing part")
+    a.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
     a.set_defaults(func=cmd_add_part)
+
+    r = sub.add_parser("retention", help="apply every file's retention_policy now, and print what was deleted")
+    r.add_argument("--data-dir", type=Path, required=True)
+    r.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
+    r.set_defaults(func=cmd_retention)
+
+
+def open_store(data_dir: Path, mongodb_uri: str | None) -> Any:
+    """The store a cloud command works on: MongoDB at `mongodb_uri` if given, else SQLite in `data_dir`."""
+    if mongodb_uri:
+        from cloud.mongo_store import MongoStore
+
+        return MongoStore(mongodb_uri)
+    return SqliteStore(data_dir / DB_NAME)
 
 
 def cmd_add_part(args: argparse.Namespace) -> int:
@@ -56,8 +76,12 @@ def cmd_add_part(args: argparse.Namespace) -> int:
         print(f"capsync cloud add-part: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    store = SqliteStore(args.data_dir / DB_NAME)
     secret = new_secret()
+    try:
+        store = open_store(args.data_dir, args.mongodb_uri)
+    except Exception as exc:  # a malformed URI
+        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         store.add_part_sync(args.part_id, secret, rotate=args.rotate)
     except PartExistsError:
@@ -67,6 +91,9 @@ def cmd_add_part(args: argparse.Namespace) -> int:
     except UnknownPartError:
         print(f"capsync cloud add-part: no part {args.part_id!r} to rotate", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         store.close_sync()
     print(secret, flush=True)
@@ -81,6 +108,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         trio.run(_serve_until_signal, args)
+    except StoreUnavailable as exc:
+        log.error("cannot reach the store", extra={"error": str(exc)})
+        return EXIT_FAILURE
     except OSError as exc:
         log.error("cannot serve", extra={"error": str(exc), "host": args.host, "port": args.port})
         return EXIT_FAILURE
@@ -90,13 +120,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """`capsync cloud retention --data-dir DIR`: apply retention now; print each deleted file as JSON."""
+    try:
+        store = open_store(args.data_dir, args.mongodb_uri)
+    except Exception as exc:
+        print(f"capsync cloud retention: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def run() -> list:
+        app = create_app(args.data_dir, store)
+        try:
+            return await apply_retention(app.state.cloud)
+        finally:
+            await store.aclose()
+
+    try:
+        gone = trio.run(run)
+    except StoreUnavailable as exc:
+        print(f"capsync cloud retention: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for f in gone:
+        print(json.dumps({"part_id": f.part_id, "file_id": f.file_id, "records": f.records, "bytes": f.size,
+                          "resource": f"{f.resource_type}/{f.resource_name}/{f.method}"}), flush=True)
+    return EXIT_OK
+
+
 async def _serve_until_signal(args: argparse.Namespace) -> None:
     scheme = "https" if args.tls_cert else "http"
+    store = open_store(args.data_dir, args.mongodb_uri) if args.mongodb_uri else None
+    try:
+        if store is not None:
+            await run_blocking(store.prepare_sync)  # fail now, plainly, when MongoDB cannot be reached
+        await _serve(args, scheme, store)
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _serve(args: argparse.Namespace, scheme: str, store: Any) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: serve(
                 args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                task_status=task_status,
+                store=store, task_status=task_status,
             ))
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)

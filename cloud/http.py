@@ -20,12 +20,14 @@ from starlette.responses import JSONResponse, Response
 
 from cloud.auth import CredentialCache, parse_basic
 from cloud.blobs import Blobs
-from cloud.store import Store
+from cloud.store import Store, StoreUnavailable
 from runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
 
 log = logging.getLogger("capsync.cloud")
 
 REALM_HEADER = {"WWW-Authenticate": 'Basic realm="capsync", charset="UTF-8"'}
+#: A request carrying this header (the data browser's fetches) gets its 401 without WWW-Authenticate.
+BROWSER_HEADER = "x-capsync-browser"
 
 
 class ApiError(Exception):
@@ -89,13 +91,15 @@ class Cloud:
 
     async def authenticate(self, request: Request) -> str:
         """The part id of a request with valid Basic credentials; 401 otherwise."""
+        # The data browser page asks for no challenge, so the browser shows its own login form, not a prompt.
+        challenge = None if BROWSER_HEADER in request.headers else REALM_HEADER
         creds = parse_basic(request.headers.get("authorization"))
         if creds is None:
             raise ApiError(401, "unauthorized", "send HTTP Basic auth: user = part id, password = part secret",
-                           headers=REALM_HEADER)
+                           headers=challenge)
         if not await self.credentials.check(creds):
             log.warning("authentication failed", extra={"part": creds.part_id, "client": _client(request)})
-            raise ApiError(401, "unauthorized", "unknown part or wrong secret", headers=REALM_HEADER)
+            raise ApiError(401, "unauthorized", "unknown part or wrong secret", headers=challenge)
         return creds.part_id
 
 
@@ -151,7 +155,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, anything else -> logged 500."""
+    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, an unreachable store -> 503,
+    anything else -> logged 500."""
 
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
@@ -161,6 +166,10 @@ def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
             if exc.status_code >= 500:
                 log.error("request failed", extra={"path": request.url.path, "error": exc.body.error})
             return exc.response()
+        except StoreUnavailable as exc:
+            log.error("store unavailable", extra={"path": request.url.path, "error": str(exc)})
+            return error_response(503, ErrorBody(error="store unavailable", detail="the cloud's database cannot be "
+                                                 "reached; retry later"), {"Retry-After": "5"})
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("disk full", extra={"path": request.url.path, "error": str(exc)})

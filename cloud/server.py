@@ -1,7 +1,8 @@
 """Running the cloud: Hypercorn's Trio worker serving the app, with readiness and graceful shutdown.
 
 `serve` binds (port 0 picks a free port), reports the bound port through `task_status`, runs a
-retention sweep every hour, and on cancellation stops accepting, lets requests in flight
+retention sweep at start and then once a day just after each UTC midnight (the boundary that
+`retention_policy.days` counts in), and on cancellation stops accepting, lets requests in flight
 finish for up to `graceful_timeout_s`, then closes the store.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +24,14 @@ from cloud.store import Store
 
 log = logging.getLogger("capsync.cloud.server")
 
-RETENTION_INTERVAL_S = 3600.0
+#: Seconds after UTC midnight at which the daily retention sweep runs.
+RETENTION_AFTER_MIDNIGHT_S = 5.0
+_DAY_S = 86_400.0
+
+
+def seconds_to_next_sweep(now_s: float) -> float:
+    """Seconds from the wall-clock time `now_s` to the next daily sweep (just after UTC midnight)."""
+    return _DAY_S - (now_s % _DAY_S) + RETENTION_AFTER_MIDNIGHT_S
 
 
 def _config(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, graceful_timeout_s: float) -> Config:
@@ -39,13 +48,13 @@ def _config(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, g
     return config
 
 
-async def _retention_loop(cloud: Cloud, interval_s: float) -> None:
+async def _retention_loop(cloud: Cloud, interval_s: float | None) -> None:
     while True:
         try:
             await apply_retention(cloud)
         except Exception:
             log.exception("retention sweep failed")
-        await trio.sleep(interval_s)
+        await trio.sleep(seconds_to_next_sweep(time.time()) if interval_s is None else interval_s)
 
 
 async def serve(
@@ -57,7 +66,7 @@ async def serve(
     tls_key: Path | None = None,
     store: Store | None = None,
     graceful_timeout_s: float = 5.0,
-    retention_interval_s: float = RETENTION_INTERVAL_S,
+    retention_interval_s: float | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cloud over `data_dir` on host:port until cancelled; `task_status.started(port)`.
@@ -65,6 +74,8 @@ async def serve(
     `port=0` binds a free port; the port actually bound is what `started` reports. With
     `tls_cert` and `tls_key` the server speaks HTTPS. Cancellation is a graceful shutdown:
     in-flight requests get `graceful_timeout_s` to finish, then a store serve() opened is closed.
+    Retention runs at start and daily after UTC midnight; `retention_interval_s` sweeps every
+    that many seconds instead (`math.inf`: only on demand, through `cloud.app.apply_retention`).
     """
     owns_store = store is None
     app = create_app(Path(data_dir), store)
@@ -85,7 +96,7 @@ async def serve(
                 bound = urlsplit(binds[0]).port
                 assert bound is not None
                 log.info("cloud listening", extra={"url": binds[0], "data_dir": str(data_dir)})
-                if math.isfinite(retention_interval_s):
+                if retention_interval_s is None or math.isfinite(retention_interval_s):
                     nursery.start_soon(_retention_loop, cloud, retention_interval_s)
                 task_status.started(bound)
                 await trio.sleep_forever()

@@ -13,16 +13,26 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+import trio
+
+from cloud import retention
 from cloud.auth import check_secret, hash_secret
+from cloud.sql import run_readonly
+from cloud.sqlite_schema import (
+    BINARY_COLS, FILE_COLS, SCHEMA, TABULAR_COLS, binary_from_row, dumps, file_from_row, placeholders, tabular_from_row,
+)
 from cloud.store import (
     BinaryItem,
     CommittedFile,
     PartExistsError,
     Query,
+    ResourceSummary,
+    SqlResult,
     StoreStatistics,
     TabularRow,
     UnknownPartError,
@@ -33,71 +43,13 @@ from runtime.blocking import run_blocking
 from runtime.sync_protocol import FileKind
 
 T = TypeVar("T")
-_DAY_NS = 86_400 * 10**9
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS parts (
-    part_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, created_ns INTEGER NOT NULL, rotated_ns INTEGER
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    part_id TEXT NOT NULL, file_id TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL, name TEXT NOT NULL, mime_type TEXT NOT NULL, received INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'partial', created_ns INTEGER NOT NULL,
-    PRIMARY KEY (part_id, file_id)
-);
-CREATE TABLE IF NOT EXISTS files (
-    part_id TEXT NOT NULL, file_id TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL, records INTEGER NOT NULL, name TEXT NOT NULL, mime_type TEXT NOT NULL,
-    resource_type TEXT NOT NULL, resource_name TEXT NOT NULL, method TEXT NOT NULL,
-    data_kind TEXT NOT NULL, params TEXT NOT NULL, tags TEXT NOT NULL, created_ns INTEGER NOT NULL,
-    committed_ns INTEGER NOT NULL, committed_at TEXT NOT NULL, metadata TEXT NOT NULL,
-    expired_ns INTEGER,
-    PRIMARY KEY (part_id, file_id)
-);
-CREATE TABLE IF NOT EXISTS tabular (
-    part_id TEXT NOT NULL, file_id TEXT NOT NULL, record_index INTEGER NOT NULL,
-    resource_type TEXT NOT NULL, resource_name TEXT NOT NULL, method TEXT NOT NULL, params TEXT NOT NULL,
-    requested_ns INTEGER NOT NULL, received_ns INTEGER NOT NULL, requested_at TEXT NOT NULL,
-    received_at TEXT NOT NULL, tags TEXT NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL,
-    PRIMARY KEY (part_id, file_id, record_index)
-);
-CREATE INDEX IF NOT EXISTS tabular_by_time ON tabular (part_id, requested_ns, file_id, record_index);
-CREATE TABLE IF NOT EXISTS binary_items (
-    part_id TEXT NOT NULL, file_id TEXT NOT NULL, record_index INTEGER NOT NULL, item_id TEXT NOT NULL,
-    resource_type TEXT NOT NULL, resource_name TEXT NOT NULL, method TEXT NOT NULL, mime_type TEXT NOT NULL,
-    size INTEGER NOT NULL, requested_ns INTEGER NOT NULL, received_ns INTEGER NOT NULL,
-    requested_at TEXT NOT NULL, received_at TEXT NOT NULL, tags TEXT NOT NULL, metadata TEXT NOT NULL,
-    name TEXT NOT NULL, from_capture INTEGER NOT NULL,
-    PRIMARY KEY (part_id, file_id, record_index)
-);
-CREATE INDEX IF NOT EXISTS binary_by_time ON binary_items (part_id, requested_ns, file_id, record_index);
-"""
-
-_TABULAR_COLS = (
-    "part_id, file_id, record_index, resource_type, resource_name, method, params, requested_ns, "
-    "received_ns, requested_at, received_at, tags, payload, metadata"
-)
-_BINARY_COLS = (
-    "part_id, file_id, record_index, item_id, resource_type, resource_name, method, mime_type, size, "
-    "requested_ns, received_ns, requested_at, received_at, tags, metadata, name, from_capture"
-)
-_FILE_COLS = (
-    "part_id, file_id, kind, size, sha256, records, name, mime_type, resource_type, resource_name, "
-    "method, data_kind, params, tags, created_ns, committed_ns, committed_at, metadata"
-)
+#: At most this many SQL queries run at once (each in its own thread and connection).
+SQL_CONCURRENCY = 4
 
 
 @lru_cache(maxsize=4)
 def _dummy_hash(n: int) -> str:
     return hash_secret("no such part", n=n)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def _placeholders(cols: str) -> str:
-    return ", ".join("?" for _ in cols.split(","))
 
 
 class SqliteStore:
@@ -108,12 +60,13 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._scrypt_n = scrypt_n
         self._lock = threading.Lock()
+        self._sql_slots: trio.Semaphore | None = None
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -215,7 +168,7 @@ class SqliteStore:
                 "SELECT * FROM files WHERE part_id = ? AND file_id = ?", (part_id, file_id)
             ).fetchone()
         )
-        return None if row is None else _file_from_row(row)
+        return None if row is None else file_from_row(row)
 
     def _commit_sync(self, f: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> bool:
         def tx(db: sqlite3.Connection) -> bool:
@@ -224,31 +177,31 @@ class SqliteStore:
                 db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
                 return False
             db.execute(
-                f"INSERT INTO files ({_FILE_COLS}) VALUES ({_placeholders(_FILE_COLS)})",
+                f"INSERT INTO files ({FILE_COLS}) VALUES ({placeholders(FILE_COLS)})",
                 (
                     f.part_id, f.file_id, f.kind.value, f.size, f.sha256, f.records, f.name, f.mime_type,
-                    f.resource_type, f.resource_name, f.method, f.data_kind, _dumps(f.params), _dumps(list(f.tags)),
-                    f.created_ns, f.committed_ns, iso_from_ns(f.committed_ns), _dumps(f.metadata),
+                    f.resource_type, f.resource_name, f.method, f.data_kind, dumps(f.params), dumps(list(f.tags)),
+                    f.created_ns, f.committed_ns, iso_from_ns(f.committed_ns), dumps(f.metadata),
                 ),
             )
             db.executemany(
-                f"INSERT OR IGNORE INTO tabular ({_TABULAR_COLS}) VALUES ({_placeholders(_TABULAR_COLS)})",
+                f"INSERT OR IGNORE INTO tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})",
                 [
                     (
                         r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
-                        _dumps(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
-                        iso_from_ns(r.received_ns), _dumps(list(r.tags)), _dumps(r.payload), _dumps(r.metadata),
+                        dumps(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
+                        iso_from_ns(r.received_ns), dumps(list(r.tags)), dumps(r.payload), dumps(r.metadata),
                     )
                     for r in tabular
                 ],
             )
             db.executemany(
-                f"INSERT OR IGNORE INTO binary_items ({_BINARY_COLS}) VALUES ({_placeholders(_BINARY_COLS)})",
+                f"INSERT OR IGNORE INTO binary_items ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})",
                 [
                     (
                         b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
                         b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
-                        iso_from_ns(b.received_ns), _dumps(list(b.tags)), _dumps(b.metadata), b.name,
+                        iso_from_ns(b.received_ns), dumps(list(b.tags)), dumps(b.metadata), b.name,
                         int(b.from_capture),
                     )
                     for b in binary
@@ -271,7 +224,7 @@ class SqliteStore:
                 (part_id, after or "", limit),
             ).fetchall()
         )
-        return [_file_from_row(r) for r in rows]
+        return [file_from_row(r) for r in rows]
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -303,19 +256,12 @@ class SqliteStore:
     async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:
         """Tabular rows of a part matching `query`, in (requested_ns, file_id, record_index) order."""
         rows = await self._run(self._select, "tabular", part_id, query)
-        return [
-            TabularRow(
-                r["part_id"], r["file_id"], r["record_index"], r["resource_type"], r["resource_name"], r["method"],
-                r["requested_ns"], r["received_ns"], tuple(json.loads(r["tags"])), json.loads(r["payload"]),
-                json.loads(r["params"]), json.loads(r["metadata"]),
-            )
-            for r in rows
-        ]
+        return [tabular_from_row(r) for r in rows]
 
     async def query_binary(self, part_id: str, query: Query) -> list[BinaryItem]:
         """Binary items of a part matching `query`, in (requested_ns, file_id, record_index) order."""
         rows = await self._run(self._select, "binary_items", part_id, query)
-        return [_binary_from_row(r) for r in rows]
+        return [binary_from_row(r) for r in rows]
 
     async def get_binary(self, part_id: str, file_id: str, record_index: int) -> BinaryItem | None:
         """One binary item of a part, or None."""
@@ -325,40 +271,72 @@ class SqliteStore:
                 (part_id, file_id, record_index),
             ).fetchone()
         )
-        return None if row is None else _binary_from_row(row)
+        return None if row is None else binary_from_row(row)
 
     # -- retention and accounting ---------------------------------------------------------------
 
     def _expire_sync(self, now_ns: int) -> list[CommittedFile]:
         def tx(db: sqlite3.Connection) -> list[CommittedFile]:
-            rows = db.execute(
-                "SELECT * FROM files WHERE expired_ns IS NULL "
-                "AND json_extract(metadata, '$.retention_policy.days') IS NOT NULL"
-            ).fetchall()
+            rows = db.execute("SELECT * FROM files WHERE expired_ns IS NULL AND kind = 'capture'").fetchall()
             gone = []
-            for r in rows:
-                days = json.loads(r["metadata"]).get("retention_policy", {}).get("days")
-                if not isinstance(days, (int, float)) or isinstance(days, bool) or days < 0:
-                    continue
-                # "1 day" means: deleted the following UTC day, whatever the time of day it came in.
-                if now_ns // _DAY_NS < r["committed_ns"] // _DAY_NS + days:
-                    continue
-                key = (r["part_id"], r["file_id"])
+            for e in retention.due((file_from_row(r) for r in rows), now_ns):
+                key = (e.file.part_id, e.file.file_id)
                 db.execute("DELETE FROM tabular WHERE part_id = ? AND file_id = ?", key)
                 db.execute("DELETE FROM binary_items WHERE part_id = ? AND file_id = ?", key)
                 db.execute("UPDATE files SET expired_ns = ? WHERE part_id = ? AND file_id = ?", (now_ns, *key))
-                gone.append(_file_from_row(r))
+                gone.append(replace(e.file, expired_ns=now_ns))
             return gone
 
         return self._tx(tx)
 
     async def expire(self, now_ns: int) -> list[CommittedFile]:
-        """Delete the rows of files past their retention_policy days; the file rows stay, marked expired.
+        """Delete the rows of files past their retention_policy (days, size limits; cloud.retention).
 
-        Keeping the files row means a late retry of the same upload is still answered
+        The files rows stay, marked expired, so a late retry of the same upload is still answered
         "committed" and never stored a second time.
         """
         return await self._run(self._expire_sync, now_ns)
+
+    # -- the data browser and SQL ---------------------------------------------------------------
+
+    def _summary_sync(self, part_id: str) -> list[ResourceSummary]:
+        key = "resource_type, resource_name, method"
+        counts: dict[tuple[str, str, str, str], tuple[int, int | None, int | None]] = {}
+        for table, kind in (("tabular", "tabular"), ("binary_items", "binary")):
+            for r in self._db.execute(
+                f"SELECT {key}, COUNT(*), MIN(requested_ns), MAX(requested_ns) FROM {table} "
+                f"WHERE part_id = ? GROUP BY {key}", (part_id,),
+            ):
+                counts[(r[0], r[1], r[2], kind)] = (r[3], r[4], r[5])
+        files: dict[tuple[str, str, str, str], list[Any]] = {}
+        for r in self._db.execute(
+            "SELECT resource_type, resource_name, method, data_kind, size, tags FROM files "
+            "WHERE part_id = ? AND expired_ns IS NULL", (part_id,),
+        ):
+            entry = files.setdefault((r[0], r[1], r[2], r[3] or "binary"), [0, 0, set()])
+            entry[0] += 1
+            entry[1] += r[4]
+            entry[2].update(json.loads(r[5]))
+        out = []
+        for k in sorted(counts):
+            n, first, last = counts[k]
+            nfiles, size, tags = files.get(k, [0, 0, set()])
+            out.append(ResourceSummary(*k, items=n, first_ns=first, last_ns=last, files=nfiles, bytes=size,
+                                       tags=tuple(sorted(tags))))
+        return out
+
+    async def summary(self, part_id: str) -> list[ResourceSummary]:
+        """Per capture method of the part: items, time range, files, bytes and tags."""
+        return await self._run(self._summary_sync, part_id)
+
+    async def run_sql(self, part_id: str, sql: str, *, max_rows: int, timeout_s: float) -> SqlResult:
+        """Run one read-only statement over the part's `readings` view (cloud/sql.py), on its own connection."""
+        if self._sql_slots is None:  # made inside Trio: the store itself may be built outside it
+            self._sql_slots = trio.Semaphore(SQL_CONCURRENCY)
+        async with self._sql_slots:
+            return await run_blocking(
+                partial(run_readonly, part_id, sql, source=self.path, max_rows=max_rows, timeout_s=timeout_s)
+            )
 
     def _count(self) -> StoreStatistics:
         def n(table: str) -> int:
@@ -377,21 +355,3 @@ class SqliteStore:
     async def aclose(self) -> None:
         """Close the database connection."""
         await self._run(self._db.close)
-
-
-def _file_from_row(r: sqlite3.Row) -> CommittedFile:
-    return CommittedFile(
-        part_id=r["part_id"], file_id=r["file_id"], kind=FileKind(r["kind"]), size=r["size"], sha256=r["sha256"],
-        records=r["records"], committed_ns=r["committed_ns"], name=r["name"], mime_type=r["mime_type"],
-        resource_type=r["resource_type"], resource_name=r["resource_name"], method=r["method"],
-        data_kind=r["data_kind"], params=json.loads(r["params"]), tags=tuple(json.loads(r["tags"])),
-        created_ns=r["created_ns"], metadata=json.loads(r["metadata"]), expired_ns=r["expired_ns"],
-    )
-
-
-def _binary_from_row(r: sqlite3.Row) -> BinaryItem:
-    return BinaryItem(
-        r["part_id"], r["file_id"], r["record_index"], r["resource_type"], r["resource_name"], r["method"],
-        r["mime_type"], r["size"], r["requested_ns"], r["received_ns"], tuple(json.loads(r["tags"])),
-        json.loads(r["metadata"]), r["name"], bool(r["from_capture"]),
-    )

@@ -138,6 +138,39 @@ class StoreStatistics:
     binary_items: int
 
 
+@dataclass(frozen=True)
+class ResourceSummary:
+    """What a part holds of one capture method (or of plain files: empty type, name and method)."""
+
+    resource_type: str
+    resource_name: str
+    method: str
+    data_kind: str  # "tabular" | "binary" ("binary" for plain files)
+    items: int  # tabular rows or binary items
+    first_ns: int | None
+    last_ns: int | None
+    files: int  # committed files that still hold data
+    bytes: int  # their size on disk
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    """The answer to a read-only SQL query: column names, rows (JSON-safe values), and whether more rows were cut."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+
+
+class StoreUnavailable(Exception):
+    """The store's backend cannot be reached right now (e.g. MongoDB is down): answered 503, retry later."""
+
+
+class QueryRefused(Exception):
+    """A user query (SQL or MQL) the cloud will not run, or that failed; the message says why (a 400)."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where the cloud keeps parts, uploads in progress and committed data.
@@ -196,8 +229,22 @@ class Store(Protocol):
         """One binary item of a part, or None."""
         ...
 
+    async def summary(self, part_id: str) -> list[ResourceSummary]:
+        """Per capture method of a part: item counts, time range, files, bytes and tags (for the data browser)."""
+        ...
+
+    async def run_sql(self, part_id: str, sql: str, *, max_rows: int, timeout_s: float) -> SqlResult:
+        """Run one read-only SQL statement over a `readings` view of the part's own tabular rows.
+
+        Raises QueryRefused for writes, ATTACH, PRAGMA, anything but the view, errors and timeouts.
+        """
+        ...
+
     async def expire(self, now_ns: int) -> list[CommittedFile]:
-        """Delete every committed file (and its rows) older than its retention_policy days; return them."""
+        """Delete the rows of every file past its retention_policy (cloud.retention.due); return them.
+
+        The file rows stay, marked expired (`expired_ns`), so late retries still see "committed".
+        """
         ...
 
     async def statistics(self) -> StoreStatistics:
