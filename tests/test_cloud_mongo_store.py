@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -38,11 +40,13 @@ def _database() -> str:
     return f"capsync_cloud_test_{os.getpid()}_{threading.get_ident() % 10000}_{time.monotonic_ns() % 10**9}"
 
 
-@pytest.fixture(params=["standin", "real"])
-def mongo_env(request: pytest.FixtureRequest, tmp_path: Path):
-    """A cloud app on a MongoStore with parts A and B: the stand-in, or the real server at CAPSYNC_TEST_MONGODB_URI."""
+@contextmanager
+def open_mongo_env(kind: str, tmp_path: Path) -> Iterator[CloudEnv]:
+    """A cloud app on a MongoStore with parts A and B: on the stand-in (`kind` "standin"), or on the real
+    server at CAPSYNC_TEST_MONGODB_URI ("real"; skips the test when it is not set). `.standin` is set
+    on the env for the stand-in, else None."""
     standin = None
-    if request.param == "real":
+    if kind == "real":
         uri = os.environ.get(REAL_URI_ENV)
         if not uri:
             pytest.skip(f"set {REAL_URI_ENV} to run against a real MongoDB")
@@ -51,11 +55,11 @@ def mongo_env(request: pytest.FixtureRequest, tmp_path: Path):
         uri = standin.uri
     db = _database()
     store = MongoStore(uri, db, scrypt_n=TEST_SCRYPT_N, server_selection_timeout_ms=400)
-    store.add_part_sync(PART_A, SECRET_A)
-    store.add_part_sync(PART_B, SECRET_B)
-    e = CloudEnv(create_app(tmp_path / "cloud", store), store, tmp_path / "cloud")  # type: ignore[arg-type]
-    e.standin = standin  # type: ignore[attr-defined]
     try:
+        store.add_part_sync(PART_A, SECRET_A)
+        store.add_part_sync(PART_B, SECRET_B)
+        e = CloudEnv(create_app(tmp_path / "cloud", store), store, tmp_path / "cloud")  # type: ignore[arg-type]
+        e.standin = standin  # type: ignore[attr-defined]
         yield e
     finally:
         store.close_sync()
@@ -64,6 +68,13 @@ def mongo_env(request: pytest.FixtureRequest, tmp_path: Path):
         else:
             with MongoClient(uri, serverSelectionTimeoutMS=3000) as client:
                 client.drop_database(db)
+
+
+@pytest.fixture(params=["standin", "real"])
+def mongo_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
+    """The cloud on the MongoDB stand-in, or on a real MongoDB when CAPSYNC_TEST_MONGODB_URI is set."""
+    with open_mongo_env(request.param, tmp_path) as e:
+        yield e
 
 
 async def test_mongo_store_implements_the_store_interface_with_unique_indexes(mongo_env: CloudEnv) -> None:
