@@ -481,7 +481,7 @@ async def test_register_model():
 def test_unknown_model_lists_registered_models():
     register_model("sensor", "thermo", make_thermo)
     try:
-        with pytest.raises(UnknownModel, match=r"'nope'.*fake, thermo"):
+        with pytest.raises(UnknownModel, match=r"'nope'.*registered models: .*\bfake\b.*\bthermo\b"):
             build_resource("sensor", "t", "nope", {}, NoDeps())
     finally:
         unregister_model("sensor", "thermo")
