@@ -41,7 +41,7 @@ from actors.mongo_sink import MongoSink, MongoSinkStats
 from actors.reconcile import diff_configs
 from actors.resource_server import ResourceServer, ResourceServerStats
 from actors.sync_scheduler import SyncScheduler, SyncStats
-from runtime.capture_file import recover_dir
+from runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
 from runtime.cloud_client import CloudClient
 from runtime.disk_usage import DiskUsage
 from runtime.faults import FaultPlan
@@ -264,6 +264,11 @@ class Agent:
         """True while the sync scheduler uploads `path` (the governor never deletes such a file)."""
         return self.sync is not None and self.sync.is_uploading(path)
 
+    def _to_mongo(self, header: CaptureHeader, record: CaptureRecord) -> None:
+        """Hand a tabular reading to the MongoDB sink, if there is one now (a reload may add it later)."""
+        if self.mongo_sink is not None:
+            self.mongo_sink.offer(header, record)
+
     async def finish_open_files(self) -> None:
         """Finish every collector's open file (a sync pass calls this so fresh data can go up)."""
         async with trio.open_nursery() as nursery:
@@ -347,7 +352,7 @@ class Agent:
         dm = self.config.data_manager
         assert dm is not None and self._wall is not None  # capture_plan() is empty without a data manager
         collector = Collector(plan, resource, collector_settings(dm, self.part_id), self._wall,
-                              on_tabular=self.mongo_sink.offer if self.mongo_sink else None)
+                              on_tabular=self._to_mongo)
         collector.faults = self.faults
         collector.ledger = self.ledger
         self.collectors[collector.name] = collector

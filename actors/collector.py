@@ -13,6 +13,7 @@ disk takes writes again.
 from __future__ import annotations
 
 import errno
+from collections import Counter
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -126,6 +127,8 @@ class Collector:
         self._measured_hz: float | None = None
         #: Fault injection (tests): points tick, before_call, after_call, before_write, after_write.
         self.faults: FaultPlan | None = None
+        #: When set (simulation), counts the records appended per file id.
+        self.ledger: Counter[str] | None = None
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
 
@@ -297,6 +300,8 @@ class Collector:
                     clock=trio.current_time,
                 )
             self._bytes += self._writer.append(record)
+            if self.ledger is not None:
+                self.ledger[self._writer.header.file_id] += 1
         except OSError as exc:  # ENOSPC, EIO, ...: the writer cut any partial frame off again
             self._dropped += 1
             self._disk_failed(exc)

@@ -113,6 +113,8 @@ class SyncScheduler:
         self._skipped = 0
         #: Fault injection (tests): the scheduler's point `pass`; handed on to every uploader.
         self.faults: FaultPlan | None = None
+        #: The uploader; a test may swap in another one (e.g. a deliberately broken one).
+        self.upload = upload_file
         self._selective_log = StateChangeLog(log)
         self._wall_time = wall_time
         self._retries: dict[Path, _Retry] = {}
@@ -219,7 +221,7 @@ class SyncScheduler:
     async def _upload_one(self, f: SyncFile, capture_dirs: list[Path], counts: dict, outage: trio.Event,
                           pass_error: list[str]) -> None:
         try:
-            result = await upload_file(self._client, f, faults=self.faults)
+            result = await self.upload(self._client, f, faults=self.faults)
         except CloudUnavailable as exc:
             self._note_failure(f, str(exc))
             counts["failed"] += 1

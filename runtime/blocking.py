@@ -35,3 +35,22 @@ def inline_blocking() -> Iterator[None]:
         yield
     finally:
         _inline.reset(token)
+
+
+_durable = contextvars.ContextVar("capsync_durable_writes", default=True)
+
+
+def durable_writes() -> bool:
+    """False inside `without_fsync()`: capture files then skip fsync (the simulation does; it
+    never loses power, and thousands of fsyncs would cost more real time than everything else)."""
+    return _durable.get()
+
+
+@contextmanager
+def without_fsync() -> Iterator[None]:
+    """Skip fsync of capture files in this context and the tasks started from it."""
+    token = _durable.set(False)
+    try:
+        yield
+    finally:
+        _durable.reset(token)
