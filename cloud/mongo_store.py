@@ -273,7 +273,7 @@ class MongoStore:
     async def run_sql(self, part_id: str, sql: str, *, max_rows: int, timeout_s: float) -> SqlResult:
         """SQL over an in-memory copy of the part's rows (at most MAX_SQL_ROWS), read-only like on SQLite."""
         def load() -> list[tuple[Any, ...]]:
-            cur = self.readings.find({"part_id": part_id, "live": True}).sort(_SORT).limit(MAX_SQL_ROWS + 1)
+            cur = self.readings.find({"part_id": part_id, "live": True}).limit(MAX_SQL_ROWS + 1)
             return [docs.sql_row(d) for d in cur]
 
         rows = await self._run(load)

@@ -79,6 +79,7 @@ const CapsyncApi = (() => {
   async function fetchAll(part, path, params, cap) {
     const items = [];
     let cursor = null;
+    if (cap <= 0) return { items, more: true };
     for (;;) {
       const q = new URLSearchParams(params);
       q.set("limit", String(Math.min(1000, Math.max(1, cap - items.length))));
