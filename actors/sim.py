@@ -241,10 +241,12 @@ class Simulation:
     async def accounting(self) -> Accounting:
         """Compare the agent's ledger with the disk and the cloud. A file may be both on disk and in
         the cloud for a moment (committed, not yet deleted); that is not a duplicate."""
-        disk, cloud = self.disk_records(), await self.cloud_records()
+        ledger = Counter(self.ledger)  # first: records appended after this are not expected anywhere yet
+        disk = self.disk_records()
+        cloud = await self.cloud_records()  # after the disk: a file that moved meanwhile is seen in the cloud
         lost = duplicated = 0
         lost_files = []
-        for file_id, n in self.ledger.items():
+        for file_id, n in ledger.items():
             held = max(disk.get(file_id, 0), cloud.get(file_id, 0), self.deleted_by_governor.get(file_id, 0))
             if held < n:
                 lost += n - held
@@ -253,7 +255,7 @@ class Simulation:
                 duplicated += cloud[file_id] - n
         duplicated += sum(n for f, n in cloud.items() if f not in self.ledger)
         return Accounting(
-            captured=sum(self.ledger.values()),
+            captured=sum(ledger.values()),
             on_disk=sum(disk.values()),
             committed=sum(cloud.values()),
             deleted_by_disk_rule=sum(self.deleted_by_governor.values()),

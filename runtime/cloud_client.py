@@ -51,18 +51,18 @@ class CloudClient:
         timeout_s: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            auth=(part_id, secret),
-            transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-        )
+        self._auth = (part_id, secret)
+        self._transport = transport
+        self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._http: httpx.AsyncClient | None = None
         #: Bytes of file data sent (chunk bodies), for accounting and benchmarks.
         self.bytes_sent = 0
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """Close the connection pool; the next call opens a new one (a restarted scheduler reuses us)."""
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     async def status(self, file_id: str) -> FileStatus:
         """What the cloud knows of `file_id`."""
@@ -86,6 +86,9 @@ class CloudClient:
         return await self._call("POST", file_route(file_id) + "/commit")
 
     async def _call(self, method: str, url: str, **kw) -> FileStatus:
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.base_url, auth=self._auth, transport=self._transport,
+                                           timeout=self._timeout)
         try:
             resp = await self._http.request(method, url, **kw)
         except httpx.HTTPError as exc:  # connect errors, timeouts, resets mid-body
