@@ -130,13 +130,13 @@ async def test_a_silent_partition_is_noticed_by_keepalive_and_healed(part_b, nur
     listeners = await nursery.start(trio.serve_tcp, handle, 0)
     port = listeners[0].socket.getsockname()[1]
     conn = RemoteConnection(RemoteConfig("part-b", f"127.0.0.1:{port}", B_SECRET),
-                            ping_interval_s=0.2, ping_timeout_s=0.5)
+                            ping_interval_s=0.2, ping_timeout_s=1.0)
     nursery.start_soon(conn.run)
     await until(lambda: conn.statistics().state == "connected", 5, "the link")
     frozen.set()
-    await until(lambda: conn.statistics().state != "connected", 3, "keepalive to notice the partition")
+    await until(lambda: conn.statistics().state != "connected", 6, "keepalive to notice the partition")
     with pytest.raises(RemotePartError, match="part-b"):
         await conn.call("resource.capture", {"resource": "my-esp32", "method": "Gpios", "params": {"pin_name": "27"}})
     frozen = trio.Event()  # heal: new connections through the proxy flow again
-    await until(lambda: conn.statistics().state == "connected", 5, "the link to come back")
-    assert conn.statistics().connects == 2
+    await until(lambda: conn.statistics().state == "connected", 8, "the link to come back")
+    assert conn.statistics().connects >= 2
