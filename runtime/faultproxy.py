@@ -241,10 +241,12 @@ class FaultProxy:
     # --- forwarding -------------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        """Wake every pump waiting on a fault change (a stall ended, a rate changed)."""
         self._changed.set()
         self._changed = trio.Event()
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        """Serve one accepted connection: refuse it, or connect to the target and pump both ways."""
         conn = _Conn(client)
         self._accepted += 1
         self._conns.add(conn)
@@ -307,6 +309,7 @@ class FaultProxy:
             conn.abort(rst=True)  # one side went away abruptly: the other sees it the same way
 
     def _fire_reset(self, conn: _Conn) -> None:
+        """The armed reset_after_upstream() is due: disarm it and end `conn`."""
         self._reset_left = None
         self._resets_fired += 1
         self._cut += 1
@@ -347,9 +350,11 @@ class ProxyThread:
         self._thread.join(timeout_s)
 
     def __enter__(self) -> ProxyThread:
+        """start() it."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """stop() it."""
         self.stop()
 
     @property
@@ -403,6 +408,7 @@ class ProxyThread:
         return self.call(self.proxy.statistics)
 
     def _main(self) -> None:
+        """The thread: run the proxy's Trio loop until stop()."""
         try:
             trio.run(self._serve)
         except BaseException as exc:  # reported by start() if it happened before the proxy listened
@@ -411,6 +417,7 @@ class ProxyThread:
             self._ready.set()
 
     async def _serve(self) -> None:
+        """Run the proxy under a cancel scope stop() can cancel; signal start() once it listens."""
         self._token = trio.lowlevel.current_trio_token()
         with trio.CancelScope() as scope:
             self._scope = scope

@@ -167,6 +167,7 @@ class AgentProcess(Process):
 
     @staticmethod
     def _runs(log: Path) -> int:
+        """How many agent runs `log` holds so far ("agent running" lines)."""
         return sum(1 for r in log_lines(log) if r.get("msg") == "agent running")
 
     def wait_running(self, timeout: float = 30.0) -> None:
@@ -196,9 +197,11 @@ class ProcessKit:
         self.procs: list[Process] = []
 
     def __enter__(self) -> ProcessKit:
+        """The kit itself."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """close() it: no child outlives the kit."""
         self.close()
 
     def close(self) -> None:
@@ -287,9 +290,11 @@ class CloudReader:
         self._http = httpx.Client(base_url=url, auth=(part_id, secret), timeout=30)
 
     def __enter__(self) -> CloudReader:
+        """The reader itself."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close its HTTP client."""
         self._http.close()
 
     def pages(self, path: str, **params: Any) -> list[dict]:

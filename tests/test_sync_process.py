@@ -10,6 +10,8 @@ what is still local and with what the agent reported capturing, by file id and r
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from actors.uploader import upload_file
 from runtime.capture_file import read_capture
 from runtime.cloud_client import CloudClient
 from runtime.faultproxy import ProxyThread
+from runtime.logs import configure_logging
 from runtime.sync_files import SyncFile
 from runtime.sync_protocol import FileKind
 from tests.cloudkit import InProcessCloud, all_pages
@@ -251,3 +254,21 @@ async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(
     async with cloud.client(PART_ID, secret) as c:
         assert len(await all_pages(c, "/v1/files")) == 1  # committed in the cloud
     assert not path.exists(), "the file is committed in the cloud and still local"
+
+
+@pytest.mark.xfail(strict=True, reason="runtime/logs.py: httpx logs every sync request at INFO, one line per "
+                   "1 MiB chunk; suggested fix: configure_logging sets the httpx and httpcore loggers to WARNING")
+def test_the_agent_log_holds_no_line_per_http_request():
+    """Seen in the agent logs of the process tests: a 20 MB upload adds ~25 "HTTP Request: PUT ..." lines,
+    a pass over 2,000 small files ~6,000. `capsync run` logs through configure_logging."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    try:
+        configure_logging("json", "INFO", stream)
+        with httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200))) as http:
+            http.put("http://cloud.test/v1/files/abcdefgh/data?offset=0", content=b"chunk")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert "HTTP Request" not in stream.getvalue(), stream.getvalue()

@@ -18,7 +18,8 @@ on a real socket:
 
 Every measurement gets a fresh cloud process and data dir (so none pays for another's stored
 rows), and the cloud is checked to hold every file afterwards. MB = 10^6 bytes. `--quick` runs
-a small smoke version (200 small files, 4 files of 10 MB, 1 and 4 uploaders).
+a small smoke version (200 small files, 4 files of 10 MB, 1 and 4 uploaders); `--workloads`
+and `--repeat` narrow or repeat a measurement.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def measure(root: Path, w: Workload, client: str, uploaders: int, chunks: dict[s
 
 def print_table(results: list[Result]) -> None:
     """The results, with each client's throughput beside capsync's as a ratio."""
-    base = {(r.workload, r.uploaders, r.client): r for r in results}
+    ours_by_key: dict[tuple[str, int], Result] = {}
     head = f"{'workload':<32} {'upl':>3}  {'client':<8} {'files':>5} {'MB':>8} {'seconds':>8} {'files/s':>8} " \
            f"{'MB/s':>8}  {'capsync/this':>12}"
     print(head)
@@ -295,10 +296,12 @@ def print_table(results: list[Result]) -> None:
         if last is not None and key != last:
             print()
         last = key
-        ours = base[(r.workload, r.uploaders, "capsync")]
+        if r.client == "capsync":
+            ours_by_key[key] = r  # baselines are compared with the capsync run just before them
+        ours = ours_by_key[key]
         ratio = "" if r.client == "capsync" else f"{ours.mb_per_s / r.mb_per_s:.2f}x"
         print(f"{r.workload:<32} {r.uploaders:>3}  {r.client:<8} {r.files:>5} {r.bytes / MB:>8.1f} "
-              f"{r.seconds:>8.2f} {r.files_per_s:>8.1f} {r.mb_per_s:>8.1f}  {ratio:>12}")
+              f"{r.seconds:>8.2f} {r.files_per_s:>8.1f} {r.mb_per_s:>8.2f}  {ratio:>12}")
 
 
 def main() -> int:
@@ -310,6 +313,8 @@ def main() -> int:
     p.add_argument("--big-files", type=int, default=None)
     p.add_argument("--big-mb", type=float, default=None)
     p.add_argument("--no-curl", action="store_true", help="skip the curl baseline")
+    p.add_argument("--workloads", default="small,big", help="which workloads to run: small, big or both")
+    p.add_argument("--repeat", type=int, default=1, help="measure every combination this many times")
     args = p.parse_args()
     uploaders = [int(x) for x in (args.uploaders or ("1,4" if args.quick else "1,4,16")).split(",")]
     n_small = args.small_files or (200 if args.quick else 2000)
@@ -317,12 +322,18 @@ def main() -> int:
     big_size = int((args.big_mb or (10 if args.quick else 50)) * MB)
     clients = ["capsync", "httpx"] + ([] if args.no_curl or not shutil.which("curl") else ["curl"])
 
+    wanted = set(args.workloads.split(","))
+    if not wanted or wanted - {"small", "big"}:
+        p.error("--workloads takes small, big or small,big")
     root = Path(tempfile.mkdtemp(prefix="capsync-bench-sync-"))
     try:
         t0 = time.perf_counter()
-        small = make_small(root / "small", n_small)
-        big = make_big(root / "big", n_big, big_size)
-        chunks = {w.name: split_chunks(w, root / f"chunks-{i}") for i, w in enumerate((small, big))} \
+        workloads = []
+        if "small" in wanted:
+            workloads.append(make_small(root / "small", n_small))
+        if "big" in wanted:
+            workloads.append(make_big(root / "big", n_big, big_size))
+        chunks = {w.name: split_chunks(w, root / f"chunks-{i}") for i, w in enumerate(workloads)} \
             if "curl" in clients else {}
         print(f"capsync sync benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"{platform.system()} {platform.release()}; cloud = `capsync cloud serve` in its own process, "
@@ -330,12 +341,13 @@ def main() -> int:
               f"workloads written in {time.perf_counter() - t0:.1f} s"
               + ("" if "curl" in clients else "; curl not installed"), flush=True)
         results = []
-        for w in (small, big):
+        for w in workloads:
             for n in uploaders:
-                for client in clients:
-                    r = measure(root, w, client, n, chunks.get(w.name))
-                    results.append(r)
-                    print(f"  {w.name}, {n} uploaders, {client}: {r.seconds:.2f} s", file=sys.stderr, flush=True)
+                for _ in range(args.repeat):
+                    for client in clients:
+                        r = measure(root, w, client, n, chunks.get(w.name))
+                        results.append(r)
+                        print(f"  {w.name}, {n} uploaders, {client}: {r.seconds:.2f} s", file=sys.stderr, flush=True)
         print()
         print_table(results)
         print("\ncapsync/this: capsync's MB/s (= files/s, same files) divided by the baseline's; < 1 means slower.")
