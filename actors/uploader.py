@@ -26,6 +26,8 @@ log = logging.getLogger("capsync.uploader")
 #: How often one attempt may declare a file afresh (after a checksum mismatch or a cloud that lost
 #: the partial upload) before it gives up and lets the scheduler retry later with backoff.
 MAX_FRESH_STARTS = 2
+#: How long a stop waits for a commit in flight (and the local delete after it) before abandoning it.
+COMMIT_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,14 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
                 sent += len(data)
             else:
                 await _point(faults, actor, "before_request")
-                status = await client.commit(file_id)
+                # The cloud finishes a commit even if we go away; so do we, or a stop right now would
+                # leave a committed file on disk (harmless, but re-declared at the next start).
+                with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
+                    status = await client.commit(file_id)
+                    if status.state is FileState.COMMITTED:
+                        await run_blocking(_delete_synced, f.path)
+                if grace.cancelled_caught:
+                    raise CloudUnavailable(f"the commit was not answered within {COMMIT_GRACE_S:g} s")
         except StaleOffset as stale:  # the cloud holds something else than we thought: adopt its view
             status = stale.status
             log.info("adopting the cloud's view of the upload",
@@ -89,7 +98,7 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             log.warning("cloud found a checksum mismatch; sending the file again",
                         extra={"file_id": file_id, "path": str(f.path)})
             status = FileStatus(file_id=file_id, state=FileState.UNKNOWN)
-    await run_blocking(_delete_synced, f.path)
+    await run_blocking(_delete_synced, f.path)  # already gone after our own commit; not when the cloud had it
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
     return UploadResult(file_id, f.path, f.size, sent, status.records)
 

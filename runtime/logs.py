@@ -72,6 +72,9 @@ def configure_logging(fmt: str = "text", level: str | int = "INFO", stream: Text
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
+    # httpx logs every request at INFO: one line per uploaded chunk would flood a robot's log.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class StateChangeLog:

@@ -218,16 +218,13 @@ def test_wrong_secret_is_refused_and_files_stay_local(tmp_path):
     assert acc.committed == 0 and acc.local == captured > 0 and acc.lost == 0, acc.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="bug in actors/uploader.py: shutdown during a commit abandons it; "
-                   "the cloud commits, the local file stays (see the test's docstring)")
 async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(tmp_path):
     """The in-process core of a race the process tests can hit: SIGTERM while a commit is in flight.
 
     The cloud finishes a commit even if the client goes away (it shields it), but the uploader is
     cancelled while waiting for the answer (or at the checkpoint before its delete), so the file
     is committed in the cloud AND still local: "in both places" until the next start re-declares it.
-    Suggested fix: in upload_file, run the commit request and the local delete in
-    `with trio.move_on_after(COMMIT_GRACE_S, shield=True)` (drain with a deadline, as DESIGN.md says).
+    The uploader therefore runs the commit request and the local delete shielded, with a deadline.
     """
     cloud = InProcessCloud(tmp_path / "cloud")
     secret = await cloud.add_part(PART_ID)
@@ -256,8 +253,6 @@ async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(
     assert not path.exists(), "the file is committed in the cloud and still local"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/logs.py: httpx logs every sync request at INFO, one line per "
-                   "1 MiB chunk; suggested fix: configure_logging sets the httpx and httpcore loggers to WARNING")
 def test_the_agent_log_holds_no_line_per_http_request():
     """Seen in the agent logs of the process tests: a 20 MB upload adds ~25 "HTTP Request: PUT ..." lines,
     a pass over 2,000 small files ~6,000. `capsync run` logs through configure_logging."""
