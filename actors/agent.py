@@ -48,6 +48,7 @@ from runtime.faults import FaultPlan
 from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
 from runtime.remote import RESOURCES_PATH, RemoteParts, RemoteStats
 from runtime.resources.registry import ResourceRegistry
+from runtime.backoff import Backoff
 from runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
 from runtime.wallclock import WallClock
 from runtime.blocking import run_blocking
@@ -125,6 +126,11 @@ def part_id_of(config: RobotConfig) -> str:
     return config.cloud.id or socket.gethostname()
 
 
+#: A collector that crashes (a bug: resource errors are counted, not crashes) restarts after 0.5 s,
+#: 1 s, 2 s, ... at most 10 s; more than 5 restarts in 30 s (a crash loop) escalates: the capture
+#: supervisor gives up and the agent restarts the whole capture subtree.
+COLLECTOR_BACKOFF = Backoff(initial=0.5, factor=2.0, cap=10.0, jitter=0.1)
+CAPTURE_MAX_RESTARTS, CAPTURE_RESTART_PERIOD_S = 5, 30.0
 #: How long a reload waits for a collector to finish its capture in flight before cancelling it.
 STOP_GRACE_S = 2.0
 
@@ -178,7 +184,7 @@ class Agent:
         self._transport = cloud_transport
         self._registry = ResourceRegistry()
         self._wall: WallClock | None = None
-        self._capture = Supervisor("capture", max_restarts=50, period=60.0)
+        self._capture = Supervisor("capture", max_restarts=CAPTURE_MAX_RESTARTS, period=CAPTURE_RESTART_PERIOD_S)
         self._root = Supervisor("agent", [])
         self._capture_dirs: list[Path] = []
         self._ready = trio.Event()
@@ -356,7 +362,8 @@ class Agent:
         collector.faults = self.faults
         collector.ledger = self.ledger
         self.collectors[collector.name] = collector
-        await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.TRANSIENT))
+        await self._capture.start_child(ChildSpec(collector.name, collector.run, restart=Restart.TRANSIENT,
+                                                  backoff=COLLECTOR_BACKOFF))
 
     async def _stop_collector(self, name: str) -> None:
         """Stop a collector after its capture in flight (cancel it if that takes too long)."""
