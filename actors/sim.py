@@ -184,13 +184,14 @@ class Simulation:
         assert self.agent is not None and self.agent.sync is not None
         return await self.agent.sync.sync_now()
 
-    async def drain(self, max_passes: int = 50) -> None:
-        """Finish open files and sync until nothing is left on disk (or `max_passes` passes ran)."""
-        for _ in range(max_passes):
+    async def drain(self, max_wait_s: float = 2 * 3600) -> None:
+        """Sync until nothing is left on disk, waiting out backoffs for up to `max_wait_s` virtual seconds."""
+        deadline = trio.current_time() + max_wait_s
+        while True:
             await self.sync_now()
-            if not self.disk_records():
+            if not self.disk_records() or trio.current_time() >= deadline:
                 return
-            await trio.sleep(1.0)
+            await trio.sleep(5.0)
 
     # -- what a test reads back ----------------------------------------------------------
 

@@ -5,7 +5,7 @@ first) and uploads them, at most `maximum_num_sync_threads` at a time and never 
 one file. Each file that fails backs off on its own: about 1 s, doubling, capped at one hour
 (then hourly), without holding up other files. When the cloud is unreachable the rest of the
 pass is skipped (the files not tried keep their schedule), and that is logged once per change of
-state. A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported.
+state; once an upload succeeds again, files that were waiting only for the cloud are due at once. A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported.
 Capture never waits for sync.
 """
 
@@ -81,6 +81,7 @@ class _Retry:
     attempts: int = 0
     not_before: float = 0.0
     errors: list[str] = field(default_factory=list)
+    cloud_down: bool = False  # the last failure was the cloud's, not this file's
 
 
 class SyncScheduler:
@@ -223,7 +224,7 @@ class SyncScheduler:
         try:
             result = await self.upload(self._client, f, faults=self.faults)
         except CloudUnavailable as exc:
-            self._note_failure(f, str(exc))
+            self._note_failure(f, str(exc), cloud_down=True)
             counts["failed"] += 1
             self._cloud_error = str(exc)
             pass_error.append(str(exc))
@@ -245,6 +246,10 @@ class SyncScheduler:
             self._synced += 1
             self._bytes += result.bytes_sent
             self._retries.pop(f.path, None)
+            if self._cloud_error is not None:  # the cloud is back: files that waited for it are due now
+                for r in self._retries.values():
+                    if r.cloud_down:
+                        r.not_before = 0.0
             self._cloud_error = None
             self._cloud_log.ok("cloud", "cloud reachable again", cloud=self._client.base_url)
         finally:
@@ -264,8 +269,9 @@ class SyncScheduler:
         self._selective_log.ok("selective", "selective syncer readable again")
         return None if go else "the selective syncer says should_sync is false"
 
-    def _note_failure(self, f: SyncFile, error: str) -> None:
+    def _note_failure(self, f: SyncFile, error: str, *, cloud_down: bool = False) -> None:
         r = self._retries.setdefault(f.path, _Retry())
+        r.cloud_down = cloud_down
         delay = FILE_BACKOFF.delay(r.attempts)
         r.attempts += 1
         r.not_before = trio.current_time() + delay
