@@ -117,7 +117,7 @@ class Collector:
         self._files_finished = self._bytes = 0
         self._max_lateness = 0.0
         self._last_error: str | None = None
-        self._wake = trio.Event()
+        self._sleep_scope: trio.CancelScope | None = None
         self._finished = trio.Event()  # set (and replaced) each time a file is finished
         self._stop_requested = False
         #: Set once the collector has stopped after `request_stop()`.
@@ -142,18 +142,18 @@ class Collector:
         self._regrid = True
         self._rate_t0, self._measured_hz = None, None
         self.plan = replace(self.plan, frequency_hz=hz)
-        self._wake.set()
+        self._wake()
 
     def request_stop(self) -> None:
         """Ask the collector to stop after the capture in progress, finishing its file; `stopped` is
         set when it has. Unlike cancellation, no reading that is being taken is lost."""
         self._stop_requested = True
-        self._wake.set()
+        self._wake()
 
     def request_finish(self) -> None:
         """Ask the collector to finish its open file (it is then ready to sync)."""
         self._finish_requested = True
-        self._wake.set()
+        self._wake()
 
     async def finish_open_file(self) -> None:
         """Finish the open file, if any, and wait until the collector has done it."""
@@ -234,24 +234,31 @@ class Collector:
             deadline = min(deadline, self._writer.opened_at + self._settings.max_file_age_s)
         if self._finish_requested or self._regrid or self._stop_requested:
             return
-        self._wake = trio.Event()
-        with trio.move_on_at(deadline):
-            await self._wake.wait()
+        # One cancel scope, cancelled early by _wake(): cheaper per tick than an Event plus a timeout.
+        self._sleep_scope = trio.CancelScope(deadline=deadline)
+        with self._sleep_scope:
+            await trio.sleep_forever()
+        self._sleep_scope = None
+
+    def _wake(self) -> None:
+        if self._sleep_scope is not None:
+            self._sleep_scope.cancel()
 
     async def _capture_once(self, due: float) -> None:
         requested_ns = self._wall.ns_at(due)
         try:
-            with trio.fail_after(self._settings.resource_timeout_s):
+            # A bare CancelScope rather than fail_after: this runs at every tick of every collector.
+            with trio.CancelScope(deadline=trio.current_time() + self._settings.resource_timeout_s) as timeout:
                 if self.faults is not None:
                     await self.faults.hit(self.name, "before_call")
                 result = await self._resource.capture(self.plan.method, self.plan.params)
                 if self.faults is not None:
                     result = await self.faults.hit(self.name, "after_call", result)
-        except trio.TooSlowError:
-            self._count_failure(f"timed out after {self._settings.resource_timeout_s:g} s")
-            return
         except Exception as exc:  # a resource error is data about the robot, not a bug in us
             self._count_failure(f"{type(exc).__name__}: {exc}")
+            return
+        if timeout.cancelled_caught:
+            self._count_failure(f"timed out after {self._settings.resource_timeout_s:g} s")
             return
         received_ns = self._wall.now_ns()
         self._errors.ok(self.name, "capture works again", actor=self.name)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from actors.agent import Agent  # noqa: E402
 from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id  # noqa: E402
 from runtime.config import parse_config  # noqa: E402
+from runtime.faults import FaultPlan  # noqa: E402
 from runtime.resources.methods import DataKind  # noqa: E402
 from runtime.resources.registry import ResourceRegistry, build_resource  # noqa: E402
 
@@ -43,8 +44,8 @@ def bench_config(capture_dir: Path, collectors: int, hz: float) -> str:
     return json.dumps({"components": comps, "services": [dm], "cloud": {"id": "bench"}})
 
 
-async def run_agent(capture_dir: Path, collectors: int, hz: float, seconds: float) -> dict:
-    agent = Agent(parse_config(bench_config(capture_dir, collectors, hz)))
+async def run_agent(capture_dir: Path, collectors: int, hz: float, seconds: float, faults: FaultPlan | None) -> dict:
+    agent = Agent(parse_config(bench_config(capture_dir, collectors, hz)), control=False, faults=faults)
     samples: list[float] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
@@ -97,10 +98,15 @@ def main() -> None:
     p.add_argument("--collectors", type=int, default=100)
     p.add_argument("--hz", type=float, default=100.0)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--fault-overhead", action="store_true",
+                   help="also run with an empty fault plan (every injection point checked, none firing)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        r = trio.run(run_agent, Path(tmp) / "agent", args.collectors, args.hz, args.seconds)
+        r = trio.run(run_agent, Path(tmp) / "agent", args.collectors, args.hz, args.seconds, None)
         bare = trio.run(run_bare, Path(tmp) / "bare", max(20_000, r["readings"] // 5))
+        with_plan = None
+        if args.fault_overhead:
+            with_plan = trio.run(run_agent, Path(tmp) / "faults", args.collectors, args.hz, args.seconds, FaultPlan())
     print(f"collectors x rate        {args.collectors} x {args.hz:g} Hz for {args.seconds:g} s")
     print(f"readings/s achieved      {r['readings_per_s']:.0f} of {r['target_per_s']:.0f} "
           f"({r['readings_per_s'] / r['target_per_s']:.1%})")
@@ -108,6 +114,9 @@ def main() -> None:
     print(f"tick lateness p50 / p99  {r['p50_ms']:.2f} ms / {r['p99_ms']:.2f} ms")
     print(f"CPU s per 1000 readings  agent {r['cpu_per_1000']:.4f}  bare loop {bare:.4f}  "
           f"ratio {r['cpu_per_1000'] / bare:.2f}x")
+    if with_plan is not None:
+        print(f"with an empty fault plan    agent {with_plan['cpu_per_1000']:.4f} CPU s per 1000 readings "
+              f"({with_plan['cpu_per_1000'] / r['cpu_per_1000']:.2f}x of no plan; no plan is one attribute check)")
 
 
 if __name__ == "__main__":
