@@ -66,6 +66,14 @@ def render_status(s: dict[str, Any]) -> str:
             lines.append(f"  cloud unavailable: {sync['cloud_error']}")
     else:
         lines.append(f"sync off: {s.get('sync_off_reason')}")
+    for r in s.get("remotes") or []:
+        lines.append(f"remote {r['name']} at {r['address']}: {r['state']}, {r['calls']} calls "
+                     f"({r['failed_calls']} failed), {r['connects']} connects"
+                     + (f"; last error: {r['last_error']}" if r.get("last_error") else ""))
+    served = s.get("served")
+    if served and (served["accepted"] or served["refused"]):
+        lines.append(f"serving resources: {served['clients']} clients now, {served['calls']} calls, "
+                     f"{served['refused']} clients refused")
     gov = s.get("governor")
     if gov:
         usage = "unknown" if gov["usage_percent"] is None else f"{gov['usage_percent']:.1f} % used"
