@@ -33,7 +33,13 @@ from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, MongoClient
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout, OperationFailure
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+)
 
 from cloud import mongo_docs as docs
 from cloud import retention
@@ -41,8 +47,19 @@ from cloud.auth import check_secret, hash_secret
 from cloud.mql import confine, to_json
 from cloud.sql import run_readonly
 from cloud.store import (
-    BinaryItem, CommittedFile, PartExistsError, Query, QueryRefused, ResourceSummary, SqlResult, StoreStatistics,
-    StoreUnavailable, TabularRow, UnknownPartError, Upload,
+    BinaryItem,
+    CommittedFile,
+    PartExistsError,
+    Query,
+    QueryRefused,
+    ResourceSummary,
+    SqlResult,
+    StoreStatistics,
+    StoreUnavailable,
+    TabularRow,
+    UnknownPartError,
+    Upload,
+    summaries,
 )
 from runtime.blocking import run_blocking
 
@@ -258,13 +275,7 @@ class MongoStore:
             entry = files.setdefault(k, [0, 0, set()])
             entry[0], entry[1] = entry[0] + 1, entry[1] + d.get("size", 0)
             entry[2].update(d.get("tags", ()))
-        out = []
-        for k in sorted(counts):
-            n, first, last = counts[k]
-            nfiles, size, tags = files.get(k, [0, 0, set()])
-            out.append(ResourceSummary(*k, items=n, first_ns=first, last_ns=last, files=nfiles, bytes=size,
-                                       tags=tuple(sorted(tags))))
-        return out
+        return summaries(counts, files)
 
     async def summary(self, part_id: str) -> list[ResourceSummary]:
         """Per capture method of the part: items, time range, files, bytes and tags."""

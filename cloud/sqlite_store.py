@@ -24,7 +24,15 @@ from cloud import retention
 from cloud.auth import check_secret, hash_secret
 from cloud.sql import run_readonly
 from cloud.sqlite_schema import (
-    BINARY_COLS, FILE_COLS, SCHEMA, TABULAR_COLS, binary_from_row, dumps, file_from_row, placeholders, tabular_from_row,
+    BINARY_COLS,
+    FILE_COLS,
+    SCHEMA,
+    TABULAR_COLS,
+    binary_from_row,
+    dumps,
+    file_from_row,
+    placeholders,
+    tabular_from_row,
 )
 from cloud.store import (
     BinaryItem,
@@ -37,6 +45,7 @@ from cloud.store import (
     TabularRow,
     UnknownPartError,
     Upload,
+    summaries,
 )
 from cloud.timefmt import iso_from_ns
 from runtime.blocking import run_blocking
@@ -317,13 +326,7 @@ class SqliteStore:
             entry[0] += 1
             entry[1] += r[4]
             entry[2].update(json.loads(r[5]))
-        out = []
-        for k in sorted(counts):
-            n, first, last = counts[k]
-            nfiles, size, tags = files.get(k, [0, 0, set()])
-            out.append(ResourceSummary(*k, items=n, first_ns=first, last_ns=last, files=nfiles, bytes=size,
-                                       tags=tuple(sorted(tags))))
-        return out
+        return summaries(counts, files)
 
     async def summary(self, part_id: str) -> list[ResourceSummary]:
         """Per capture method of the part: items, time range, files, bytes and tags."""

@@ -154,6 +154,18 @@ class ResourceSummary:
     tags: tuple[str, ...] = ()
 
 
+def summaries(counts: dict[tuple, list], files: dict[tuple, list]) -> list[ResourceSummary]:
+    """ResourceSummary rows from per-method `counts` ([items, first_ns, last_ns]) and `files`
+    ([files, bytes, tags]), both keyed by (type, name, method, data kind); shared by the stores."""
+    out = []
+    for k in sorted(counts):
+        n, first, last = counts[k]
+        nfiles, size, tags = files.get(k, [0, 0, set()])
+        out.append(ResourceSummary(*k, items=n, first_ns=first, last_ns=last, files=nfiles, bytes=size,
+                                   tags=tuple(sorted(tags))))
+    return out
+
+
 @dataclass(frozen=True)
 class SqlResult:
     """The answer to a read-only SQL query: column names, rows (JSON-safe values), and whether more rows were cut."""

@@ -7,6 +7,9 @@ import importlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: runtime modules cloud/ may import: the capture format, the protocol models, log formatting, and
+#: run_blocking (so the simulation harness can run the in-process cloud's blocking work inline).
+CLOUD_MAY_IMPORT = {"runtime.capture_file", "runtime.sync_protocol", "runtime.logs", "runtime.blocking"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -25,6 +28,17 @@ def test_runtime_never_imports_actors_or_cloud():
     for path in files:
         for name in _imports(path):
             assert name.split(".")[0] not in ("actors", "cloud"), f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_cloud_never_imports_actors_and_only_the_shared_runtime_modules():
+    files = sorted((ROOT / "cloud").rglob("*.py"))
+    assert len(files) > 5
+    for path in files:
+        for name in _imports(path):
+            top = name.split(".")[0]
+            assert top != "actors", f"{path.name} imports {name}"
+            if top == "runtime":
+                assert name in CLOUD_MAY_IMPORT, f"{path.name} imports {name}"
 
 
 def test_public_exports():
