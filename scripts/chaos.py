@@ -51,7 +51,8 @@ def main() -> int:
     p.add_argument("--cycle-seconds", type=float, default=3.5, help="mean length of one cycle (0.7x to 1.3x)")
     p.add_argument("--sync-interval-mins", type=float, default=0.02, help="the agent's sync_interval_mins")
     p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds the drain may take")
-    p.add_argument("--dir", type=Path, help="run in this dir (default: a new temporary dir)")
+    p.add_argument("--dir", type=Path, help="run in this dir, kept afterwards (default: a new temporary dir, "
+                                            "removed when the run passes)")
     p.add_argument("--keep", action="store_true", help="keep the run's dir even when it passes")
     p.add_argument("--quiet", action="store_true", help="no line per cycle")
     args = p.parse_args()
@@ -68,7 +69,7 @@ def main() -> int:
     print(report.table())
     print(f"\n{'PASS' if report.ok else 'FAIL'}: {report.counts.cycles} cycles in {report.wall_s:.1f} s "
           f"({report.wall_s / 60:.1f} min)")
-    if report.ok and not args.keep:
+    if report.ok and not args.keep and args.dir is None:
         remove_run_dir(root)
     else:
         print(f"run dir kept: {root}")

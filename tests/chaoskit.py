@@ -53,8 +53,11 @@ The agent's own count is lost on every SIGKILL, so ground truth is built from ob
 
 Informational, not part of the verdict: keys committed and still local at the end (a file the
 agent would re-declare; the cloud answers "committed" without storing twice), files set aside,
-and ticks missing inside a capture method's 1/f grid (ticks no one ever saw: ticks the collector
-missed under load, or readings lost before any read of the capture dir could see them).
+and holes in a capture method's 1/f grid: ticks no one ever saw. A hole inside a file (consecutive
+record indices) is a tick the collector skipped, since nothing is missing from the file; a hole
+between two files is usually the same (the collector held up while finishing its file at a sync
+pass), but could also be a whole file that vanished before any read of the capture dir saw it,
+so holes are listed with their files for a closer look.
 """
 
 from __future__ import annotations
@@ -179,8 +182,7 @@ class ChaosReport:
     committed_and_local: int
     set_aside: int
     cloud_rows_short: int  # committed files whose listed rows are fewer than their record count
-    grid_missing_ticks: int
-    grid_largest_hole: int
+    holes: list[Hole]  # ticks no one saw (informational: see Hole.inside_a_file)
     cuts: list[PowerLossCut]
     lost_examples: list[str]
     duplicate_examples: list[str]
@@ -231,14 +233,16 @@ class ChaosReport:
             ("committed and still local at the end", self.committed_and_local),
             ("files set aside (failed/)", self.set_aside),
             ("committed files with rows missing", self.cloud_rows_short),
-            ("grid: ticks never seen / largest hole", f"{self.grid_missing_ticks} / {self.grid_largest_hole}"),
+            ("grid: ticks never seen / largest hole / holes between files",
+             f"{sum(h.missing for h in self.holes)} / {max((h.missing for h in self.holes), default=0)} / "
+             f"{sum(not h.inside_a_file for h in self.holes)}"),
             ("drain", f"{self.drain_s:.1f} s" + ("" if self.drained else " (NOT drained)")),
             ("wall time", f"{self.wall_s:.1f} s ({self.wall_s / 60:.1f} min)"),
         ]
         width = max(len(k) for k, _ in rows)
         lines = [f"  {k:<{width}}  {v}" for k, v in rows]
         for title, items in (("lost", self.lost_examples), ("duplicated", self.duplicate_examples),
-                             ("problems", self.problems)):
+                             ("problems", self.problems), ("grid holes", [str(h) for h in self.holes])):
             if items:
                 lines.append(f"  {title}:")
                 lines += [f"    {x}" for x in items[:20]]
@@ -362,19 +366,40 @@ def damage_prog(path: Path, rng: random.Random, cycle: int, ledger: Ledger) -> P
                             readable_before and not _readable(path))
 
 
-def grid_holes(times_by_method: dict[str, set[int]], periods: dict[str, int]) -> tuple[int, int]:
-    """(ticks missing inside grid runs, largest single hole) over all methods: consecutive times on
-    one method's 1/f grid with k periods between them miss k - 1 ticks; other gaps start a new run."""
-    missing = largest = 0
+@dataclass(frozen=True)
+class Hole:
+    """Ticks of one capture method's 1/f grid that no one ever saw, between two readings of one run."""
+
+    method: str
+    missing: int  # ticks between `before` and `after`
+    before: Key
+    after: Key
+    at_ns: int  # requested time of the first missing tick
+
+    @property
+    def inside_a_file(self) -> bool:
+        """Both neighbours are consecutive records of one file, so no record is missing from it: the
+        collector skipped the ticks (it was held up, e.g. by a slow fsync), nothing was lost."""
+        return self.before[0] == self.after[0] and self.after[1] == self.before[1] + 1
+
+    def __str__(self) -> str:
+        where = "inside file" if self.inside_a_file else "between files"
+        return f"{self.method}: {self.missing} ticks from {self.at_ns} {where} {self.before} -> {self.after}"
+
+
+def grid_holes(points: dict[str, dict[int, Key]], periods: dict[str, int]) -> list[Hole]:
+    """The holes in each method's grid: `points` maps method -> requested time -> key. Consecutive
+    times on one 1/f grid with k periods between them miss k - 1 ticks; any other gap starts a new
+    grid run (an agent restart)."""
+    holes = []
     for method, period in periods.items():
-        times = sorted(times_by_method.get(method, ()))
+        by_time = points.get(method, {})
+        times = sorted(by_time)
         for a, b in zip(times, times[1:]):
             rem = (b - a) % period
-            if min(rem, period - rem) <= 2_000:
-                hole = round((b - a) / period) - 1
-                missing += hole
-                largest = max(largest, hole)
-    return missing, largest
+            if min(rem, period - rem) <= 2_000 and round((b - a) / period) > 1:
+                holes.append(Hole(method, round((b - a) / period) - 1, by_time[a], by_time[b], a + period))
+    return holes
 
 
 class _Bag:
@@ -743,11 +768,11 @@ class ChaosRun:
         lost = captured - cloud_keys - set(final_local) - destroyed
         lost_examples = [f"{k}: {ledger.seen[k]}" for k in sorted(lost, key=lambda k: (ledger.seen[k].cycle, k))]
 
-        times: dict[str, set[int]] = defaultdict(set)
-        for seen in list(ledger.seen.values()) + list(ledger.destroyed.values()):
+        points: dict[str, dict[int, Key]] = defaultdict(dict)
+        for key, seen in list(ledger.seen.items()) + list(ledger.destroyed.items()):
             if seen.method is not None and seen.requested_ns is not None:
-                times[seen.method].add(seen.requested_ns)
-        missing, largest = grid_holes(times, PERIODS)
+                points[seen.method][seen.requested_ns] = key
+        holes = grid_holes(points, PERIODS)
 
         disk_rule = sum(int(r.get("files_deleted", 0)) for log in sorted(self.logs.glob("agent-*.log"))
                         for r in log_lines(log) if r.get("msg") == "disk nearly full: deleted every Nth capture file")
@@ -763,7 +788,7 @@ class ChaosRun:
             lost=len(lost), duplicated_keys=dup_keys, duplicated_readings=dup_readings, destroyed=len(destroyed),
             deleted_by_disk_rule_files=disk_rule, committed_and_local=len(cloud_keys & set(final_local)),
             set_aside=len(set_aside_files(self.capture_dir)) if self.capture_dir.exists() else 0,
-            cloud_rows_short=len(short), grid_missing_ticks=missing, grid_largest_hole=largest, cuts=self.cuts,
+            cloud_rows_short=len(short), holes=holes, cuts=self.cuts,
             lost_examples=lost_examples, duplicate_examples=dup_examples, problems=self.problems, root=self.root,
         )
 

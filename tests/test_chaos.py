@@ -103,8 +103,14 @@ def test_power_loss_accounts_exactly_for_what_it_destroyed(tmp_path):
 
 def test_grid_holes_counts_ticks_inside_runs_only():
     p = 50_000_000
-    first = [k * p for k in (0, 1, 4, 5)]  # a hole of 2 ticks
-    second = [5 * p + 7 * p + 1_234_567 + k * p for k in range(3)]  # a restart: a new phase, no hole
-    times = {"m": set(first + second)}
-    assert grid_holes(times, {"m": p}) == (2, 2)
-    assert grid_holes({}, {"m": p}) == (0, 0)
+    first = [k * p for k in (0, 1, 4, 5)]  # a hole of 2 ticks between two files
+    second = [5 * p + 7 * p + 1_234_567 + k * p for k in (0, 1, 2)]  # a restart: a new phase, no hole
+    keys = [("A", 0), ("A", 1), ("B", 0), ("B", 1), ("C", 0), ("C", 1), ("C", 2)]
+    points = {"m": dict(zip(first + second, keys))}
+    holes = grid_holes(points, {"m": p})
+    assert [(h.missing, h.before, h.after, h.at_ns, h.inside_a_file) for h in holes] == [
+        (2, ("A", 1), ("B", 0), 2 * p, False)]
+    points["m"] = {0: ("A", 0), 2 * p: ("A", 1)}  # consecutive records of one file: a skipped tick
+    (hole,) = grid_holes(points, {"m": p})
+    assert (hole.missing, hole.inside_a_file) == (1, True)
+    assert grid_holes({}, {"m": p}) == []
