@@ -199,7 +199,7 @@ class Collector:
                 await self._sleep_until(due)
                 now = trio.current_time()
                 if now < due or self._regrid or self._stop_requested:  # woken early: a request or file age
-                    self._maybe_finish(now)
+                    await self._maybe_finish(now)
                     continue
                 lateness = now - due
                 if lateness >= self._grid_period:  # whole periods passed: those ticks are missed
@@ -216,12 +216,12 @@ class Collector:
                 if self.faults is not None:  # a bug in the collector itself: the supervisor restarts it
                     await self.faults.hit(self.name, "tick")
                 await self._capture_once(due)
-                self._maybe_finish(trio.current_time())
+                await self._maybe_finish(trio.current_time())
                 await self._maybe_fsync()
                 k += 1
         finally:
             with trio.move_on_after(FINISH_TIMEOUT_S, shield=True) as scope:
-                self._finish_file()
+                await self._finish_file()
             if scope.cancelled_caught:
                 log.error("could not finish capture file in time; it will be recovered at next start",
                           extra={"actor": self.name})
@@ -281,7 +281,7 @@ class Collector:
                 if self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata), img.mime_type) is None:
                     return  # dropped: the disk refused it
             if self._settings.max_binary_file_bytes <= 0:
-                self._finish_file()
+                await self._finish_file()
         self._captured += 1
         self._measure_rate()
 
@@ -367,7 +367,7 @@ class Collector:
             created_ns=self._wall.now_ns(),
         )
 
-    def _maybe_finish(self, now: float) -> None:
+    async def _maybe_finish(self, now: float) -> None:
         w = self._writer
         if w is None:
             self._finish_requested = False
@@ -378,7 +378,7 @@ class Collector:
             or (limit > 0 and w.size_bytes >= limit)
             or now - w.opened_at >= self._settings.max_file_age_s
         ):
-            self._finish_file()
+            await self._finish_file()
 
     async def _maybe_fsync(self) -> None:
         w = self._writer
@@ -390,13 +390,15 @@ class Collector:
             except OSError as exc:  # the kernel may have dropped pages: the writer is broken now
                 self._disk_failed(exc)
 
-    def _finish_file(self) -> None:
+    async def _finish_file(self) -> None:
+        """Finish the open file (fsync, rename to .capture) in a worker thread: a slow disk must not
+        hold up this or any other collector's next tick."""
         self._finish_requested = False
         w, self._writer = self._writer, None
         if w is None:
             return
         try:
-            path = w.finish()
+            path = await run_blocking(w.finish)
         except OSError as exc:
             self._disk_errors.fail("finish", "could not finish a capture file", actor=self.name, error=str(exc))
             self._retire(w)

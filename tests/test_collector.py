@@ -13,8 +13,16 @@ from actors.collector import Collector, CollectorSettings
 from runtime.config import parse_config
 from runtime.resources.registry import ResourceRegistry
 from runtime.wallclock import WallClock
+from runtime.blocking import inline_blocking
 from runtime.capture_file import read_capture
 from tests.helpers import capture_files, fake_component, leftover_progs, records_by_method, robot_config
+
+
+@pytest.fixture(autouse=True)
+def _blocking_inline():
+    """Finishing a file runs in a worker thread; inline, the autojumping clock cannot skip past it."""
+    with inline_blocking():
+        yield
 
 
 def _collector(tmp_path: Path, type_: str, method: str, hz: float, params=None, attributes=None, **settings):
