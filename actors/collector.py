@@ -13,6 +13,7 @@ disk takes writes again.
 from __future__ import annotations
 
 import errno
+from functools import partial
 from collections import Counter
 import logging
 import math
@@ -267,7 +268,7 @@ class Collector:
                 self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
                 return
             record = CaptureRecord(requested_ns, received_ns, result)
-            header = self._write(record, "")
+            header = await self._write(record, "")
             if header is None:
                 return  # dropped: the disk refused it
             if self._on_tabular is not None:
@@ -278,7 +279,8 @@ class Collector:
                 self._count_failure("resource returned no binary data")
                 return
             for img in images:
-                if self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata), img.mime_type) is None:
+                if await self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata),
+                                     img.mime_type) is None:
                     return  # dropped: the disk refused it
             if self._settings.max_binary_file_bytes <= 0:
                 await self._finish_file()
@@ -294,18 +296,13 @@ class Collector:
             self._measured_hz = (self._captured - self._rate_c0) / (now - self._rate_t0)
             self._rate_t0, self._rate_c0 = now, self._captured
 
-    def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
+    async def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
         """Append `record` to the open file (opening one if needed); None when the disk refused it."""
         try:
             if self.faults is not None:
                 self.faults.hit_sync(self.name, "before_write")
             if self._writer is None:
-                self._writer = CaptureWriter.create(
-                    self._settings.capture_dir,
-                    self._header(mime_type),
-                    fsync_interval_s=math.inf,  # fsync happens off the event loop, in _maybe_fsync
-                    clock=trio.current_time,
-                )
+                self._writer = await self._open_writer(mime_type)
             self._bytes += self._writer.append(record)
             if self.ledger is not None:
                 self.ledger[self._writer.header.file_id] += 1
@@ -317,6 +314,15 @@ class Collector:
             self.faults.hit_sync(self.name, "after_write")
         self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
         return self._writer.header
+
+    async def _open_writer(self, mime_type: str) -> CaptureWriter:
+        """A new capture file, created (header written and fsynced) in a worker thread so that a
+        slow disk does not delay this or any other collector's ticks."""
+        opened = trio.current_time()
+        create = partial(CaptureWriter.create, self._settings.capture_dir, self._header(mime_type),
+                         fsync_interval_s=math.inf,  # fsync happens off the event loop, in _maybe_fsync
+                         clock=lambda: opened)  # only its opening time matters with no interval fsync
+        return await run_blocking(create)
 
     def _disk_failed(self, exc: OSError) -> None:
         """Log a refused write once per change of state, and retire the open file if it is unusable."""
