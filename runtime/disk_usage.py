@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import psutil
 
 from runtime.capture_file import CAPTURE_SUFFIX
-from runtime.sync_files import FAILED_DIR
+from runtime.sync_files import FAILED_DIR, regular_files
 
 #: The file system must be at least this full (percent) before anything is deleted.
 USAGE_THRESHOLD_PERCENT = 90.0
@@ -77,27 +77,6 @@ def disk_usage(path: Path) -> DiskUsage:
     return DiskUsage(total=u.total, used=u.used, free=u.free)
 
 
-def _entries(root: Path, skip_dir: str | None = None) -> Iterator[os.DirEntry]:
-    """Every regular file under `root`, never following a symlink (to a file or a dir)."""
-    stack = [str(root)]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = list(it)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    if not (skip_dir is not None and d == str(root) and e.name == skip_dir):
-                        stack.append(e.path)
-                elif e.is_file(follow_symlinks=False):
-                    yield e
-            except OSError:
-                continue  # vanished while we looked
-
-
 def _allocated(st: os.stat_result) -> int:
     blocks = getattr(st, "st_blocks", None)
     return blocks * 512 if blocks is not None else st.st_size
@@ -106,7 +85,7 @@ def _allocated(st: os.stat_result) -> int:
 def dir_usage(root: Path) -> int:
     """Bytes the regular files under `root` occupy on disk (allocated blocks), symlinks not followed."""
     total = 0
-    for e in _entries(Path(root)):
+    for e in regular_files(Path(root)):
         try:
             total += _allocated(e.stat(follow_symlinks=False))
         except OSError:
@@ -131,7 +110,7 @@ def finished_capture_files(capture_dir: Path) -> list[CaptureFile]:
     not modified again, so the same files sort the same way at every check.
     """
     out = []
-    for e in _entries(Path(capture_dir), skip_dir=FAILED_DIR):
+    for e in regular_files(Path(capture_dir), skip_dir=FAILED_DIR):
         if not e.name.endswith(CAPTURE_SUFFIX):
             continue
         try:

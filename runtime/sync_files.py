@@ -13,7 +13,7 @@ import mimetypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from runtime.capture_file import CAPTURE_SUFFIX, iter_capture
 from runtime.sync_protocol import FileKind
@@ -81,20 +81,26 @@ def read_at(path: Path, offset: int, n: int) -> bytes:
         return fh.read(n)
 
 
-def _walk_files(root: Path, skip_dir: str | None = None) -> Iterable[os.DirEntry]:
-    stack = [root]
+def regular_files(root: Path, skip_dir: str | None = None) -> Iterator[os.DirEntry]:
+    """Every regular file under `root`, never following a symlink (to a file or a dir); a
+    top-level folder named `skip_dir` is left out. Files that vanish meanwhile are skipped."""
+    stack = [str(root)]
     while stack:
         d = stack.pop()
         try:
-            entries = list(os.scandir(d))
+            with os.scandir(d) as it:
+                entries = list(it)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
         for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                if not (d == root and e.name == skip_dir):
-                    stack.append(Path(e.path))
-            elif e.is_file(follow_symlinks=False):
-                yield e
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if not (skip_dir is not None and d == str(root) and e.name == skip_dir):
+                        stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    yield e
+            except OSError:
+                continue  # vanished while we looked
 
 
 def find_ready_files(capture_dirs: Iterable[Path], sync_paths: Iterable[Path], now_s: float,
@@ -102,12 +108,12 @@ def find_ready_files(capture_dirs: Iterable[Path], sync_paths: Iterable[Path], n
     """Every file ready to sync, oldest (by modification time) first."""
     found: list[SyncFile] = []
     for root in capture_dirs:
-        for e in _walk_files(root, skip_dir=FAILED_DIR):
+        for e in regular_files(root, skip_dir=FAILED_DIR):
             if e.name.endswith(CAPTURE_SUFFIX):
                 st = e.stat(follow_symlinks=False)
                 found.append(SyncFile(Path(e.path), root, FileKind.CAPTURE, st.st_size, st.st_mtime_ns))
     for root in sync_paths:
-        for e in _walk_files(root):
+        for e in regular_files(root):
             st = e.stat(follow_symlinks=False)
             if now_s - st.st_mtime >= quiet_s and not e.name.startswith("."):
                 found.append(SyncFile(Path(e.path), root, FileKind.FILE, st.st_size, st.st_mtime_ns))
