@@ -32,26 +32,26 @@ from typing import Callable
 import httpx
 import trio
 
-from actors.agent_api import agent_handlers
-from actors.collector import Collector, CollectorSettings, CollectorStats
-from actors.config_watcher import ConfigWatcher, ConfigWatcherStats
-from actors.control import ControlEndpoint
-from actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
-from actors.mongo_sink import MongoSink, MongoSinkStats
-from actors.reconcile import diff_configs
-from actors.resource_server import ResourceServer, ResourceServerStats
-from actors.sync_scheduler import SyncScheduler, SyncStats
-from runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
-from runtime.cloud_client import CloudClient
-from runtime.disk_usage import DiskUsage
-from runtime.faults import FaultPlan
-from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
-from runtime.remote import RESOURCES_PATH, RemoteParts, RemoteStats
-from runtime.resources.registry import ResourceRegistry
-from runtime.backoff import Backoff
-from runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
-from runtime.wallclock import WallClock
-from runtime.blocking import run_blocking
+from capsync.actors.agent_api import agent_handlers
+from capsync.actors.collector import Collector, CollectorSettings, CollectorStats
+from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
+from capsync.actors.control import ControlEndpoint
+from capsync.actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
+from capsync.actors.mongo_sink import MongoSink, MongoSinkStats
+from capsync.actors.reconcile import diff_configs
+from capsync.actors.resource_server import ResourceServer, ResourceServerStats
+from capsync.actors.sync_scheduler import SyncScheduler, SyncStats
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
+from capsync.runtime.cloud_client import CloudClient
+from capsync.runtime.disk_usage import DiskUsage
+from capsync.runtime.faults import FaultPlan
+from capsync.runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
+from capsync.runtime.remote import RESOURCES_PATH, RemoteParts, RemoteStats
+from capsync.runtime.resources.registry import ResourceRegistry, model_search_dirs
+from capsync.runtime.backoff import Backoff
+from capsync.runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
+from capsync.runtime.wallclock import WallClock
+from capsync.runtime.blocking import run_blocking
 
 log = logging.getLogger("capsync.agent")
 
@@ -182,7 +182,7 @@ class Agent:
         self._recovered = 0
         self._retired = RetiredTotals()
         self._transport = cloud_transport
-        self._registry = ResourceRegistry()
+        self._registry = ResourceRegistry(model_search_dirs(config_path or config.source))
         self._wall: WallClock | None = None
         self._capture = Supervisor("capture", max_restarts=CAPTURE_MAX_RESTARTS, period=CAPTURE_RESTART_PERIOD_S)
         self._root = Supervisor("agent", [])

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from actors.status_report import plain
-from runtime.rpc import RpcError
+from capsync.actors.status_report import plain
+from capsync.runtime.rpc import RpcError
 
 if TYPE_CHECKING:
-    from actors.agent import Agent
+    from capsync.actors.agent import Agent
 
 
 def agent_handlers(agent: Agent) -> dict[str, Any]:

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import trio
 
-from actors.agent import Agent
-from actors.status_line import status_line
-from actors.status_report import render_status
-from runtime import rpc
-from cloud.cli import add_cloud_commands
-from runtime.capture_file import CaptureFormatError, contents_as_json_lines
-from runtime.config import ConfigError, load_config, parse_config
-from runtime.logs import configure_logging
+from capsync import __version__
+from capsync.actors.agent import Agent
+from capsync.actors.status_line import status_line
+from capsync.actors.status_report import render_status
+from capsync.runtime import rpc
+from capsync.cloud.cli import add_cloud_commands
+from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
+from capsync.runtime.config import ConfigError, load_config, parse_config
+from capsync.runtime.logs import configure_logging
 
 log = logging.getLogger("capsync.cli")
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capsync", description="Capture robot data and sync it to the cloud.")
+    p.add_argument("--version", action="version", version=f"capsync {__version__}")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent on a config until SIGINT/SIGTERM")

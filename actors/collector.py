@@ -23,14 +23,14 @@ from typing import Callable
 
 import trio
 
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id, recover_prog
-from runtime.config import CaptureMethodPlan
-from runtime.logs import StateChangeLog
-from runtime.resources.methods import DataKind
-from runtime.resources.registry import Binary, Resource
-from runtime.wallclock import WallClock
-from runtime.blocking import run_blocking
-from runtime.faults import FaultPlan
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id, recover_prog
+from capsync.runtime.config import CaptureMethodPlan
+from capsync.runtime.logs import StateChangeLog
+from capsync.runtime.resources.methods import DataKind
+from capsync.runtime.resources.registry import Binary, Resource
+from capsync.runtime.wallclock import WallClock
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.collector")
 

@@ -18,10 +18,10 @@ from typing import Awaitable, Callable
 
 import trio
 
-from runtime.config import ConfigError, RobotConfig, parse_config
-from runtime.logs import StateChangeLog
-from runtime.blocking import run_blocking
-from runtime.faults import FaultPlan
+from capsync.runtime.config import ConfigError, RobotConfig, parse_config
+from capsync.runtime.logs import StateChangeLog
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.config")
 

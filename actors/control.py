@@ -17,9 +17,9 @@ from typing import Any, Awaitable, Callable
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from runtime.backoff import Backoff
-from runtime.logs import StateChangeLog
-from runtime.rpc import MAX_MESSAGE_BYTES, RpcError, bearer_secret, decode, encode
+from capsync.runtime.backoff import Backoff
+from capsync.runtime.logs import StateChangeLog
+from capsync.runtime.rpc import MAX_MESSAGE_BYTES, RpcError, bearer_secret, decode, encode
 
 log = logging.getLogger("capsync.control")
 

@@ -15,14 +15,14 @@ from typing import TextIO
 
 import trio
 
-from actors.agent import Agent
-from actors.status_line import status_line
-from cloud.app import DB_NAME
-from cloud.auth import new_secret
-from cloud.server import serve
-from cloud.sqlite_store import SqliteStore
-from runtime.config import ConfigError, load_config
-from runtime.logs import configure_logging
+from capsync.actors.agent import Agent
+from capsync.actors.status_line import status_line
+from capsync.cloud.app import DB_NAME
+from capsync.cloud.auth import new_secret
+from capsync.cloud.server import serve
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.runtime.config import ConfigError, load_config
+from capsync.runtime.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "demo.json"

@@ -22,9 +22,9 @@ from typing import Callable
 
 import trio
 
-from runtime.blocking import run_blocking
-from runtime.faults import FaultPlan
-from runtime.disk_usage import (
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.faults import FaultPlan
+from capsync.runtime.disk_usage import (
     USAGE_THRESHOLD_PERCENT,
     DiskUsage,
     Verdict,
@@ -35,7 +35,7 @@ from runtime.disk_usage import (
     is_inside,
     verdict,
 )
-from runtime.logs import StateChangeLog
+from capsync.runtime.logs import StateChangeLog
 
 log = logging.getLogger("capsync.governor")
 

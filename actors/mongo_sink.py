@@ -24,10 +24,10 @@ from bson.errors import InvalidDocument
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from runtime.capture_file import CaptureHeader, CaptureRecord
-from runtime.config import MongoCaptureConfig
-from runtime.mongo_documents import encode_reading
-from runtime.resources.methods import DataKind
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord
+from capsync.runtime.config import MongoCaptureConfig
+from capsync.runtime.mongo_documents import encode_reading
+from capsync.runtime.resources.methods import DataKind
 
 log = logging.getLogger("capsync.mongo")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
+from capsync.runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
 
 _COLLECTOR_WIDE = ("capture_dir", "tags", "max_file_size_kb", "max_binary_file_size_kb", "max_file_age_secs",
                    "fsync_interval_secs", "resource_timeout_secs")

@@ -23,11 +23,11 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from runtime.logs import StateChangeLog
-from runtime.remote import encode_result
-from runtime.resources.methods import METHODS, method_spec
-from runtime.resources.registry import ResourceError, ResourceLookup
-from runtime.rpc import RpcError, bearer_secret, decode, encode
+from capsync.runtime.logs import StateChangeLog
+from capsync.runtime.remote import encode_result
+from capsync.runtime.resources.methods import METHODS, method_spec
+from capsync.runtime.resources.registry import ResourceError, ResourceLookup
+from capsync.runtime.rpc import RpcError, bearer_secret, decode, encode
 
 log = logging.getLogger("capsync.resource_server")
 

@@ -30,14 +30,14 @@ from typing import Any, Callable
 import httpx
 import trio
 
-from actors.agent import Agent, AgentStats
-from cloud.app import create_app
-from cloud.auth import new_secret
-from runtime.blocking import inline_blocking, without_fsync
-from runtime.capture_file import CAPTURE_SUFFIX, PROG_SUFFIX, read_capture
-from runtime.config import parse_config
-from runtime.faults import FaultPlan
-from runtime.sim_parts import SimDisk, SwitchableTransport
+from capsync.actors.agent import Agent, AgentStats
+from capsync.cloud.app import create_app
+from capsync.cloud.auth import new_secret
+from capsync.runtime.blocking import inline_blocking, without_fsync
+from capsync.runtime.capture_file import CAPTURE_SUFFIX, PROG_SUFFIX, read_capture
+from capsync.runtime.config import parse_config
+from capsync.runtime.faults import FaultPlan
+from capsync.runtime.sim_parts import SimDisk, SwitchableTransport
 
 CLOUD_URL = "http://cloud.sim"
 

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actors.agent import AgentStats
+    from capsync.actors.agent import AgentStats
 
 
 def human_bytes(n: float) -> str:

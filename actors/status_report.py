@@ -7,7 +7,7 @@ import enum
 import time
 from typing import Any
 
-from actors.status_line import human_bytes
+from capsync.actors.status_line import human_bytes
 
 
 def plain(value: Any) -> Any:

@@ -20,14 +20,14 @@ from typing import Awaitable, Callable
 
 import trio
 
-from actors.uploader import upload_file
-from runtime.backoff import Backoff
-from runtime.capture_file import CaptureFormatError
-from runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
-from runtime.logs import StateChangeLog
-from runtime.sync_files import SyncFile, find_ready_files, set_aside
-from runtime.blocking import run_blocking
-from runtime.faults import FaultPlan
+from capsync.actors.uploader import upload_file
+from capsync.runtime.backoff import Backoff
+from capsync.runtime.capture_file import CaptureFormatError
+from capsync.runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
+from capsync.runtime.logs import StateChangeLog
+from capsync.runtime.sync_files import SyncFile, find_ready_files, set_aside
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.sync")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import trio
 
-from runtime.cloud_client import ChecksumMismatch, CloudClient, CloudUnavailable, StaleOffset
-from runtime.faults import FaultPlan, InjectedNetworkError
-from runtime.sync_files import SyncFile, file_id_of, read_at, sha256_of
-from runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
-from runtime.blocking import run_blocking
+from capsync.runtime.cloud_client import ChecksumMismatch, CloudClient, CloudUnavailable, StaleOffset
+from capsync.runtime.faults import FaultPlan, InjectedNetworkError
+from capsync.runtime.sync_files import SyncFile, file_id_of, read_at, sha256_of
+from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
+from capsync.runtime.blocking import run_blocking
 
 log = logging.getLogger("capsync.uploader")
 

@@ -19,15 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cloud import browser, query, uploads, user_queries
-from cloud.auth import CredentialCache
-from cloud.blobs import Blobs
-from cloud.http import Cloud, error_response
-from cloud.sqlite_store import SqliteStore
-from cloud.store import CommittedFile, Store
-from cloud.timefmt import iso_from_ns
-from runtime.blocking import run_blocking
-from runtime.sync_protocol import API_PREFIX, MAX_CHUNK_BYTES, MAX_FILE_BYTES, ErrorBody
+from capsync.cloud import browser, query, uploads, user_queries
+from capsync.cloud.auth import CredentialCache
+from capsync.cloud.blobs import Blobs
+from capsync.cloud.http import Cloud, error_response
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.cloud.store import CommittedFile, Store
+from capsync.cloud.timefmt import iso_from_ns
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.sync_protocol import API_PREFIX, MAX_CHUNK_BYTES, MAX_FILE_BYTES, ErrorBody
 
 log = logging.getLogger("capsync.cloud")
 
@@ -94,7 +94,7 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
 async def apply_retention(cloud: Cloud, now_ns: int | None = None) -> list[CommittedFile]:
     """Delete the data of committed files past their retention_policy, rows and bytes; return those files.
 
-    The rule (UTC days, size limits oldest first) is cloud.retention's. `now_ns` defaults to now;
+    The rule (UTC days, size limits oldest first) is capsync.cloud.retention's. `now_ns` defaults to now;
     tests pass any time to apply retention on demand.
     """
     gone = await cloud.store.expire(time.time_ns() if now_ns is None else now_ns)

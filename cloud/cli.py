@@ -1,7 +1,7 @@
 """The `capsync cloud ...` commands: run the cloud, register parts with their secrets, apply retention.
 
 `add_cloud_commands(subparsers)` adds them to the `capsync` parser (each sets `func`, which
-returns the exit code); `python -m cloud.cli` runs them alone. Exit codes: 0 success,
+returns the exit code); `python -m capsync.cloud.cli` runs them alone. Exit codes: 0 success,
 1 runtime failure, 2 bad input (bad usage, existing part without --rotate).
 """
 
@@ -17,13 +17,13 @@ from typing import Any
 
 import trio
 
-from cloud.app import DB_NAME, apply_retention, create_app
-from cloud.auth import PART_ID_RE, new_secret
-from cloud.server import serve
-from cloud.sqlite_store import SqliteStore
-from cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
-from runtime.blocking import run_blocking
-from runtime.logs import configure_logging
+from capsync.cloud.app import DB_NAME, apply_retention, create_app
+from capsync.cloud.auth import PART_ID_RE, new_secret
+from capsync.cloud.server import serve
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.logs import configure_logging
 
 log = logging.getLogger("capsync.cloud.cli")
 
@@ -64,7 +64,7 @@ def add_cloud_commands(subparsers: Any) -> None:
 def open_store(data_dir: Path, mongodb_uri: str | None) -> Any:
     """The store a cloud command works on: MongoDB at `mongodb_uri` if given, else SQLite in `data_dir`."""
     if mongodb_uri:
-        from cloud.mongo_store import MongoStore
+        from capsync.cloud.mongo_store import MongoStore
 
         return MongoStore(mongodb_uri)
     return SqliteStore(data_dir / DB_NAME)
@@ -175,7 +175,7 @@ async def _serve(args: argparse.Namespace, scheme: str, store: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the cloud commands alone: `python -m cloud.cli cloud serve ...`."""
+    """Run the cloud commands alone: `python -m capsync.cloud.cli cloud serve ...`."""
     parser = argparse.ArgumentParser(prog="capsync", description="The capsync cloud.")
     add_cloud_commands(parser.add_subparsers(metavar="COMMAND", required=True))
     args = parser.parse_args(argv)

@@ -18,10 +18,10 @@ import trio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from cloud.auth import CredentialCache, parse_basic
-from cloud.blobs import Blobs
-from cloud.store import Store, StoreUnavailable
-from runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
+from capsync.cloud.auth import CredentialCache, parse_basic
+from capsync.cloud.blobs import Blobs
+from capsync.cloud.store import Store, StoreUnavailable
+from capsync.runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
 
 log = logging.getLogger("capsync.cloud")
 

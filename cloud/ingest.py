@@ -1,7 +1,7 @@
 """Turning a verified upload into what the store keeps: a file row plus tabular rows or binary items.
 
 Store-independent, so every `Store` implementation ingests the same way. Capture files are
-parsed with the agent's own reader (runtime.capture_file); a file that is damaged, unreadable,
+parsed with the agent's own reader (capsync.runtime.capture_file); a file that is damaged, unreadable,
 or whose header names another file or part is rejected with a reason (`Rejected`).
 """
 
@@ -15,9 +15,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
-from runtime.capture_file import CaptureFormatError, CaptureHeader, CaptureRecord, DataKind, Damage, iter_capture
-from runtime.sync_protocol import FileKind
+from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
+from capsync.runtime.capture_file import CaptureFormatError, CaptureHeader, CaptureRecord, DataKind, Damage, iter_capture
+from capsync.runtime.sync_protocol import FileKind
 
 #: Deepest nesting of a payload the cloud stores; deeper ones are rejected, not crashed on.
 MAX_JSON_DEPTH = 200

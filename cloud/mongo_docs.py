@@ -23,9 +23,9 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
-from cloud.timefmt import iso_from_ns
-from runtime.sync_protocol import FileKind
+from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
+from capsync.cloud.timefmt import iso_from_ns
+from capsync.runtime.sync_protocol import FileKind
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -155,7 +155,7 @@ def binary_from_doc(d: dict[str, Any]) -> BinaryItem:
 
 
 def sql_row(d: dict[str, Any]) -> tuple[Any, ...]:
-    """A readings document as a row of the SQLite `tabular` table (cloud.sqlite_schema.TABULAR_COLS)."""
+    """A readings document as a row of the SQLite `tabular` table (capsync.cloud.sqlite_schema.TABULAR_COLS)."""
     r = tabular_from_doc(d)
     return (
         r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,

@@ -41,12 +41,12 @@ from pymongo.errors import (
     OperationFailure,
 )
 
-from cloud import mongo_docs as docs
-from cloud import retention
-from cloud.auth import check_secret, hash_secret
-from cloud.mql import confine, to_json
-from cloud.sql import run_readonly
-from cloud.store import (
+from capsync.cloud import mongo_docs as docs
+from capsync.cloud import retention
+from capsync.cloud.auth import check_secret, hash_secret
+from capsync.cloud.mql import confine, to_json
+from capsync.cloud.sql import run_readonly
+from capsync.cloud.store import (
     BinaryItem,
     CommittedFile,
     PartExistsError,
@@ -61,7 +61,7 @@ from cloud.store import (
     Upload,
     summaries,
 )
-from runtime.blocking import run_blocking
+from capsync.runtime.blocking import run_blocking
 
 T = TypeVar("T")
 DEFAULT_DATABASE = "capsync"

@@ -20,7 +20,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from cloud.store import QueryRefused
+from capsync.cloud.store import QueryRefused
 
 ALLOWED_STAGES = frozenset({
     "$match", "$project", "$addFields", "$set", "$unset", "$group", "$sort", "$limit", "$skip", "$count",

@@ -17,12 +17,12 @@ import trio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from cloud import ingest
-from cloud.http import ApiError, cloud_of, endpoint
-from cloud.store import BinaryItem, CommittedFile, Query, SortKey, TabularRow
-from cloud.timefmt import iso_from_ns, parse_time
-from runtime.blocking import run_blocking
-from runtime.sync_protocol import API_PREFIX, FILE_ID_RE
+from capsync.cloud import ingest
+from capsync.cloud.http import ApiError, cloud_of, endpoint
+from capsync.cloud.store import BinaryItem, CommittedFile, Query, SortKey, TabularRow
+from capsync.cloud.timefmt import iso_from_ns, parse_time
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.sync_protocol import API_PREFIX, FILE_ID_RE
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from cloud.store import CommittedFile
+from capsync.cloud.store import CommittedFile
 
 DAY_NS = 86_400 * 10**9
 GB = 10**9

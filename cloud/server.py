@@ -18,9 +18,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from cloud.app import apply_retention, create_app
-from cloud.http import Cloud
-from cloud.store import Store
+from capsync.cloud.app import apply_retention, create_app
+from capsync.cloud.http import Cloud
+from capsync.cloud.store import Store
 
 log = logging.getLogger("capsync.cloud.server")
 
@@ -75,7 +75,7 @@ async def serve(
     `tls_cert` and `tls_key` the server speaks HTTPS. Cancellation is a graceful shutdown:
     in-flight requests get `graceful_timeout_s` to finish, then a store serve() opened is closed.
     Retention runs at start and daily after UTC midnight; `retention_interval_s` sweeps every
-    that many seconds instead (`math.inf`: only on demand, through `cloud.app.apply_retention`).
+    that many seconds instead (`math.inf`: only on demand, through `capsync.cloud.app.apply_retention`).
     """
     owns_store = store is None
     app = create_app(Path(data_dir), store)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cloud.sqlite_schema import TABULAR_COLS, placeholders
-from cloud.store import QueryRefused, SqlResult
+from capsync.cloud.sqlite_schema import TABULAR_COLS, placeholders
+from capsync.cloud.store import QueryRefused, SqlResult
 
 #: The columns of the `readings` view, in order (times as ns and as RFC 3339 text; JSON as text).
 READINGS_COLUMNS = (

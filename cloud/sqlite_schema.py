@@ -11,8 +11,8 @@ import json
 import sqlite3
 from typing import Any
 
-from cloud.store import BinaryItem, CommittedFile, TabularRow
-from runtime.sync_protocol import FileKind
+from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow
+from capsync.runtime.sync_protocol import FileKind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parts (

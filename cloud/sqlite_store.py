@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import trio
 
-from cloud import retention
-from cloud.auth import check_secret, hash_secret
-from cloud.sql import run_readonly
-from cloud.sqlite_schema import (
+from capsync.cloud import retention
+from capsync.cloud.auth import check_secret, hash_secret
+from capsync.cloud.sql import run_readonly
+from capsync.cloud.sqlite_schema import (
     BINARY_COLS,
     FILE_COLS,
     SCHEMA,
@@ -34,7 +34,7 @@ from cloud.sqlite_schema import (
     placeholders,
     tabular_from_row,
 )
-from cloud.store import (
+from capsync.cloud.store import (
     BinaryItem,
     CommittedFile,
     PartExistsError,
@@ -47,9 +47,9 @@ from cloud.store import (
     Upload,
     summaries,
 )
-from cloud.timefmt import iso_from_ns
-from runtime.blocking import run_blocking
-from runtime.sync_protocol import FileKind
+from capsync.cloud.timefmt import iso_from_ns
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.sync_protocol import FileKind
 
 T = TypeVar("T")
 #: At most this many SQL queries run at once (each in its own thread and connection).
@@ -299,7 +299,7 @@ class SqliteStore:
         return self._tx(tx)
 
     async def expire(self, now_ns: int) -> list[CommittedFile]:
-        """Delete the rows of files past their retention_policy (days, size limits; cloud.retention).
+        """Delete the rows of files past their retention_policy (days, size limits; capsync.cloud.retention).
 
         The files rows stay, marked expired, so a late retry of the same upload is still answered
         "committed" and never stored a second time.

@@ -1,6 +1,6 @@
 """What the cloud keeps about parts, uploads and committed data, independent of where it keeps it.
 
-`Store` is the interface the HTTP app talks to. `cloud.sqlite_store.SqliteStore` is the default
+`Store` is the interface the HTTP app talks to. `capsync.cloud.sqlite_store.SqliteStore` is the default
 implementation; a MongoDB store implements the same methods. Every method is async so an
 implementation may run blocking drivers in a worker thread.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from runtime.sync_protocol import FileKind
+from capsync.runtime.sync_protocol import FileKind
 
 #: Sort key of query results and what an opaque cursor encodes: (requested_ns, file_id, record_index).
 SortKey = tuple[int, str, int]
@@ -253,7 +253,7 @@ class Store(Protocol):
         ...
 
     async def expire(self, now_ns: int) -> list[CommittedFile]:
-        """Delete the rows of every file past its retention_policy (cloud.retention.due); return them.
+        """Delete the rows of every file past its retention_policy (capsync.cloud.retention.due); return them.
 
         The file rows stay, marked expired (`expired_ns`), so late retries still see "committed".
         """

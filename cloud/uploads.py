@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cloud import ingest
-from cloud.blobs import OffsetMismatch
-from cloud.http import (
+from capsync.cloud import ingest
+from capsync.cloud.blobs import OffsetMismatch
+from capsync.cloud.http import (
     ApiError,
     Cloud,
     cloud_of,
@@ -28,9 +28,9 @@ from cloud.http import (
     file_id_param,
     read_body,
 )
-from cloud.store import CommittedFile, Upload
-from runtime.blocking import run_blocking
-from runtime.sync_protocol import (
+from capsync.cloud.store import CommittedFile, Upload
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.sync_protocol import (
     MAX_CHUNK_BYTES,
     MAX_JSON_BYTES,
     FileKind,

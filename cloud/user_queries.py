@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cloud.http import ApiError, cloud_of, endpoint, read_body
-from cloud.store import QueryRefused, ResourceSummary, SqlResult
-from cloud.timefmt import iso_from_ns
-from runtime.sync_protocol import MAX_JSON_BYTES
+from capsync.cloud.http import ApiError, cloud_of, endpoint, read_body
+from capsync.cloud.store import QueryRefused, ResourceSummary, SqlResult
+from capsync.cloud.timefmt import iso_from_ns
+from capsync.runtime.sync_protocol import MAX_JSON_BYTES
 
 DEFAULT_ROWS = 1000
 MAX_ROWS = 10_000

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.resources.methods import DataKind
+from capsync.runtime.resources.methods import DataKind
 
 FORMAT_VERSION = 1
 PROG_SUFFIX = ".prog"
@@ -232,7 +232,7 @@ def capture_path(capture_dir: Path, header: CaptureHeader) -> Path:
 
 def fsync_dir(path: Path) -> None:
     """fsync directory `path`, making a create, rename or unlink inside it durable."""
-    from runtime.blocking import durable_writes  # late: blocking imports trio, this module must not need it
+    from capsync.runtime.blocking import durable_writes  # late: blocking imports trio, this module must not need it
 
     if not durable_writes():
         return
@@ -259,19 +259,19 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from runtime.capture_reader import (  # noqa: F401
+    from capsync.runtime.capture_reader import (  # noqa: F401
         CaptureContents, CaptureFormatError, Damage, Recovery, contents_as_json_lines,
         iter_capture, read_capture, recover_dir, recover_prog,
     )
-    from runtime.capture_writer import CaptureWriter, WriterStatistics  # noqa: F401
+    from capsync.runtime.capture_writer import CaptureWriter, WriterStatistics  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
     """PEP 562: resolve the writer's and reader's public names on first use."""
     if name in _WRITER_NAMES:
-        from runtime import capture_writer as module
+        from capsync.runtime import capture_writer as module
     elif name in _READER_NAMES:
-        from runtime import capture_reader as module
+        from capsync.runtime import capture_reader as module
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(module, name)

@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator, Union
 
 import cbor2
 
-from runtime.capture_file import (
+from capsync.runtime.capture_file import (
     CAPTURE_SUFFIX,
     CORRUPT_SUFFIX,
     FORMAT_VERSION,
@@ -39,7 +39,7 @@ from runtime.capture_file import (
     CaptureRecord,
     fsync_dir,
 )
-from runtime.resources.methods import DataKind
+from capsync.runtime.resources.methods import DataKind
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import cbor2
 
-from runtime.capture_file import (
+from capsync.runtime.capture_file import (
     CAPTURE_SUFFIX,
     FORMAT_VERSION,
     FRAME,
@@ -32,8 +32,8 @@ from runtime.capture_file import (
     encode_frame,
     fsync_dir,
 )
-from runtime.resources.methods import DataKind
-from runtime.blocking import durable_writes
+from capsync.runtime.resources.methods import DataKind
+from capsync.runtime.blocking import durable_writes
 
 _U32 = 0xFFFFFFFF
 _fdatasync = getattr(os, "fdatasync", os.fsync)

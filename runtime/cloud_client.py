@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from runtime.sync_protocol import ErrorBody, FileStatus, UploadStart, file_route
+from capsync.runtime.sync_protocol import ErrorBody, FileStatus, UploadStart, file_route
 
 
 class CloudError(Exception):

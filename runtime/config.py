@@ -7,8 +7,8 @@ may carry `service_configs` with a data_manager entry listing its `capture_metho
 
 Every problem is reported, with its JSON path, in one `ConfigError`. `//` and `/* */` comments
 outside strings are accepted; typographic quotes are not (they are reported with line and column).
-The pydantic models and the error types live in `runtime.config_models`, the derived view and the
-validating walk in `runtime.config_build`; docs/config.md is the reference.
+The pydantic models and the error types live in `capsync.runtime.config_models`, the derived view and the
+validating walk in `capsync.runtime.config_build`; docs/config.md is the reference.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.config_build import Builder, CaptureMethodPlan, ConfiguredMethod, RemoteConfig, ResourceRef
-from runtime.config_models import (
+from capsync.runtime.config_build import Builder, CaptureMethodPlan, ConfiguredMethod, RemoteConfig, ResourceRef
+from capsync.runtime.config_models import (
     CloudConfig,
     ConfigError,
     ConfigIssue,
@@ -29,7 +29,7 @@ from runtime.config_models import (
     NetworkConfig,
     RetentionPolicy,
 )
-from runtime.resources.methods import DataKind
+from capsync.runtime.resources.methods import DataKind
 
 __all__ = [
     "CaptureMethodPlan", "CloudConfig", "ConfigError", "ConfigIssue", "DataKind", "DataManagerAttributes",

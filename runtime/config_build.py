@@ -1,7 +1,7 @@
 """The derived view of a robot config (resources, capture methods), and the walk that validates and builds it.
 
 `Builder` checks every section capsync owns, collects every problem, and yields the material of a
-`runtime.config.RobotConfig`. Problems are
+`capsync.runtime.config.RobotConfig`. Problems are
 `ConfigIssue`s with JSON paths such as `components[2].service_configs[0].attributes.capture_methods[1].method`.
 """
 
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.config_models import (
+from capsync.runtime.config_models import (
     CaptureMethodEntry,
     CloudConfig,
     ConfigError,
@@ -26,7 +26,7 @@ from runtime.config_models import (
     suggest,
     validate_section,
 )
-from runtime.resources.methods import METHODS, DataKind, method_spec
+from capsync.runtime.resources.methods import METHODS, DataKind, method_spec
 
 DATA_MANAGER = "data_manager"
 #: Names that end up in capture file paths: no separators, no "." / "..".

@@ -1,6 +1,6 @@
 """The typed parts of a robot config: capsync's own sections, the errors, and pydantic error translation.
 
-`runtime.config_build` walks the whole JSON document and validates the sections we own with the
+`capsync.runtime.config_build` walks the whole JSON document and validates the sections we own with the
 pydantic models below; every problem, from bad JSON to an unknown capture method, is reported as
 a `ConfigIssue` with the JSON path of the offending value, collected into one `ConfigError`.
 

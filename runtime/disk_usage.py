@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator
 
 import psutil
 
-from runtime.capture_file import CAPTURE_SUFFIX
-from runtime.sync_files import FAILED_DIR, regular_files
+from capsync.runtime.capture_file import CAPTURE_SUFFIX
+from capsync.runtime.sync_files import FAILED_DIR, regular_files
 
 #: The file system must be at least this full (percent) before anything is deleted.
 USAGE_THRESHOLD_PERCENT = 90.0

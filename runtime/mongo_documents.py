@@ -25,8 +25,8 @@ from datetime import datetime, timedelta, timezone
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from runtime.capture_file import CaptureHeader, CaptureRecord
-from runtime.resources.methods import DataKind
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord
+from capsync.runtime.resources.methods import DataKind
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

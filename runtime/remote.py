@@ -31,10 +31,10 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
 
-from runtime.backoff import Backoff
-from runtime.config_build import RemoteConfig, ResourceRef
-from runtime.resources.registry import Binary, CaptureResult, ResourceError
-from runtime.rpc import MAX_MESSAGE_BYTES, RpcError, auth_headers, decode, encode
+from capsync.runtime.backoff import Backoff
+from capsync.runtime.config_build import RemoteConfig, ResourceRef
+from capsync.runtime.resources.registry import Binary, CaptureResult, ResourceError
+from capsync.runtime.rpc import MAX_MESSAGE_BYTES, RpcError, auth_headers, decode, encode
 
 log = logging.getLogger("capsync.remote")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from runtime.disk_usage import DiskUsage
+from capsync.runtime.disk_usage import DiskUsage
 
 
 class SwitchableTransport(httpx.AsyncBaseTransport):

@@ -2,7 +2,7 @@
 
 A :class:`Supervisor` runs child actors, each in its own cancel scope inside the
 supervisor's nursery, restarts them by their :class:`Restart` kind and the supervisor's
-:class:`Strategy` after a :class:`~runtime.backoff.Backoff` delay, and gives up with
+:class:`Strategy` after a :class:`~capsync.runtime.backoff.Backoff` delay, and gives up with
 :class:`SupervisorGaveUp` when it has restarted more than ``max_restarts`` times in
 ``period`` seconds. A supervisor's ``run`` is itself a valid ``ChildSpec.run``, so trees nest
 and a child supervisor that gives up is, to its parent, one more crashed child.
@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from runtime.backoff import Backoff, RestartWindow
+from capsync.runtime.backoff import Backoff, RestartWindow
 
 log = logging.getLogger("capsync.supervision")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from runtime.capture_file import CAPTURE_SUFFIX, iter_capture
-from runtime.sync_protocol import FileKind
+from capsync.runtime.capture_file import CAPTURE_SUFFIX, iter_capture
+from capsync.runtime.sync_protocol import FileKind
 
 #: Folder inside a capture dir where files the cloud refused for good are set aside.
 FAILED_DIR = "failed"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.capture_file import read_capture  # noqa: E402
+from capsync.runtime.capture_file import read_capture  # noqa: E402
 from tests.processkit import (  # noqa: E402
     CAMERA, SENSOR, CloudReader, ProcessKit, account, add_part, agent_config, local_capture_files, log_lines,
     wait_for,

@@ -36,7 +36,7 @@ def inspect_all(files: list[Path]) -> tuple[int, int, int]:
     if not files:
         return 0, 0, 0
     capsync = Path(sys.executable).with_name("capsync")
-    cmd = [str(capsync)] if capsync.exists() else [sys.executable, "-m", "actors.cli"]
+    cmd = [str(capsync)] if capsync.exists() else [sys.executable, "-m", "capsync"]
     r = subprocess.run([*cmd, "inspect", *map(str, files)], capture_output=True, text=True, cwd=ROOT)
     lines = r.stdout.splitlines()
     return (r.returncode, sum('"type": "record"' in x for x in lines), sum('"type": "damage"' in x for x in lines))

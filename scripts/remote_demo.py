@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -31,10 +30,9 @@ from pathlib import Path
 import httpx
 import trio
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from capsync.runtime import rpc
 
-from runtime import rpc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BOARD = ("Analogs(reader_name=A1)", "Analogs(reader_name=A2)", "Gpios(pin_name=27)")
 CAMERA = "ReadImage(mime_type=image/jpeg,reader_name=cam1)"
@@ -50,8 +48,8 @@ def free_port() -> int:
 def capsync(*args: str, log: Path | None = None) -> subprocess.Popen:
     """`capsync ARGS` as a child process (its output to `log`)."""
     out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "actors.cli", *args], cwd=ROOT, stdout=out,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen([sys.executable, "-m", "capsync", *args], cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -111,7 +109,7 @@ def prepare(root: Path) -> tuple[dict, dict, int]:
     main["services"][0]["attributes"]["capture_dir"] = str(root / "capture-a")
     main["services"][0]["attributes"]["sync_interval_mins"] = 0.05
     main["cloud"]["app_address"] = f"http://127.0.0.1:{cloud_port}"
-    secret = subprocess.run([sys.executable, "-m", "actors.cli", "cloud", "add-part", "--data-dir", str(root / "cloud"),
+    secret = subprocess.run([sys.executable, "-m", "capsync", "cloud", "add-part", "--data-dir", str(root / "cloud"),
                              main["cloud"]["id"]], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     main["cloud"]["secret"] = secret
     (root / "remote-board.json").write_text(json.dumps(board, indent=2))

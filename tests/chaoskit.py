@@ -3,7 +3,7 @@ random SIGKILLs of both, simulated power loss, then a drain and an exact account
 
 Shared by scripts/chaos.py (the long run) and tests/test_chaos.py (the short one). Everything is
 synchronous: subprocesses (tests.processkit), the fault proxy on its own thread
-(runtime.faultproxy.ProxyThread), and one background thread that keeps reading the capture dir.
+(capsync.testing.ProxyThread), and one background thread that keeps reading the capture dir.
 
 What one run does
 -----------------
@@ -74,8 +74,8 @@ from typing import Any, Callable
 
 import httpx
 
-from runtime.capture_file import CaptureFormatError, read_capture
-from runtime.faultproxy import ProxyThread
+from capsync.runtime.capture_file import CaptureFormatError, read_capture
+from capsync.runtime.faultproxy import ProxyThread
 from tests.helpers import fake_component, robot_config, write_config
 from tests.processkit import (
     PART, AgentProcess, CloudProcess, CloudReader, ProcessKit, add_part, local_capture_files, log_lines,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from cloud.app import create_app
-from cloud.auth import new_secret
+from capsync.cloud.app import create_app
+from capsync.cloud.auth import new_secret
 
 
 class InProcessCloud:

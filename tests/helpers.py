@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from runtime.capture_file import CAPTURE_SUFFIX, PROG_SUFFIX, read_capture
+from capsync.runtime.capture_file import CAPTURE_SUFFIX, PROG_SUFFIX, read_capture
 
 
 def fake_component(name: str, type_: str, methods: list[dict[str, Any]], **attributes: Any) -> dict:

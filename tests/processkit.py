@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable
 
 import httpx
 
-from runtime.capture_file import CAPTURE_SUFFIX, PROG_SUFFIX, CaptureFormatError, read_capture
-from runtime.sync_files import FAILED_DIR
+from capsync.runtime.capture_file import CAPTURE_SUFFIX, PROG_SUFFIX, CaptureFormatError, read_capture
+from capsync.runtime.sync_files import FAILED_DIR
 from tests.helpers import fake_component, robot_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,6 @@ class Process:
         self.argv = argv
         self.log = log
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, cwd=REPO)
 
@@ -130,7 +129,7 @@ class CloudProcess(Process):
     def __init__(self, data_dir: Path, log: Path, port: int = 0) -> None:
         self.data_dir = data_dir
         self._from = log.stat().st_size if log.exists() else 0
-        super().__init__([sys.executable, "-m", "actors.cli", "cloud", "serve", "--data-dir", str(data_dir),
+        super().__init__([sys.executable, "-m", "capsync", "cloud", "serve", "--data-dir", str(data_dir),
                           "--port", str(port), "--log-format", "json"], log)
         self.url = ""
         self.port = port
@@ -152,7 +151,7 @@ class CloudProcess(Process):
 
 def add_part(data_dir: Path, part_id: str = PART) -> str:
     """`capsync cloud add-part`: register `part_id` in the cloud's data dir; returns its secret."""
-    out = subprocess.run([sys.executable, "-m", "actors.cli", "cloud", "add-part", "--data-dir", str(data_dir), part_id],
+    out = subprocess.run([sys.executable, "-m", "capsync", "cloud", "add-part", "--data-dir", str(data_dir), part_id],
                          capture_output=True, text=True, timeout=30, cwd=REPO, check=True)
     return out.stdout.strip()
 
@@ -162,7 +161,7 @@ class AgentProcess(Process):
 
     def __init__(self, config: Path, log: Path) -> None:
         self._runs_before = self._runs(log)
-        super().__init__([sys.executable, "-m", "actors.cli", "run", str(config), "--log-format", "json",
+        super().__init__([sys.executable, "-m", "capsync", "run", str(config), "--log-format", "json",
                           "--status-interval", "0"], log)
 
     @staticmethod

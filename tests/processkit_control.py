@@ -21,7 +21,7 @@ def running_agent(tmp_path: Path, config: dict) -> Iterator[Path]:
     path.write_text(json.dumps(config))
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", str(path), "--log-format", "json"],
+        proc = subprocess.Popen([sys.executable, "-m", "capsync", "run", str(path), "--log-format", "json"],
                                 stdout=out, stderr=out, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         deadline = time.monotonic() + 30

@@ -32,7 +32,7 @@ def _start(config: Path, log: Path) -> tuple[subprocess.Popen, float]:
     before = _runs(log)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", str(config), "--log-format", "json"],
+        proc = subprocess.Popen([sys.executable, "-m", "capsync", "run", str(config), "--log-format", "json"],
                                 stdout=out, stderr=out, env=env)
     deadline = time.monotonic() + 30
     while _runs(log) == before:

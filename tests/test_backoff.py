@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.backoff import Backoff, RestartWindow
+from capsync.runtime.backoff import Backoff, RestartWindow
 
 
 def test_delay_starts_at_initial_grows_by_factor_and_stops_at_cap():

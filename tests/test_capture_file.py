@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import runtime.capture_writer as capture_writer
-from runtime.capture_file import (
+import capsync.runtime.capture_writer as capture_writer
+from capsync.runtime.capture_file import (
     CAPTURE_SUFFIX,
     FORMAT_VERSION,
     FRAME,
@@ -403,9 +403,8 @@ def test_kill_9_loses_nothing_already_appended(tmp_path):
     prog = tmp_path / "k.prog"
     script = f"""
 import math, os, signal, sys
-sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, DataKind
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, DataKind
 h = CaptureHeader("id", "p", "sensor", "s", "Readings", {{}}, (), DataKind.TABULAR)
 w = CaptureWriter(Path({str(prog)!r}), h, fsync_interval_s=math.inf)
 for i in range(500):
@@ -617,7 +616,7 @@ def test_capture_path_never_escapes_or_nests(type_, name, method):
 
 
 def test_public_names_are_importable_from_capture_file():
-    import runtime.capture_file as cf
+    import capsync.runtime.capture_file as cf
 
     for name in cf.__all__:
         assert getattr(cf, name) is not None, name

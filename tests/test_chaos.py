@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from runtime.capture_file import (
+from capsync.runtime.capture_file import (
     CaptureHeader, CaptureRecord, CaptureWriter, DataKind, new_file_id, read_capture, recover_prog,
 )
 from tests.chaoskit import ChaosRun, ChaosSettings, Ledger, damage_prog, file_keys, grid_holes, run_chaos

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.cli import main
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
-from runtime.resources.methods import DataKind
+from capsync.actors.cli import main
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+from capsync.runtime.resources.methods import DataKind
 from tests.test_config import BAD, BAD_CONFIGS
 
 DOC_CONFIGS = Path(__file__).parent / "doc_configs"

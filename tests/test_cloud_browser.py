@@ -1,6 +1,6 @@
 """The data browser page: served offline by the cloud, and driven in a real headless Chromium.
 
-The Chromium test starts the real cloud (`cloud.server.serve` on port 0), syncs capture files of
+The Chromium test starts the real cloud (`capsync.cloud.server.serve` on port 0), syncs capture files of
 fake sensor, arm, camera and vision (detections) resources into it with the agent's own uploader,
 then drives Debian's /usr/bin/chromium through playwright-core (tests/browser/drive.mjs). Both are
 installed by scripts/test when missing; where they cannot be, the test skips and says which.
@@ -18,16 +18,16 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors.uploader import upload_file
-from cloud.app import DB_NAME
-from cloud.browser import STATIC_DIR
-from cloud.server import serve
-from cloud.sqlite_store import SqliteStore
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
-from runtime.cloud_client import CloudClient
-from runtime.resources.registry import Binary, build_resource
-from runtime.sync_files import SyncFile
-from runtime.sync_protocol import FileKind
+from capsync.actors.uploader import upload_file
+from capsync.cloud.app import DB_NAME
+from capsync.cloud.browser import STATIC_DIR
+from capsync.cloud.server import serve
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+from capsync.runtime.cloud_client import CloudClient
+from capsync.runtime.resources.registry import Binary, build_resource
+from capsync.runtime.sync_files import SyncFile
+from capsync.runtime.sync_protocol import FileKind
 from tests.test_cloud_support import PART_A, PART_B, SECRET_A, TEST_SCRYPT_N, CloudEnv, env, upload  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

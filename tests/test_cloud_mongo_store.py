@@ -21,12 +21,12 @@ import pytest
 import trio
 from pymongo import MongoClient
 
-from cloud import ingest
-from cloud.app import create_app
-from cloud.cli import main as cli_main
-from cloud.mongo_store import MongoStore
-from cloud.store import Store, StoreUnavailable, Upload
-from runtime.sync_protocol import FileKind
+from capsync.cloud import ingest
+from capsync.cloud.app import create_app
+from capsync.cloud.cli import main as cli_main
+from capsync.cloud.mongo_store import MongoStore
+from capsync.cloud.store import Store, StoreUnavailable, Upload
+from capsync.runtime.sync_protocol import FileKind
 from tests.mongo_standin import REAL_URI_ENV
 from tests.mongo_standin_query import QueryingMongoStandIn
 from tests.test_cloud_support import (  # noqa: F401
@@ -162,19 +162,19 @@ async def test_rows_left_by_a_commit_that_died_before_its_marker_are_replaced(mo
     (path,) = tmp_path.rglob("*.capture")
     rows = ingest.capture_file(Upload(PART_A, fid, FileKind.CAPTURE, len(data), "0" * 64), path, len(data), 1)
     store = mongo_env.store
-    from cloud import mongo_docs
+    from capsync.cloud import mongo_docs
 
     # A crash after part of the rows: 4 rows written, some with stale content, no files document.
     stale = [mongo_docs.tabular_doc(r) for r in rows.tabular[:4]]
     stale[0]["payload"] = {"stale": True}
     store.readings.insert_many(stale)
     assert await store.commit(rows.file, rows.tabular, rows.binary) is True
-    got = await store.query_tabular(PART_A, __import__("cloud.store", fromlist=["Query"]).Query(limit=100))
+    got = await store.query_tabular(PART_A, __import__("capsync.cloud.store", fromlist=["Query"]).Query(limit=100))
     assert [r.record_index for r in got] == list(range(10)) and got[0].payload == {"i": 0, "v": 0.0}
 
 
 async def test_payloads_bson_cannot_hold_round_trip_exactly(mongo_env: CloudEnv, tmp_path: Path) -> None:
-    from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+    from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
 
     header = CaptureHeader(new_file_id(), PART_A, "sensor", "odd", "Readings", {"$p": 1}, (), "tabular")
     w = CaptureWriter.create(tmp_path, header)
@@ -242,11 +242,11 @@ async def test_an_unreachable_mongodb_is_503_not_500(mongo_env: CloudEnv) -> Non
 
 
 def test_cli_serves_and_adds_parts_on_mongodb(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("cloud.cli.configure_logging", lambda *a, **k: None)  # keep pytest's own log handlers
+    monkeypatch.setattr("capsync.cloud.cli.configure_logging", lambda *a, **k: None)  # keep pytest's own log handlers
     standin = QueryingMongoStandIn().start()
     uri = standin.uri.replace("/?", "/cli_db?")
     try:
-        cli = [sys.executable, "-m", "cloud.cli", "cloud"]
+        cli = [sys.executable, "-m", "capsync.cloud.cli", "cloud"]
         assert cli_main(["cloud", "add-part", "--data-dir", str(tmp_path), "--mongodb-uri", uri, "robot-9"]) == 0
         secret = capsys.readouterr().out.strip()
         assert cli_main(["cloud", "add-part", "--data-dir", str(tmp_path), "--mongodb-uri", uri, "robot-9"]) == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from cloud.app import apply_retention
+from capsync.cloud.app import apply_retention
 from tests.test_cloud_support import (  # noqa: F401
     PART_A, PART_B, SECRET_A, CloudEnv, binary_capture, declaration, env, tabular_capture, upload,
 )

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from cloud import ingest, retention
-from cloud.app import DB_NAME, apply_retention
-from cloud.cli import main as cli_main
-from cloud.server import seconds_to_next_sweep, serve
-from cloud.sqlite_store import SqliteStore
-from cloud.store import CommittedFile, Upload
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
-from runtime.sync_protocol import FileKind
+from capsync.cloud import ingest, retention
+from capsync.cloud.app import DB_NAME, apply_retention
+from capsync.cloud.cli import main as cli_main
+from capsync.cloud.server import seconds_to_next_sweep, serve
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.cloud.store import CommittedFile, Upload
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+from capsync.runtime.sync_protocol import FileKind
 from tests.test_cloud_mongo_store import open_mongo_env
 from tests.test_cloud_support import PART_A, PART_B, TEST_SCRYPT_N, CloudEnv, declaration, make_env
 
@@ -165,7 +165,7 @@ def test_the_daily_sweep_runs_just_after_utc_midnight() -> None:
 
 async def test_serve_sweeps_at_start(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "cloud" / DB_NAME, scrypt_n=TEST_SCRYPT_N)
-    from cloud.app import create_app
+    from capsync.cloud.app import create_app
 
     e = CloudEnv(create_app(tmp_path / "cloud", store), store, tmp_path / "cloud")
     f = await commit(e, tmp_path, committed_ns=time.time_ns() - 3 * DAY, policy={"days": 1})
@@ -181,7 +181,7 @@ async def test_serve_sweeps_at_start(tmp_path: Path) -> None:
 
 def test_capsync_cloud_retention_applies_it_on_demand(tmp_path: Path, capsys) -> None:
     store = SqliteStore(tmp_path / DB_NAME, scrypt_n=TEST_SCRYPT_N)
-    from cloud.app import create_app
+    from capsync.cloud.app import create_app
 
     e = CloudEnv(create_app(tmp_path, store), store, tmp_path)
     f = trio.run(lambda: commit(e, tmp_path / "caps", committed_ns=time.time_ns() - 2 * DAY, policy={"days": 1}))

@@ -12,7 +12,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.sync_protocol import MAX_CHUNK_BYTES, MAX_JSON_BYTES, ErrorBody
+from capsync.runtime.sync_protocol import MAX_CHUNK_BYTES, MAX_JSON_BYTES, ErrorBody
 from tests.test_cloud_support import PART_A, SECRET_A, CloudEnv, declaration, env, make_env, tabular_capture, upload  # noqa: F401
 
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import trio
 
-from cloud.app import DB_NAME
-from cloud.cli import main as cli_main
-from cloud.server import serve
-from cloud.sqlite_store import SqliteStore
+from capsync.cloud.app import DB_NAME
+from capsync.cloud.cli import main as cli_main
+from capsync.cloud.server import serve
+from capsync.cloud.sqlite_store import SqliteStore
 from tests.test_cloud_support import TEST_SCRYPT_N, declaration, tabular_capture, upload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ async def test_serve_speaks_https_with_a_certificate(tmp_path: Path) -> None:
 
 
 def _start_cloud(data_dir: Path) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", "cloud", "serve", "--data-dir", str(data_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "capsync.cloud.cli", "cloud", "serve", "--data-dir", str(data_dir),
                              "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -9,9 +9,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud import user_queries
-from cloud.sql import READINGS_COLUMNS, run_readonly
-from cloud.store import QueryRefused
+from capsync.cloud import user_queries
+from capsync.cloud.sql import READINGS_COLUMNS, run_readonly
+from capsync.cloud.store import QueryRefused
 from tests.test_cloud_support import PART_A, PART_B, CloudEnv, env, make_env, tabular_capture, upload  # noqa: F401
 
 

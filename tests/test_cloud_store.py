@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from cloud import ingest
-from cloud.auth import check_secret, hash_secret, parse_basic
-from cloud.store import Store, Upload
-from cloud.timefmt import iso_from_ns, parse_time
-from runtime.sync_protocol import FileKind
+from capsync.cloud import ingest
+from capsync.cloud.auth import check_secret, hash_secret, parse_basic
+from capsync.cloud.store import Store, Upload
+from capsync.cloud.timefmt import iso_from_ns, parse_time
+from capsync.runtime.sync_protocol import FileKind
 from tests.test_cloud_support import PART_A, PART_B, CloudEnv, declaration, env, tabular_capture, upload  # noqa: F401
 
 

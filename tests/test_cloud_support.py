@@ -15,9 +15,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from cloud.app import DB_NAME, create_app
-from cloud.sqlite_store import SqliteStore
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
+from capsync.cloud.app import DB_NAME, create_app
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
 
 #: scrypt cost for tests: real hashing, but cheap enough for dozens of parts.
 TEST_SCRYPT_N = 2**10
@@ -108,7 +108,7 @@ async def test_make_env_registers_two_parts_with_distinct_secrets(env: CloudEnv)
 
 
 def test_capture_builders_make_files_of_the_requested_part(tmp_path: Path) -> None:
-    from runtime.capture_file import read_capture
+    from capsync.runtime.capture_file import read_capture
 
     fid, data = tabular_capture(tmp_path, PART_B, n=3)
     (path,) = tmp_path.rglob("*.capture")

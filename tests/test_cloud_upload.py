@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from runtime.sync_protocol import ErrorBody, FileStatus
+from capsync.runtime.sync_protocol import ErrorBody, FileStatus
 from tests.test_cloud_support import CloudEnv, binary_capture, declaration, env, tabular_capture, upload  # noqa: F401
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.collector import Collector, CollectorSettings
-from runtime.config import parse_config
-from runtime.resources.registry import ResourceRegistry
-from runtime.wallclock import WallClock
-from runtime.blocking import inline_blocking
-from runtime.capture_file import read_capture
+from capsync.actors.collector import Collector, CollectorSettings
+from capsync.runtime.config import parse_config
+from capsync.runtime.resources.registry import ResourceRegistry
+from capsync.runtime.wallclock import WallClock
+from capsync.runtime.blocking import inline_blocking
+from capsync.runtime.capture_file import read_capture
 from tests.helpers import capture_files, fake_component, leftover_progs, records_by_method, robot_config
 
 

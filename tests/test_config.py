@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import config_models
-from runtime.config import (
+from capsync.runtime import config_models
+from capsync.runtime.config import (
     CaptureMethodPlan,
     ConfigError,
     ConfigIssue,

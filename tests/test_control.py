@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.agent import Agent
-from runtime import rpc
-from runtime.config import parse_config
+from capsync.actors.agent import Agent
+from capsync.runtime import rpc
+from capsync.runtime.config import parse_config
 from tests.cloudkit import InProcessCloud
 from tests.helpers import capture_files, fake_component, free_port, robot_config
 from tests.processkit_control import running_agent
@@ -97,7 +97,7 @@ def test_capsync_status_and_sync_commands_against_a_running_agent(tmp_path):
     cfg = robot_config(tmp_path / "cap", [fake_component("env", "sensor", [
         {"method": "Readings", "capture_frequency_hz": 10}])], sync_disabled=True)
     with running_agent(tmp_path, cfg) as config_path:
-        exe = [sys.executable, "-m", "actors.cli"]
+        exe = [sys.executable, "-m", "capsync"]
         text = subprocess.run([*exe, "status", str(config_path)], capture_output=True, text=True, timeout=30)
         assert text.returncode == 0, text.stderr
         assert "collector sensor/env/Readings" in text.stdout and "revision 1" in text.stdout
@@ -105,6 +105,6 @@ def test_capsync_status_and_sync_commands_against_a_running_agent(tmp_path):
         assert json.loads(js.stdout)["collectors"][0]["target_hz"] == 10
         sync = subprocess.run([*exe, "sync", str(config_path)], capture_output=True, text=True, timeout=30)
         assert sync.returncode == 1 and "SyncOff" in sync.stderr and "sync_disabled" in sync.stderr
-    gone = subprocess.run([sys.executable, "-m", "actors.cli", "status", str(config_path)],
+    gone = subprocess.run([sys.executable, "-m", "capsync", "status", str(config_path)],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "is `capsync run` running" in gone.stderr

@@ -11,7 +11,7 @@ import time
 import pytest
 import trio
 
-from runtime.faultproxy import FaultProxy, ProxyStats, ProxyThread
+from capsync.runtime.faultproxy import FaultProxy, ProxyStats, ProxyThread
 
 
 def _deadline(seconds: float):

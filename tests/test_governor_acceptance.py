@@ -21,13 +21,13 @@ from typing import Iterator
 import pytest
 import trio
 
-from actors.agent import Agent
-from actors.collector import Collector, CollectorSettings
-from runtime.capture_file import read_capture
-from runtime.config import parse_config
-from runtime.disk_usage import disk_usage
-from runtime.resources.registry import ResourceRegistry
-from runtime.wallclock import WallClock
+from capsync.actors.agent import Agent
+from capsync.actors.collector import Collector, CollectorSettings
+from capsync.runtime.capture_file import read_capture
+from capsync.runtime.config import parse_config
+from capsync.runtime.disk_usage import disk_usage
+from capsync.runtime.resources.registry import ResourceRegistry
+from capsync.runtime.wallclock import WallClock
 from tests.helpers import capture_files, fake_component, leftover_progs, robot_config
 
 MB = 1 << 20

@@ -12,10 +12,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.agent import Agent
-from actors.governor import DiskGovernor
-from runtime.config import parse_config
-from runtime.disk_usage import DiskUsage, Verdict, every_nth, finished_capture_files, is_inside, verdict
+from capsync.actors.agent import Agent
+from capsync.actors.governor import DiskGovernor
+from capsync.runtime.config import parse_config
+from capsync.runtime.disk_usage import DiskUsage, Verdict, every_nth, finished_capture_files, is_inside, verdict
 from tests.helpers import fake_component, robot_config
 
 GB = 1 << 30

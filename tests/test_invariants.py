@@ -18,9 +18,9 @@ import trio.testing
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from actors.sim import Simulation
-from actors.uploader import upload_file
-from runtime.faults import FaultKind, FaultPlan
+from capsync.actors.sim import Simulation
+from capsync.actors.uploader import upload_file
+from capsync.runtime.faults import FaultKind, FaultPlan
 
 STEPS = st.one_of(
     st.tuples(st.just("advance"), st.integers(1, 120)),

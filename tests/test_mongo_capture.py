@@ -15,9 +15,9 @@ from pathlib import Path
 
 import trio
 
-from actors.agent import Agent
-from runtime.config import parse_config
-from runtime.mongo_documents import FIELDS, ns_to_datetime
+from capsync.actors.agent import Agent
+from capsync.runtime.config import parse_config
+from capsync.runtime.mongo_documents import FIELDS, ns_to_datetime
 from tests.helpers import fake_component, leftover_progs, records_by_method, robot_config
 from tests.mongo_standin import mongo_target  # noqa: F401 (fixture)
 

@@ -14,11 +14,11 @@ import pytest
 import trio
 from pymongo import MongoClient
 
-from actors.mongo_sink import MongoSink, client_options, redact_uri
-from runtime.capture_file import CaptureHeader, CaptureRecord
-from runtime.config import MongoCaptureConfig
-from runtime.mongo_documents import FIELDS, encode_reading, ns_to_datetime, reading_document
-from runtime.resources.methods import DataKind
+from capsync.actors.mongo_sink import MongoSink, client_options, redact_uri
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord
+from capsync.runtime.config import MongoCaptureConfig
+from capsync.runtime.mongo_documents import FIELDS, encode_reading, ns_to_datetime, reading_document
+from capsync.runtime.resources.methods import DataKind
 from tests.mongo_standin import MongoStandIn, mongo_target  # noqa: F401 (fixture)
 
 T0 = 1_764_000_000_123_456_789

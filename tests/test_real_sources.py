@@ -15,10 +15,10 @@ import pytest
 import trio
 from PIL import Image
 
-from actors.agent import Agent
-from runtime.config import load_config, parse_config
-from runtime.resources.registry import ResourceError, ResourceRegistry, build_resource
-from runtime.resources.wifi_rssi import parse_wireless
+from capsync.actors.agent import Agent
+from capsync.runtime.config import load_config, parse_config
+from capsync.runtime.resources.registry import ResourceError, ResourceRegistry, build_resource
+from capsync.runtime.resources.wifi_rssi import parse_wireless
 from tests.helpers import records_by_method, robot_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -6,8 +6,8 @@ import copy
 import json
 from pathlib import Path
 
-from actors.reconcile import diff_configs
-from runtime.config import parse_config
+from capsync.actors.reconcile import diff_configs
+from capsync.runtime.config import parse_config
 from tests.helpers import fake_component, robot_config
 
 

@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors.agent import Agent
-from runtime.capture_file import read_capture
-from runtime.config import load_config
+from capsync.actors.agent import Agent
+from capsync.runtime.capture_file import read_capture
+from capsync.runtime.config import load_config
 from tests.cloudkit import InProcessCloud, committed_records
 from tests.helpers import capture_files, fake_component, leftover_progs, records_by_method, robot_config, write_config
 

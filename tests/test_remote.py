@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.agent import Agent
-from runtime.config import parse_config
+from capsync.actors.agent import Agent
+from capsync.runtime.config import parse_config
 from tests.cloudkit import InProcessCloud, all_pages
 from tests.helpers import free_port
 
@@ -94,8 +93,8 @@ def start_part_b(tmp_path: Path, port: int, run: int) -> subprocess.Popen:
     path = tmp_path / "part-b.json"
     path.write_text(json.dumps(part_b_config(port)))
     log = open(tmp_path / f"part-b-{run}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", str(path), "--status-interval", "0"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen([sys.executable, "-m", "capsync", "run", str(path), "--status-interval", "0"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:

@@ -7,12 +7,12 @@ import json
 import pytest
 import trio
 
-from actors.agent import Agent
-from runtime import rpc
-from runtime.config import RemoteConfig, parse_config
-from runtime.remote import (RESOURCES_PATH, RemoteConnection, RemotePartError, decode_result, encode_result,
+from capsync.actors.agent import Agent
+from capsync.runtime import rpc
+from capsync.runtime.config import RemoteConfig, parse_config
+from capsync.runtime.remote import (RESOURCES_PATH, RemoteConnection, RemotePartError, decode_result, encode_result,
                             resources_url)
-from runtime.resources.registry import Binary
+from capsync.runtime.resources.registry import Binary
 from tests.helpers import free_port
 from tests.test_remote import B_SECRET, part_b_config, until
 

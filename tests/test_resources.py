@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from runtime.resources.fake_base import FakeResource, now
-from runtime.resources.media import parse_pcd_header
-from runtime.resources.methods import METHODS, DataKind
-from runtime.resources.registry import (
+from capsync.runtime.resources.fake_base import FakeResource, now
+from capsync.runtime.resources.media import parse_pcd_header
+from capsync.runtime.resources.methods import METHODS, DataKind
+from capsync.runtime.resources.registry import (
     Binary,
     ResourceError,
     ResourceRegistry,

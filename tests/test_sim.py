@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.sim import Simulation
-from runtime.faults import FaultKind, FaultPlan
+from capsync.actors.sim import Simulation
+from capsync.runtime.faults import FaultKind, FaultPlan
 
 
 def _config(hz: float = 1.0, **dm) -> dict:

@@ -1,7 +1,6 @@
 """The example test from docs/simulation.md (kept identical to the doc by test_simulation_doc.py)."""
 
-from actors.sim import Simulation
-from runtime.faults import FaultKind, FaultPlan
+from capsync.testing import FaultKind, FaultPlan, Simulation
 
 CONFIG = {
     "components": [{

@@ -13,8 +13,8 @@ import random
 import pytest
 import trio
 
-from runtime.backoff import Backoff
-from runtime.supervision import (
+from capsync.runtime.backoff import Backoff
+from capsync.runtime.supervision import (
     ChildSpec,
     ChildStats,
     Restart,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.sim import Simulation
-from runtime.faults import FaultKind, FaultPlan
+from capsync.actors.sim import Simulation
+from capsync.runtime.faults import FaultKind, FaultPlan
 
 
 def _sensors(names_hz: dict[str, float], **attributes) -> dict:

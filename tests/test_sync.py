@@ -13,10 +13,10 @@ from pathlib import Path
 
 import trio
 
-from actors.agent import Agent
-from runtime.capture_file import read_capture
-from runtime.config import parse_config
-from runtime.sync_files import FAILED_DIR
+from capsync.actors.agent import Agent
+from capsync.runtime.capture_file import read_capture
+from capsync.runtime.config import parse_config
+from capsync.runtime.sync_files import FAILED_DIR
 from tests.cloudkit import InProcessCloud, all_pages, committed_records
 from tests.helpers import capture_files, fake_component, robot_config
 

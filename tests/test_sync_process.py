@@ -20,13 +20,13 @@ import httpx
 import pytest
 import trio
 
-from actors.uploader import upload_file
-from runtime.capture_file import read_capture
-from runtime.cloud_client import CloudClient
-from runtime.faultproxy import ProxyThread
-from runtime.logs import configure_logging
-from runtime.sync_files import SyncFile
-from runtime.sync_protocol import FileKind
+from capsync.actors.uploader import upload_file
+from capsync.runtime.capture_file import read_capture
+from capsync.runtime.cloud_client import CloudClient
+from capsync.runtime.faultproxy import ProxyThread
+from capsync.runtime.logs import configure_logging
+from capsync.runtime.sync_files import SyncFile
+from capsync.runtime.sync_protocol import FileKind
 from tests.cloudkit import InProcessCloud, all_pages
 from tests.processkit import (
     CAMERA, SENSOR, CloudReader, ProcessKit, Record, account, add_part, agent_config, created_ns,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.uploader import upload_file
-from runtime.cloud_client import CloudClient
-from runtime.sync_files import find_ready_files, stable_file_id
-from runtime.sync_protocol import FileKind, FileState, UploadStart
+from capsync.actors.uploader import upload_file
+from capsync.runtime.cloud_client import CloudClient
+from capsync.runtime.sync_files import find_ready_files, stable_file_id
+from capsync.runtime.sync_protocol import FileKind, FileState, UploadStart
 from tests.cloudkit import InProcessCloud
 
 

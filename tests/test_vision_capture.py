@@ -11,9 +11,9 @@ from pathlib import Path
 import trio
 from PIL import Image
 
-from actors.agent import Agent
-from runtime.capture_file import read_capture
-from runtime.config import parse_config
+from capsync.actors.agent import Agent
+from capsync.runtime.capture_file import read_capture
+from capsync.runtime.config import parse_config
 from tests.cloudkit import InProcessCloud, all_pages
 from tests.helpers import capture_files, fake_component, free_port, robot_config
 from tests.test_remote import B_SECRET, until

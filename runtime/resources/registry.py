@@ -4,10 +4,12 @@ A *model* is a factory ``(name, attributes, lookup) -> Resource``. Models come f
 looked up in this order:
 
 1. models registered in-process with :func:`register_model` (the built-in ``fake`` models are
-   registered this way, for every type in :data:`runtime.resources.methods.METHODS`);
+   registered this way, for every type in :data:`capsync.runtime.resources.methods.METHODS`);
 2. Python entry points in the group ``capsync.models`` named ``"<type>/<model>"`` whose value is
    a factory (``sensor/thermo = my_pkg.thermo:make``), so an installed package adds models;
-3. a model string ``"py:package.module:factory"``, which imports that factory directly.
+3. a model string ``"py:package.module:factory"``, which imports that factory directly. The
+   module is looked up among the installed packages, then next to the config file, then in the
+   current directory (:func:`model_search_dirs`), so a project folder needs no ``PYTHONPATH``.
 
 ``"rdk:builtin:<model>"`` means the same as ``"<model>"``, so ``rdk:builtin:fake`` is ``fake``.
 """
@@ -17,8 +19,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import os
+import sys
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
@@ -87,11 +93,11 @@ def _load_builtins() -> None:
     if not _builtins_loaded:
         _builtins_loaded = True
         # Imported for their register_model() calls; imported late because they import this module.
-        importlib.import_module("runtime.resources.fake")
-        importlib.import_module("runtime.resources.fake_camera")
-        importlib.import_module("runtime.resources.selective_syncer")
+        importlib.import_module("capsync.runtime.resources.fake")
+        importlib.import_module("capsync.runtime.resources.fake_camera")
+        importlib.import_module("capsync.runtime.resources.selective_syncer")
         for real in ("system", "wifi_rssi", "image_dir", "command"):  # real data sources
-            importlib.import_module(f"runtime.resources.{real}")
+            importlib.import_module(f"capsync.runtime.resources.{real}")
 
 
 def register_model(type: str, model: str, factory: Factory) -> None:
@@ -153,15 +159,56 @@ def registered_models(type: str | None = None) -> dict[str, Any]:
     return {t: dict(sorted(m.items())) for t, m in sorted(merged.items())}
 
 
-def _import_factory(path: str, type: str) -> Factory:
+def model_search_dirs(config_source: str | Path | None = None) -> tuple[Path, ...]:
+    """Where ``py:`` models are looked up besides the installed packages: the folder of the
+    config file (when ``config_source`` names one), then the current directory."""
+    dirs: list[Path] = []
+    if config_source is not None and Path(config_source).is_file():
+        dirs.append(Path(config_source).resolve().parent)
+    dirs.append(Path.cwd())
+    return tuple(dict.fromkeys(dirs))
+
+
+def _add_to_import_path(dirs: Iterable[Path]) -> None:
+    # Appended, not prepended: a stray file next to the config (secrets.py, random.py) must never
+    # shadow the standard library or an installed package the agent imports later.
+    for d in dirs:
+        if str(d) not in sys.path:
+            sys.path.append(str(d))
+
+
+def _import_module(model: str, type: str, module_name: str, search_dirs: tuple[Path, ...]) -> Any:
+    _add_to_import_path(search_dirs)
+    importlib.invalidate_caches()  # a module written since the last failed attempt is found
+    where = f"model {model!r} for {type}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise UnknownModel(f"{where}: module {module_name!r} was found but importing it failed: {exc}"
+                               f" ({_origin(exc)}); install what it imports") from exc
+        searched = ", ".join(str(d) for d in search_dirs)
+        relative = module_name.replace(".", os.sep)
+        raise UnknownModel(
+            f"{where}: no module named {exc.name!r}; searched the installed packages and {searched or 'nothing else'};"
+            f" put {relative}.py next to the config file,"
+            f" or pip install the package that provides it") from exc
+    except Exception as exc:
+        raise UnknownModel(f"{where}: importing module {module_name!r} failed: {exc!r} ({_origin(exc)})") from exc
+
+
+def _origin(exc: BaseException) -> str:
+    """`file:line` of the innermost frame of ``exc``'s traceback: where the user's module failed."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"at {frames[-1].filename}:{frames[-1].lineno}" if frames else "no traceback"
+
+
+def _import_factory(path: str, type: str, search_dirs: tuple[Path, ...]) -> Factory:
     target = path[len(_PY_PREFIX) :]
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise UnknownModel(f"model {path!r} for {type}: a py: model must look like 'py:package.module:factory'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UnknownModel(f"model {path!r} for {type}: cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = _import_module(path, type, module_name, search_dirs)
     try:
         for part in attr.split("."):
             obj = getattr(obj, part)
@@ -172,12 +219,15 @@ def _import_factory(path: str, type: str) -> Factory:
     return obj
 
 
-def find_factory(type: str, model: str) -> Factory:
-    """The factory for ``type``/``model``, or :class:`UnknownModel` listing the models of ``type``."""
+def find_factory(type: str, model: str, search_dirs: tuple[Path, ...] = ()) -> Factory:
+    """The factory for ``type``/``model``, or :class:`UnknownModel` listing the models of ``type``.
+
+    ``search_dirs`` are where a ``py:`` model's module is looked up after the installed packages
+    (see :func:`model_search_dirs`)."""
     _load_builtins()
     model = normalize_model(model)
     if model.startswith(_PY_PREFIX):
-        return _import_factory(model, type)
+        return _import_factory(model, type, search_dirs)
     factory = _models.get(type, {}).get(model)
     if factory is not None:
         return factory
@@ -194,10 +244,12 @@ def find_factory(type: str, model: str) -> Factory:
     )
 
 
-def build_resource(type: str, name: str, model: str, attributes: dict, lookup: ResourceLookup) -> Resource:
+def build_resource(type: str, name: str, model: str, attributes: dict, lookup: ResourceLookup,
+                   search_dirs: tuple[Path, ...] = ()) -> Resource:
     """Build one resource. Raises :class:`UnknownModel`, or :class:`ResourceError` if the model
-    rejects its attributes (a factory's other exceptions are wrapped in ResourceError)."""
-    factory = find_factory(type, model)
+    rejects its attributes (a factory's other exceptions are wrapped in ResourceError).
+    ``search_dirs`` are passed to :func:`find_factory`."""
+    factory = find_factory(type, model, search_dirs)
     attrs = dict(attributes or {})
     try:
         resource = factory(name, attrs, lookup)
@@ -224,9 +276,12 @@ class ResourceRegistry:
     :meth:`build_all` adds (or rebuilds) resources from refs and raises what failed;
     :meth:`reconcile` makes the registry match a new config and returns what failed. Resources
     they remove or replace are closed by :meth:`close_retired` (or :meth:`close_all`).
+    ``search_dirs`` are where ``py:`` models are looked up after the installed packages
+    (:func:`model_search_dirs` of the config file, for an agent).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, search_dirs: tuple[Path, ...] = ()) -> None:
+        self.search_dirs = tuple(search_dirs)
         self._resources: dict[str, Resource] = {}
         self._specs: dict[str, tuple] = {}
         self._retired: list[Resource] = []
@@ -317,7 +372,7 @@ class ResourceRegistry:
                 continue
             ref, attrs = ref_by_name[name]
             try:
-                self._resources[name] = build_resource(ref.type, name, ref.model, attrs, self)
+                self._resources[name] = build_resource(ref.type, name, ref.model, attrs, self, self.search_dirs)
                 self._specs[name] = spec
                 self._added.discard(name)
             except (UnknownModel, ResourceError) as exc:

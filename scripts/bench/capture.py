@@ -22,12 +22,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from actors.agent import Agent  # noqa: E402
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id  # noqa: E402
-from runtime.config import parse_config  # noqa: E402
-from runtime.faults import FaultPlan  # noqa: E402
-from runtime.resources.methods import DataKind  # noqa: E402
-from runtime.resources.registry import ResourceRegistry, build_resource  # noqa: E402
+from capsync.actors.agent import Agent  # noqa: E402
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id  # noqa: E402
+from capsync.runtime.config import parse_config  # noqa: E402
+from capsync.runtime.faults import FaultPlan  # noqa: E402
+from capsync.runtime.resources.methods import DataKind  # noqa: E402
+from capsync.runtime.resources.registry import ResourceRegistry, build_resource  # noqa: E402
 
 
 def bench_config(capture_dir: Path, collectors: int, hz: float) -> str:

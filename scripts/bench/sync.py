@@ -44,12 +44,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from actors.sync_scheduler import SyncScheduler  # noqa: E402
-from runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id  # noqa: E402
-from runtime.cloud_client import CloudClient  # noqa: E402
-from runtime.resources.methods import DataKind  # noqa: E402
-from runtime.sync_files import sha256_of, stable_file_id  # noqa: E402
-from runtime.sync_protocol import DEFAULT_CHUNK_BYTES, file_route  # noqa: E402
+from capsync.actors.sync_scheduler import SyncScheduler  # noqa: E402
+from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id  # noqa: E402
+from capsync.runtime.cloud_client import CloudClient  # noqa: E402
+from capsync.runtime.resources.methods import DataKind  # noqa: E402
+from capsync.runtime.sync_files import sha256_of, stable_file_id  # noqa: E402
+from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, file_route  # noqa: E402
 from tests.processkit import CloudReader, ProcessKit, add_part  # noqa: E402
 
 MB = 1_000_000

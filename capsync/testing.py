@@ -1,0 +1,24 @@
+"""capsync's public testing module, as ``trio.testing`` is trio's.
+
+Hold capsync (and your robot's config) to its promise in your own tests (docs/simulation.md):
+
+- :class:`Simulation` builds a whole agent from your config, with the real cloud app in-process,
+  under Trio's virtual clock; :class:`Accounting` is its account of every reading, and
+  :class:`SimDisk` the simulated disk the disk-full rule sees;
+- :class:`FaultPlan` injects faults (:class:`FaultKind`) at named points of any actor;
+  :class:`Fault` is one rule, :class:`FaultEvent` one firing, :class:`InjectedFault` what a
+  ``RAISE`` fault raises by default;
+- :class:`FaultProxy` is a fault-injecting TCP proxy (cuts, partitions, stalls, throttling,
+  resets mid-body) for tests with real processes, and :class:`ProxyThread` runs one on its own
+  loop for synchronous tests.
+"""
+
+from capsync.actors.sim import Accounting, Simulation
+from capsync.runtime.faultproxy import FaultProxy, ProxyStats, ProxyThread
+from capsync.runtime.faults import Fault, FaultEvent, FaultKind, FaultPlan, InjectedFault
+from capsync.runtime.sim_parts import SimDisk
+
+__all__ = [
+    "Accounting", "Fault", "FaultEvent", "FaultKind", "FaultPlan", "FaultProxy", "InjectedFault",
+    "ProxyStats", "ProxyThread", "SimDisk", "Simulation",
+]
