@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: run_blocking (so the simulation harness can run the in-process cloud's blocking work inline).
 CLOUD_MAY_IMPORT = {
     "capsync.runtime.capture_file", "capsync.runtime.sync_protocol", "capsync.runtime.logs", "capsync.runtime.blocking",
+    "capsync.runtime.untrusted_cbor",
 }
 #: The names the code was once imported under; nothing may import them any more.
 OLD_TOP_LEVEL = {"actors", "runtime", "cloud"}
