@@ -38,12 +38,11 @@ async def index(request: Request) -> Response:
 
 
 class _Static(StaticFiles):
-    """Static files revalidated on every load, so a new cloud version's page is never half cached."""
+    """Static files with the page's security headers, revalidated on every load (never half cached)."""
 
     def file_response(self, *args, **kwargs) -> Response:  # type: ignore[override]
         response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.update(SECURITY_HEADERS)  # index.html is a page here too: same CSP as `/`
         return response
 
 

@@ -31,6 +31,27 @@ _MAX_PARAM = 1024
 _LIMIT_RE = re.compile(r"^[0-9]{1,7}$")
 
 
+#: Uploaded bytes of these types are shown inline (images a browser only ever decodes); any other
+#: type, text/html and image/svg+xml included, is served as a download.
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp"})
+_MIME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+
+
+def _served_type(mime_type: str) -> str:
+    return mime_type if _MIME_RE.match(mime_type or "") else "application/octet-stream"
+
+
+def bytes_headers(mime_type: str) -> dict[str, str]:
+    """Headers for uploaded bytes: never run as a page of the cloud's origin, never sniffed into one."""
+    inline = (mime_type or "").lower() in INLINE_TYPES
+    return {
+        "Content-Disposition": "inline" if inline else "attachment",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    }
+
+
 def encode_cursor(key: Any) -> str:
     """An opaque cursor for a sort key (URL-safe base64 of its JSON)."""
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
@@ -158,7 +179,11 @@ async def binary(request: Request) -> Response:
 
 @endpoint
 async def binary_bytes(request: Request) -> Response:
-    """`GET /v1/binary/{item_id}`: the bytes of one binary item, with its Content-Type."""
+    """`GET /v1/binary/{item_id}`: the bytes of one binary item, with its Content-Type.
+
+    Only INLINE_TYPES are inline; everything else is an attachment, and all of it is sandboxed
+    (`bytes_headers`), so an uploaded HTML or SVG "file" can never pose as the data browser.
+    """
     cloud = cloud_of(request)
     part_id = await cloud.authenticate(request)
     file_id, _, index = str(request.path_params.get("item_id", "")).rpartition("-")
@@ -171,14 +196,14 @@ async def binary_bytes(request: Request) -> Response:
     if not item.from_capture:
         if not await trio.Path(path).is_file():
             raise ApiError(404, "not found", "the item's bytes are no longer stored")
-        return FileResponse(path, media_type=item.mime_type)
+        return FileResponse(path, media_type=_served_type(item.mime_type), headers=bytes_headers(item.mime_type))
     try:
         data = await run_blocking(ingest.binary_record_bytes, path, item.record_index)
     except FileNotFoundError:
         data = None
     if data is None:
         raise ApiError(404, "not found", "the item's bytes are no longer stored")
-    return Response(data, media_type=item.mime_type)
+    return Response(data, media_type=_served_type(item.mime_type), headers=bytes_headers(item.mime_type))
 
 
 @endpoint

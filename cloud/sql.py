@@ -4,8 +4,9 @@ How a query is confined to one part's rows, without trusting the query text:
 
 1. A fresh connection whose `main` database is an empty in-memory one. The cloud's database is
    ATTACHed read-only (`mode=ro`) under a random schema name that changes with every request,
-   and `main` holds an empty `tabular` table, so an unqualified `tabular` never reaches the real
-   one. (On MongoDB the attached database is an in-memory copy of the part's rows.)
+   and `main` holds an empty table of the same name for every table of the attached database, so
+   an unqualified `tabular`, `parts` or `files` never reaches a real one (`count(*)` reads no
+   column, so the authorizer alone cannot refuse it). (On MongoDB the attached database is an in-memory copy of the part's rows.)
 2. `temp.readings` is a view of that attached table with `WHERE part_id = '<part>'`.
 3. `PRAGMA query_only = 1`, then an authorizer (sqlite3 `set_authorizer`) that allows SELECT,
    recursive CTEs, functions (but `load_extension`), the JSON table functions, and reads only of
@@ -13,7 +14,7 @@ How a query is confined to one part's rows, without trusting the query text:
    DROP, ATTACH/DETACH, PRAGMA (table-valued pragma functions included), transactions, and reads
    of any other table (`parts`, `files`, `sqlite_master`, ...). The random schema name cannot be
    guessed within the one statement a request runs, and error messages never show it.
-4. One statement; at most `max_rows` rows (more sets `truncated`); a progress handler interrupts
+4. EXPLAIN is refused (a query plan would name the attached database). One statement; at most `max_rows` rows (more sets `truncated`); a progress handler interrupts
    the statement after `timeout_s`; strings and blobs longer than 16 MB are refused by SQLite.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import secrets
 import sqlite3
 import time
@@ -124,6 +126,8 @@ def run_readonly(
     text = sql.strip()
     if not text:
         raise QueryRefused("the query is empty")
+    if _first_word(text) == "explain":  # a plan names the attached database and its tables
+        raise QueryRefused("EXPLAIN is refused: only SELECT statements run")
     schema = "src_" + secrets.token_hex(12)
     db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, uri=True)
     try:
@@ -135,7 +139,7 @@ def run_readonly(
             db.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
             db.execute(f"CREATE TABLE {schema}.tabular ({TABULAR_COLS})")
             db.executemany(f"INSERT INTO {schema}.tabular VALUES ({placeholders(TABULAR_COLS)})", rows or ())
-        db.execute(f"CREATE TABLE main.tabular ({TABULAR_COLS})")  # shadows the attached one when unqualified
+        _shadow_tables(db, schema)
         db.execute(_view_sql(schema, part_id))
         db.execute("PRAGMA query_only = 1")
         guard = _Guard(schema)
@@ -145,6 +149,26 @@ def run_readonly(
         return _fetch(db, text, guard, max_rows, timeout_s)
     finally:
         db.close()
+
+
+def _shadow_tables(db: sqlite3.Connection, schema: str) -> None:
+    """An empty `main` table for every table of the attached database, so an unqualified name
+    (`parts`, `files`, ...) never reaches a real one: `SELECT count(*) FROM parts` reads no column,
+    and SQLite then tells the authorizer no database name to refuse it by."""
+    names = {r[0] for r in db.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type IN ('table', 'view')")}
+    for name in sorted(names | {"tabular"}):
+        if name.startswith("sqlite_"):
+            continue
+        cols = TABULAR_COLS if name == "tabular" else "x"
+        db.execute(f'CREATE TABLE main."{name.replace(chr(34), chr(34) * 2)}" ({cols})')
+
+
+_LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.S)
+
+
+def _first_word(text: str) -> str:
+    rest = text[_LEADING_COMMENTS.match(text).end():]
+    return re.match(r"[A-Za-z_]*", rest).group(0).lower()
 
 
 def _fetch(db: sqlite3.Connection, text: str, guard: _Guard, max_rows: int, timeout_s: float) -> SqlResult:
