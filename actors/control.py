@@ -5,6 +5,11 @@ return what it did), `Sync` and `DoCommand` (the data manager service's document
 on loopback need nothing more; when the endpoint is bound to another address, every client must
 present the part secret (`Authorization: Bearer <secret>`), loopback clients included.
 If the address is taken, the endpoint logs it once and keeps retrying; capture is never affected.
+
+Whatever one client does stays in its connection: a message that is not bounded CBOR with a
+valid call id is answered with `BadMessage` and that connection is closed (runtime/rpc.py), calls
+over :data:`MAX_CALL_BYTES` are closed with 1009, and any other failure of a connection is logged
+(rate-limited) and ends only that connection, never the listener.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.logs import StateChangeLog
-from capsync.runtime.rpc import MAX_MESSAGE_BYTES, RpcError, bearer_secret, decode, encode
+from capsync.runtime.rpc import (MAX_CALL_BYTES, BadMessage, RpcError, bearer_secret, call_id, close_bad, decode,
+                                 encode_reply, error_reply, peer_name)
 
 log = logging.getLogger("capsync.control")
 
@@ -27,6 +34,28 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 #: Serves one whole WebSocket request on its own path (e.g. `/resources`), authentication included.
 Route = Callable[[WebSocketRequest], Awaitable[None]]
 BIND_BACKOFF = Backoff(initial=1.0, factor=2.0, cap=30.0, jitter=0.1)
+#: At most one log line per this many seconds about clients' bad messages or broken connections.
+CLIENT_ERROR_LOG_INTERVAL_S = 10.0
+
+
+class RateLimitedLog:
+    """Logs a warning at most once per `interval_s`, with how many were left out since the last one."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = CLIENT_ERROR_LOG_INTERVAL_S) -> None:
+        self._logger, self._interval_s = logger, interval_s
+        self._last = -float("inf")
+        self._skipped = 0
+
+    def warning(self, message: str, **fields: Any) -> None:
+        """Log `message` unless one was logged less than `interval_s` ago (then count it)."""
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            self._skipped += 1
+            return
+        if self._skipped:
+            fields["left_out"] = self._skipped
+        self._last, self._skipped = now, 0
+        self._logger.warning(message, extra=fields)
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +81,10 @@ class ControlEndpoint:
         self._require_secret = not is_loopback(host)
         self.bound_port: int | None = None
         self._bind_log = StateChangeLog(log)
+        self._client_log = RateLimitedLog(log)
         self.calls = 0
+        self.bad_messages = 0
+        self.connection_errors = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; readiness is signalled at once (binding retries in the background)."""
@@ -78,7 +110,7 @@ class ControlEndpoint:
                 attempt += 1
 
     async def _serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_websocket(self._handle, self.host, self.port, None, max_message_size=MAX_MESSAGE_BYTES,
+        await serve_websocket(self._handle, self.host, self.port, None, max_message_size=MAX_CALL_BYTES,
                               connect_timeout=10, disconnect_timeout=2, task_status=task_status)
 
     def _authorized(self, request: WebSocketRequest) -> bool:
@@ -88,38 +120,56 @@ class ControlEndpoint:
         return given is not None and hmac.compare_digest(given.encode(), self._secret.encode())
 
     async def _handle(self, request: WebSocketRequest) -> None:
-        route = self._routes.get(request.path)
-        if route is not None:
-            await route(request)
-            return
-        if not self._authorized(request):
-            log.warning("control client refused: missing or wrong part secret",
-                        extra={"client": str(request.remote)})
-            await request.reject(401, body=b"the part secret is required (Authorization: Bearer <secret>)")
-            return
-        ws = await request.accept()
+        peer = peer_name(request)  # read once: the socket may be gone by the time we log
         try:
-            while True:
-                reply = await self._dispatch(await ws.get_message())
-                await ws.send_message(encode(reply))
-        except ConnectionClosed:
-            pass
+            route = self._routes.get(request.path)
+            if route is not None:
+                await route(request)
+                return
+            if not self._authorized(request):
+                log.warning("control client refused: missing or wrong part secret", extra={"client": peer})
+                await request.reject(401, body=b"the part secret is required (Authorization: Bearer <secret>)")
+                return
+            ws = await request.accept()
+            try:
+                await self._serve_calls(ws, peer)
+            except ConnectionClosed:
+                pass
+        except Exception as exc:  # one client's broken connection must not end the listener
+            self.connection_errors += 1
+            self._client_log.warning("control connection failed", client=peer, path=request.path,
+                                     error=f"{type(exc).__name__}: {exc}")
 
-    async def _dispatch(self, data: bytes | str) -> dict[str, Any]:
-        call_id = None
+    async def _serve_calls(self, ws: WebSocketConnection, peer: str) -> None:
+        while True:
+            reply, bad = await self._dispatch(await ws.get_message())
+            await ws.send_message(encode_reply(reply))
+            if bad is not None:
+                self.bad_messages += 1
+                self._client_log.warning("control client sent a bad message; connection closed",
+                                         client=peer, error=bad.message)
+                await close_bad(ws, bad)
+                return
+
+    async def _dispatch(self, data: bytes | str) -> tuple[dict[str, Any], BadMessage | None]:
+        """The reply to one message, and the BadMessage that must close the connection, if any."""
+        cid = None
         try:
-            msg = decode(data)
-            call_id = msg.get("id")
+            msg = decode(data, max_bytes=MAX_CALL_BYTES)
+            cid = call_id(msg)
             method, params = msg.get("method"), msg.get("params") or {}
+            if not isinstance(params, dict):
+                raise BadMessage("params must be a map")
             handler = self._handlers.get(method) if isinstance(method, str) else None
             if handler is None:
-                raise RpcError("UnknownMethod", f"no method {method!r}; available: {', '.join(sorted(self._handlers))}")
-            if not isinstance(params, dict):
-                raise RpcError("BadMessage", "params must be a map")
+                shown = repr(method)[:80]
+                raise RpcError("UnknownMethod", f"no method {shown}; available: {', '.join(sorted(self._handlers))}")
             self.calls += 1
-            return {"id": call_id, "result": await handler(params)}
+            return {"id": cid, "result": await handler(params)}, None
+        except BadMessage as exc:
+            return error_reply(cid, exc), exc
         except RpcError as exc:
-            return {"id": call_id, "error": {"type": exc.type, "message": exc.message}}
+            return error_reply(cid, exc), None
         except Exception as exc:  # a failing handler answers with an error; the endpoint stays up
-            log.exception("control call failed", extra={"call_id": call_id})
-            return {"id": call_id, "error": {"type": type(exc).__name__, "message": str(exc)}}
+            log.exception("control call failed", extra={"call_id": cid})
+            return {"id": cid, "error": {"type": type(exc).__name__, "message": str(exc)}}, None

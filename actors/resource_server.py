@@ -11,6 +11,9 @@ The part secret (`cloud.secret`) is always required here, on loopback too: a cli
 as `Authorization: Bearer <secret>` or is refused with HTTP 401 (403 when this part has no secret,
 so it serves nothing). Refusals are logged once per client host and state change. Calls on one
 connection run concurrently, so a slow resource never holds up another.
+
+A message that is not bounded CBOR with a valid call id (runtime/rpc.py) is answered with
+`BadMessage` and closes that connection; nothing a client does ends another connection.
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.remote import encode_result
 from capsync.runtime.resources.methods import METHODS, method_spec
 from capsync.runtime.resources.registry import ResourceError, ResourceLookup
-from capsync.runtime.rpc import RpcError, bearer_secret, decode, encode
+from capsync.runtime.rpc import (MAX_CALL_BYTES, BadMessage, RpcError, bearer_secret, call_id, close_bad, decode,
+                                 encode_reply, error_reply, peer_name)
 
 log = logging.getLogger("capsync.resource_server")
 
 #: At most this many calls of one client run at once; further messages wait to be read.
 MAX_CONCURRENT_CALLS = 32
+
+
+class _BadCall(Exception):
+    """A message that must close its connection: the id to answer (None if unreadable) and why."""
+
+    def __init__(self, cid: int | str | None, error: BadMessage) -> None:
+        super().__init__(error.message)
+        self.cid, self.error = cid, error
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class ResourceServer:
         self._secret = secret
         self.call_timeout_s = call_timeout_s
         self._auth_log = StateChangeLog(log)
+        self._bad_log = StateChangeLog(log)
         self._clients = self._accepted = self._refused = self._calls = self._errors = 0
 
     def statistics(self) -> ResourceServerStats:
@@ -62,7 +75,8 @@ class ResourceServer:
 
     async def handle(self, request: WebSocketRequest) -> None:
         """Serve one client connection (the control endpoint routes `/resources` requests here)."""
-        host = getattr(request.remote, "address", str(request.remote))
+        peer = peer_name(request)  # read once, while the socket is open (it may be gone when we log)
+        host = peer.rpartition(":")[0] or peer
         if not self._secret:
             self._refuse_log(host, "resource client refused: this part has no cloud.secret, so it serves no resources")
             await request.reject(403, body=b"this part serves no resources: it has no cloud.secret")
@@ -76,34 +90,56 @@ class ResourceServer:
         ws = await request.accept()
         self._accepted += 1
         self._clients += 1
-        log.info("resource client connected", extra={"client": str(request.remote)})
+        log.info("resource client connected", extra={"client": peer})
         try:
-            await self._serve(ws)
+            await self._serve(ws, peer)
         finally:
             self._clients -= 1
-            log.info("resource client disconnected", extra={"client": str(request.remote)})
+            log.info("resource client disconnected", extra={"client": peer})
 
     def _refuse_log(self, host: str, message: str) -> None:
         self._refused += 1
         self._auth_log.fail(f"auth {host}", message, client=host)
 
-    async def _serve(self, ws: WebSocketConnection) -> None:
+    async def _serve(self, ws: WebSocketConnection, peer: str) -> None:
         slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
         async with trio.open_nursery() as nursery:
             try:
                 while True:
                     data = await ws.get_message()
+                    try:
+                        msg, cid = self._read_call(data)
+                    except _BadCall as bad:
+                        self._errors += 1
+                        self._bad_log.fail(f"bad {peer}", "resource client sent a bad message; connection closed",
+                                           client=peer, error=bad.error.message)
+                        await ws.send_message(encode_reply(error_reply(bad.cid, bad.error)))
+                        await close_bad(ws, bad.error)
+                        break
                     await slots.acquire()
-                    nursery.start_soon(self._answer, ws, data, slots)
+                    nursery.start_soon(self._answer, ws, msg, cid, slots)
             except ConnectionClosed:
                 pass
             nursery.cancel_scope.cancel()
 
-    async def _answer(self, ws: WebSocketConnection, data: bytes | str, slots: trio.Semaphore) -> None:
+    @staticmethod
+    def _read_call(data: bytes | str) -> tuple[dict[str, Any], int | str]:
+        cid = None
         try:
-            reply = await self.dispatch(data)
+            msg = decode(data, max_bytes=MAX_CALL_BYTES)
+            cid = call_id(msg)
+            if not isinstance(msg.get("params") or {}, dict):
+                raise BadMessage("params must be a map")
+            return msg, cid
+        except BadMessage as exc:
+            raise _BadCall(cid, exc) from None
+
+    async def _answer(self, ws: WebSocketConnection, msg: dict[str, Any], cid: int | str,
+                      slots: trio.Semaphore) -> None:
+        try:
+            reply = await self._call(msg, cid)
             try:
-                await ws.send_message(encode(reply))
+                await ws.send_message(encode_reply(reply))
             except ConnectionClosed:
                 pass
         finally:
@@ -111,13 +147,16 @@ class ResourceServer:
 
     async def dispatch(self, data: bytes | str) -> dict[str, Any]:
         """One call message in, one reply message out (never raises for a bad call)."""
-        call_id = None
         try:
-            msg = decode(data)
-            call_id = msg.get("id")
+            msg, cid = self._read_call(data)
+        except _BadCall as bad:
+            self._errors += 1
+            return error_reply(bad.cid, bad.error)
+        return await self._call(msg, cid)
+
+    async def _call(self, msg: dict[str, Any], call_id: int | str) -> dict[str, Any]:
+        try:
             params = msg.get("params") or {}
-            if not isinstance(params, dict):
-                raise RpcError("BadMessage", "params must be a map")
             self._calls += 1
             method = msg.get("method")
             if method == "resource.capture":
@@ -125,10 +164,11 @@ class ResourceServer:
             if method == "resource.list":
                 return {"id": call_id, "result": [{"type": r.type, "name": n, "model": getattr(r, "model", "")}
                                                   for n, r in sorted(self._served().items())]}
-            raise RpcError("UnknownMethod", f"no method {method!r}; available: resource.capture, resource.list")
+            raise RpcError("UnknownMethod", f"no method {repr(method)[:80]}; "
+                           "available: resource.capture, resource.list")
         except RpcError as exc:
             self._errors += 1
-            return {"id": call_id, "error": {"type": exc.type, "message": exc.message}}
+            return error_reply(call_id, exc)
         except Exception as exc:  # a bug in a model answers with an error; the server stays up
             self._errors += 1
             log.exception("resource call failed", extra={"call_id": call_id})

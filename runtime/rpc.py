@@ -9,6 +9,12 @@ Used by the control endpoint (`capsync status`, `capsync sync`, the data manager
 
 A client that is not on loopback must present the part secret in the WebSocket handshake:
 `Authorization: Bearer <secret>`.
+
+Every message either side receives is decoded by runtime/untrusted_cbor.py (bounded size and
+depth, no shared references or other tags), and a call id must be an int of at most 64 bits or a
+string of at most :data:`MAX_ID_CHARS` characters. A message that breaks these rules is a
+:class:`BadMessage`: a server answers it (with id null when the id was the problem) and closes that
+connection with code 1008; nothing else is affected.
 """
 
 from __future__ import annotations
@@ -22,8 +28,16 @@ import cbor2
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
 
-#: Largest message either side accepts (an image from a remote camera fits comfortably).
+from capsync.runtime import untrusted_cbor
+
+#: Largest reply a client accepts (an image from a remote camera fits comfortably).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+#: Largest call a server accepts: calls are small, and decoding 64 KiB of the worst CBOR takes ~3 ms.
+MAX_CALL_BYTES = 64 * 1024
+#: Longest string call id accepted (ints must fit in 64 bits).
+MAX_ID_CHARS = 64
+#: WebSocket close code a server uses after answering a bad message (policy violation).
+CLOSE_BAD_MESSAGE = 1008
 
 
 class RpcError(Exception):
@@ -35,22 +49,80 @@ class RpcError(Exception):
         self.message = message
 
 
+class BadMessage(RpcError):
+    """A message that breaks the wire rules (not bounded CBOR, not a map, a bad id or field)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("BadMessage", message)
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One wire message."""
     return cbor2.dumps(message)
 
 
-def decode(data: bytes | str) -> dict[str, Any]:
-    """One wire message back; RpcError("BadMessage") for anything that is not a CBOR map."""
-    if isinstance(data, str):
-        raise RpcError("BadMessage", "expected a binary CBOR message, got text")
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    """A server's reply; a result that cannot be encoded becomes an error reply instead of a crash."""
     try:
-        msg = cbor2.loads(data)
+        return cbor2.dumps(reply)
     except Exception as exc:
-        raise RpcError("BadMessage", f"not CBOR: {exc}") from exc
+        return cbor2.dumps({"id": reply.get("id"), "error": {
+            "type": "InternalError", "message": f"the result could not be encoded: {type(exc).__name__}"}})
+
+
+def decode(data: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """One wire message back, decoded with the bounds of runtime/untrusted_cbor.py; BadMessage if refused."""
+    if isinstance(data, str):
+        raise BadMessage("expected a binary CBOR message, got text")
+    try:
+        msg = untrusted_cbor.decode(bytes(data), max_bytes=max_bytes)
+    except untrusted_cbor.UntrustedCBORError as exc:
+        raise BadMessage(f"refused CBOR: {exc}") from None
     if not isinstance(msg, dict):
-        raise RpcError("BadMessage", "a message must be a CBOR map")
+        raise BadMessage("a message must be a CBOR map")
     return msg
+
+
+def call_id(msg: dict[str, Any]) -> int | str:
+    """The message's `id`, checked: an int of at most 64 bits or a short string; BadMessage otherwise."""
+    value = msg.get("id")
+    if type(value) is int and -(2 ** 63) <= value < 2 ** 64:
+        return value
+    if type(value) is str and len(value) <= MAX_ID_CHARS:
+        return value
+    raise BadMessage(f"a call id must be an int of at most 64 bits or a string of at most {MAX_ID_CHARS} "
+                     f"characters, got {type(value).__name__}")
+
+
+def reply_outcome(msg: dict[str, Any]) -> tuple[Any, RpcError | None]:
+    """A checked reply's (result, None) or (None, the error it carries); BadMessage for a malformed reply."""
+    if "error" not in msg:
+        return msg.get("result"), None
+    err = msg["error"]
+    if not (isinstance(err, dict) and type(err.get("type")) is str and type(err.get("message", "")) is str):
+        raise BadMessage("an error reply must be {type: str, message: str}")
+    return None, RpcError(err["type"][:100], err.get("message", "")[:2000])
+
+
+def error_reply(cid: int | str | None, exc: RpcError) -> dict[str, Any]:
+    """The error reply to call `cid` (None when the call's id could not be read)."""
+    return {"id": cid, "error": {"type": exc.type, "message": exc.message}}
+
+
+def peer_name(request: Any) -> str:
+    """`host:port` of a WebSocket request's client, read while the socket is open ("unknown" if it is gone)."""
+    try:
+        remote = request.remote
+    except OSError:
+        return "unknown"
+    address, port = getattr(remote, "address", None), getattr(remote, "port", None)
+    return f"{address}:{port}" if address is not None else str(remote)
+
+
+async def close_bad(ws: WebSocketConnection, exc: RpcError) -> None:
+    """Close a connection that sent a bad message, saying why (the reason is cut to the 123 bytes allowed)."""
+    reason = exc.message.encode()[:120].decode(errors="ignore")
+    await ws.aclose(CLOSE_BAD_MESSAGE, reason)
 
 
 def auth_headers(secret: str | None) -> list[tuple[bytes, bytes]]:
@@ -77,18 +149,20 @@ class RpcClient:
     async def call(self, method: str, **params: Any) -> Any:
         """Call `method` with `params`; returns the result or raises RpcError."""
         async with self._lock:
-            call_id = next(self._ids)
+            wanted = next(self._ids)
             try:
-                await self._ws.send_message(encode({"id": call_id, "method": method, "params": params}))
+                await self._ws.send_message(encode({"id": wanted, "method": method, "params": params}))
                 reply = decode(await self._ws.get_message())
             except ConnectionClosed as exc:
                 raise RpcError("ConnectionClosed", str(exc.reason)) from exc
-        if reply.get("id") != call_id:
-            raise RpcError("BadMessage", f"reply for call {reply.get('id')!r}, expected {call_id}")
-        if "error" in reply:
-            err = reply["error"] or {}
-            raise RpcError(str(err.get("type", "Error")), str(err.get("message", "")))
-        return reply.get("result")
+        result, error = reply_outcome(reply)
+        if reply.get("id") is None and error is not None:  # the server could not read our call
+            raise error
+        if call_id(reply) != wanted:
+            raise BadMessage(f"reply for another call, expected {wanted}")
+        if error is not None:
+            raise error
+        return result
 
 
 @asynccontextmanager
