@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import trio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from capsync.cloud.auth import CredentialCache, parse_basic
+from capsync.cloud.auth import CredentialCache, RejectionLog, SignInThrottled, parse_basic
 from capsync.cloud.blobs import Blobs
 from capsync.cloud.store import Store, StoreUnavailable
 from capsync.runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
@@ -88,6 +89,7 @@ class Cloud:
     blobs: Blobs
     credentials: CredentialCache
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    rejections: RejectionLog = field(default_factory=lambda: RejectionLog(log))
 
     async def authenticate(self, request: Request) -> str:
         """The part id of a request with valid Basic credentials; 401 otherwise."""
@@ -97,8 +99,15 @@ class Cloud:
         if creds is None:
             raise ApiError(401, "unauthorized", "send HTTP Basic auth: user = part id, password = part secret",
                            headers=challenge)
-        if not await self.credentials.check(creds):
-            log.warning("authentication failed", extra={"part": creds.part_id, "client": _client(request)})
+        address = request.client.host if request.client else ""
+        try:
+            ok = await self.credentials.check(creds, address)
+        except SignInThrottled as exc:
+            self.rejections.rejected("throttled", creds.part_id, _client(request))
+            raise ApiError(429, "too many failed sign-ins", str(exc),
+                           headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+        if not ok:
+            self.rejections.rejected("wrong secret or unknown part", creds.part_id, _client(request))
             raise ApiError(401, "unauthorized", "unknown part or wrong secret", headers=challenge)
         return creds.part_id
 
@@ -115,7 +124,7 @@ def _client(request: Request) -> str:
 def file_id_param(request: Request) -> str:
     """The `{file_id}` path parameter, checked against FILE_ID_RE (400 otherwise)."""
     file_id = request.path_params.get("file_id", "")
-    if not isinstance(file_id, str) or not FILE_ID_RE.match(file_id):
+    if not isinstance(file_id, str) or not FILE_ID_RE.fullmatch(file_id):
         raise ApiError(400, "invalid file id", "file ids are 8-64 characters of A-Z a-z 0-9 _ -")
     return file_id
 
