@@ -10,6 +10,7 @@ bytes; pass `store=` to use another Store (e.g. MongoDB). The app is plain ASGI:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +34,16 @@ log = logging.getLogger("capsync.cloud")
 
 #: Name of the SQLite database inside the data dir.
 DB_NAME = "cloud.sqlite"
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) as 0700; warn when an existing one is open to others."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+    elif path.stat().st_mode & 0o077:
+        log.warning("the data dir can be read by other users of this machine; chmod 700 it",
+                    extra={"data_dir": str(path), "mode": oct(path.stat().st_mode & 0o777)})
 
 
 async def health(request: Request) -> Response:
@@ -67,7 +78,7 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
     object (store, blobs, credential cache) for the server and for tests.
     """
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     if store is None:
         store = SqliteStore(data_dir / DB_NAME)
     cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(store.verify_part, ttl_s=auth_cache_ttl_s))

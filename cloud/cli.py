@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("capsync cloud serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(args.log_format, args.log_level)
+    os.umask(0o077)  # every file and folder the cloud makes is its owner's only, whatever the shell's umask
     try:
         trio.run(_serve_until_signal, args)
     except StoreUnavailable as exc:

@@ -8,7 +8,9 @@ on when the cloud runs on MongoDB.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow
@@ -64,6 +66,20 @@ FILE_COLS = (
     "part_id, file_id, kind, size, sha256, records, name, mime_type, resource_type, resource_name, "
     "method, data_kind, params, tags, created_ns, committed_ns, committed_at, metadata"
 )
+
+
+def private_db_file(path: Path) -> None:
+    """Make the database file (created if missing) and its -wal/-shm readable by its owner only.
+
+    SQLite gives -wal and -shm the database file's mode, so creating the file 0600 first covers them.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def dumps(value: Any) -> str:

@@ -32,6 +32,7 @@ from capsync.cloud.sqlite_schema import (
     dumps,
     file_from_row,
     placeholders,
+    private_db_file,
     tabular_from_row,
 )
 from capsync.cloud.store import (
@@ -66,7 +67,8 @@ class SqliteStore:
 
     def __init__(self, path: Path, *, scrypt_n: int = 2**14) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_db_file(self.path)  # rows and secret hashes are nobody else's business on this machine
         self._scrypt_n = scrypt_n
         self._lock = threading.Lock()
         self._sql_slots: trio.Semaphore | None = None
