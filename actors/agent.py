@@ -260,7 +260,8 @@ class Agent:
         net = config.network
         self.resource_server = ResourceServer(self._registry, config.cloud.secret)
         return ControlEndpoint(net.host, net.port, agent_handlers(self), secret=config.cloud.secret,
-                               routes={RESOURCES_PATH: self.resource_server.handle})
+                               routes={RESOURCES_PATH: self.resource_server.handle},
+                               allowed_origins=net.allowed_origins)
 
     def _dirs_to_sync(self) -> list[Path]:
         """The current capture dir and earlier ones (after a capture_dir change) that still exist."""

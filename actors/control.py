@@ -4,6 +4,9 @@ Methods: `status` (the agent's statistics as JSON-like data), `sync` (run a sync
 return what it did), `Sync` and `DoCommand` (the data manager service's documented API). Clients
 on loopback need nothing more; when the endpoint is bound to another address, every client must
 present the part secret (`Authorization: Bearer <secret>`), loopback clients included.
+A request with an `Origin` header comes from a web page in a browser: it is refused with HTTP 403
+(on every path) unless `network.allowed_origins` lists that origin, so a page cannot drive the
+agent through the user's browser. Local tools send no `Origin` and are not affected.
 If the address is taken, the endpoint logs it once and keeps retrying; capture is never affected.
 
 Whatever one client does stays in its connection: a message that is not bounded CBOR with a
@@ -18,7 +21,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
@@ -68,17 +71,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def request_origin(request: WebSocketRequest) -> str | None:
+    """The `Origin` header of a handshake (browsers always send it; local tools do not)."""
+    for k, v in request.headers:
+        if k.lower() == b"origin":
+            return v.decode(errors="replace")
+    return None
+
+
 class ControlEndpoint:
     """Serves `handlers` (method name -> async fn(params) -> result) over WebSocket RPC; requests
     for a path in `routes` go to that route instead (it does its own authentication)."""
 
     def __init__(self, host: str, port: int, handlers: dict[str, Handler], *, secret: str = "",
-                 routes: dict[str, Route] | None = None) -> None:
+                 routes: dict[str, Route] | None = None, allowed_origins: Iterable[str] = ()) -> None:
         self.host, self.port = host, port
         self._handlers = handlers
         self._routes = dict(routes or {})
         self._secret = secret
         self._require_secret = not is_loopback(host)
+        self._allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        self.refused_origins = 0
         self.bound_port: int | None = None
         self._bind_log = StateChangeLog(log)
         self._client_log = RateLimitedLog(log)
@@ -122,6 +135,13 @@ class ControlEndpoint:
     async def _handle(self, request: WebSocketRequest) -> None:
         peer = peer_name(request)  # read once: the socket may be gone by the time we log
         try:
+            origin = request_origin(request)
+            if origin is not None and origin.lower().rstrip("/") not in self._allowed_origins:
+                self.refused_origins += 1
+                self._client_log.warning("browser origin refused", client=peer, origin=origin[:200])
+                await request.reject(403, body=f"browser origin {origin[:200]!r} is not allowed: add it to "
+                                     "network.allowed_origins to let its pages use this endpoint".encode())
+                return
             route = self._routes.get(request.path)
             if route is not None:
                 await route(request)

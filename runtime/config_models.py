@@ -190,10 +190,17 @@ class CloudConfig(_Section):
         return v.rstrip("/")
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
 class NetworkConfig(_Section):
-    """capsync's `network` section: where the local control endpoint listens."""
+    """capsync's `network` section: where the local control endpoint listens, which browser origins
+    it accepts, and the certificate it serves `wss://` with."""
 
     bind_address: str = DEFAULT_BIND_ADDRESS
+    allowed_origins: list[str] = Field(default_factory=list)
+    tls_certificate_file: str = ""
+    tls_key_file: str = ""
 
     @field_validator("bind_address")
     @classmethod
@@ -202,6 +209,22 @@ class NetworkConfig(_Section):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected host:port (e.g. {DEFAULT_BIND_ADDRESS!r}), got {v!r}")
         return v
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"expected origins as scheme://host[:port] with no path "
+                                 f"(e.g. 'https://dashboard.example'), got {origin!r}")
+        return [o.lower() for o in v]
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "NetworkConfig":
+        if bool(self.tls_certificate_file) != bool(self.tls_key_file):
+            raise ValueError("tls_certificate_file and tls_key_file go together: set both to serve wss://, "
+                             "or neither")
+        return self
 
     @property
     def host(self) -> str:

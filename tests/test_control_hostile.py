@@ -10,7 +10,7 @@ import time
 import cbor2
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from capsync.actors.agent import Agent
 from capsync.runtime import rpc
@@ -136,3 +136,34 @@ async def test_clients_leaving_resources_do_not_drop_other_connections(tmp_path,
             # the old listener crashed here (getpeername on the closed socket) and dropped this connection
             assert (await control.call("status"))["served"]["accepted"] >= 1
     assert agent.control.connection_errors == 0
+
+
+async def _handshake(url: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """HTTP status (101 when upgraded) and body of a WebSocket handshake with `headers`."""
+    try:
+        async with open_websocket_url(url, extra_headers=headers) as ws:
+            await ws.send_message(rpc.encode({"id": 1, "method": "status", "params": {}}))
+            await ws.get_message()
+            return 101, b""
+    except ConnectionRejected as exc:
+        return exc.status_code, exc.body or b""
+
+
+async def test_browser_origins_are_refused_unless_allowed(tmp_path, nursery):
+    cfg = robot_config(tmp_path / "cap", [], sync_disabled=True)
+    cfg["network"]["allowed_origins"] = ["http://Dashboard.local:3000"]
+    agent = Agent(parse_config(json.dumps(cfg)))
+    await nursery.start(agent.run)
+    with trio.fail_after(5):
+        while agent.control.bound_port is None:
+            await trio.sleep(0.02)
+    base = f"ws://127.0.0.1:{agent.control.bound_port}"
+    auth = rpc.auth_headers(SECRET)
+    for origin in (b"http://evil.example", b"null", b"http://127.0.0.1:8000", b"http://dashboard.local:3001"):
+        for path, headers in (("/control", []), (RESOURCES_PATH, auth)):
+            status, body = await _handshake(base + path, [(b"Origin", origin), *headers])
+            assert status == 403, (origin, path)
+            assert b"network.allowed_origins" in body
+    assert await _handshake(base + "/control", [(b"Origin", b"http://dashboard.local:3000")]) == (101, b"")
+    assert await _handshake(base + "/control", []) == (101, b"")  # local tools send no Origin
+    assert agent.control.refused_origins == 8
