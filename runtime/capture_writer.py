@@ -39,18 +39,35 @@ _U32 = 0xFFFFFFFF
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
-def _make_dirs_durable(directory: Path) -> None:
-    """mkdir -p `directory`, fsyncing the parent of every directory it creates."""
+#: Capture files hold whatever the robot's resources return: only the agent's user may read them,
+#: whatever the umask (one applied with chmod after create, since the umask only ever removes bits).
+FILE_MODE = 0o600
+#: Mode of every directory the agent creates for capture files.
+DIR_MODE = 0o700
+
+
+def make_private_dirs(directory: Path) -> list[Path]:
+    """mkdir -p `directory`, each directory it creates owner-only (DIR_MODE, whatever the umask);
+    existing directories are left as they are. Returns the directories it created, outermost first."""
     missing = []
     d = directory
     while not d.exists() and d.parent != d:
         missing.append(d)
         d = d.parent
+    created = []
     for d in reversed(missing):
         try:
-            d.mkdir()
+            d.mkdir(mode=DIR_MODE)
         except FileExistsError:
-            pass  # created concurrently by another writer
+            continue  # created concurrently by another writer
+        os.chmod(d, DIR_MODE)
+        created.append(d)
+    return created
+
+
+def _make_dirs_durable(directory: Path) -> None:
+    """mkdir -p `directory` (owner-only), fsyncing the parent of every directory it creates."""
+    for d in make_private_dirs(directory):
         fsync_dir(d.parent)
 
 
@@ -107,8 +124,9 @@ class CaptureWriter:
             raise FileExistsError(f"{final}: a finished capture file with this name already exists")
         _make_dirs_durable(path.parent)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, FILE_MODE)
         try:
+            os.fchmod(fd, FILE_MODE)
             _write_fully(fd, head)
             os.fsync(fd)
             fsync_dir(path.parent)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from capsync.runtime.capture_file import CAPTURE_SUFFIX, iter_capture
+from capsync.runtime.capture_writer import make_private_dirs
 from capsync.runtime.sync_protocol import FileKind
 
 #: Folder inside a capture dir where files the cloud refused for good are set aside.
@@ -125,6 +126,6 @@ def set_aside(f: SyncFile, capture_dir: Path) -> Path:
     """Move a file the cloud refused into `<capture_dir>/failed/`, keeping its relative path."""
     dest = capture_dir / FAILED_DIR / f.name if f.kind is FileKind.CAPTURE else \
         capture_dir / FAILED_DIR / "additional" / f.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(dest.parent)
     os.replace(f.path, dest)
     return dest
