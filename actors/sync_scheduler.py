@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from capsync.actors.uploader import upload_file
+from capsync.actors.uploader import UnverifiedCommit, upload_file
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.capture_file import CaptureFormatError
 from capsync.runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
@@ -74,6 +74,8 @@ class SyncStats:
     skipped_by_selective_syncer: int
     last_pass: PassResult | None
     cloud_error: str | None
+    #: "Committed" answers that did not state exactly the bytes on disk; each kept its file.
+    unverified_commits: int = 0
 
 
 @dataclass
@@ -124,7 +126,8 @@ class SyncScheduler:
         self._cloud_error: str | None = None
         self._trigger = trio.Event()
         self._pass_done = trio.Event()
-        self._passes = self._synced = self._bytes = self._set_aside = 0
+        self._passes = self._synced = self._bytes = self._set_aside = self._unverified = 0
+        self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
         self._backlog = (0, 0)
 
@@ -173,6 +176,7 @@ class SyncScheduler:
             skipped_by_selective_syncer=self._skipped,
             last_pass=self._last,
             cloud_error=self._cloud_error,
+            unverified_commits=self._unverified,
         )
 
     async def _pass(self) -> PassResult:
@@ -230,6 +234,13 @@ class SyncScheduler:
             pass_error.append(str(exc))
             outage.set()
             self._cloud_log.fail("cloud", "cloud unavailable; backing off", cloud=self._client.base_url, error=str(exc))
+        except UnverifiedCommit as exc:  # the file is kept; retried with backoff like any failure
+            counts["failed"] += 1
+            self._unverified += 1
+            self._note_failure(f, str(exc))
+            self._commit_log.fail("commit", "the cloud's commit answer does not match the local file; "
+                                  "keeping it (see unverified_commits in sync statistics)",
+                                  cloud=self._client.base_url, path=str(f.path), reason=exc.reason)
         except UploadRejected as exc:
             counts["failed"] += 1
             self._reject(f, capture_dirs, str(exc))
@@ -246,6 +257,7 @@ class SyncScheduler:
             self._synced += 1
             self._bytes += result.bytes_sent
             self._retries.pop(f.path, None)
+            self._commit_log.ok("commit", "the cloud's commit answers match the local files again")
             if self._cloud_error is not None:  # the cloud is back: files that waited for it are due now
                 for r in self._retries.values():
                     if r.cloud_down:

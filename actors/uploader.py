@@ -1,7 +1,12 @@
 """The uploader: moves one file to the cloud, resuming where the cloud left off, exactly once.
 
 It declares the file (size, sha256), sends the bytes from the cloud's offset in chunks, asks the
-cloud to commit, and deletes the local file only once the cloud answers committed. A stale
+cloud to commit, and deletes the local file only once the cloud answers committed for exactly
+the bytes on disk: the answer must state the size and sha256 the uploader computed from the file,
+and the file is hashed again just before the delete. Any other "committed" (a cloud that lies, an
+older cloud that does not say, a file that changed meanwhile) keeps the file and raises
+`UnverifiedCommit`; a changed plain file gets a new id from its new content and is uploaded
+again at the next pass. A stale
 offset resumes from the cloud's offset; a checksum mismatch starts the file over (at most
 twice per attempt). Everything else is raised to the scheduler, which owns retries and backoff.
 """
@@ -17,7 +22,7 @@ import trio
 
 from capsync.runtime.cloud_client import ChecksumMismatch, CloudClient, CloudUnavailable, StaleOffset
 from capsync.runtime.faults import FaultPlan, InjectedNetworkError
-from capsync.runtime.sync_files import SyncFile, file_id_of, read_at, sha256_of
+from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, read_at
 from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
 from capsync.runtime.blocking import run_blocking
 
@@ -28,6 +33,15 @@ log = logging.getLogger("capsync.uploader")
 MAX_FRESH_STARTS = 2
 #: How long a stop waits for a commit in flight (and the local delete after it) before abandoning it.
 COMMIT_GRACE_S = 30.0
+
+
+class UnverifiedCommit(Exception):
+    """The cloud answered "committed", but not for exactly the bytes on disk: the file was kept."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}; the local file is kept")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -56,15 +70,20 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
 
     With `faults`, the points `before_request` and `before_chunk` of actor `uploader <file_id>` fire.
     """
-    file_id = await run_blocking(file_id_of, f)
-    digest = await run_blocking(sha256_of, f.path)
-    start = UploadStart(kind=f.kind, size=f.size, sha256=digest, name=f.name, mime_type=f.mime_type)
+    size, digest = await run_blocking(fingerprint, f.path)
+    file_id = await run_blocking(file_id_of, f, digest)
+    start = UploadStart(kind=f.kind, size=size, sha256=digest, name=f.name, mime_type=f.mime_type)
     sent = 0
     fresh_starts = 0
     actor = f"uploader {file_id}"
     await _point(faults, actor, "before_request")
     status = await client.start(file_id, start)
+    budget = _request_budget(size, chunk_bytes)
     while status.state is not FileState.COMMITTED:
+        budget -= 1
+        if budget < 0:  # a cloud that keeps answering without progress must not hold us forever
+            raise CloudUnavailable(f"the cloud made no progress on {f.path} in {_request_budget(size, chunk_bytes)} "
+                                   "requests; will retry later")
         if status.state is FileState.UNKNOWN:  # the cloud discarded the upload: declare it again
             fresh_starts += 1
             if fresh_starts > MAX_FRESH_STARTS:
@@ -73,21 +92,20 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             status = await client.start(file_id, start)
             continue
         try:
-            if status.offset < f.size:
+            if status.offset < size:
                 data = await run_blocking(read_at, f.path, status.offset, chunk_bytes)
                 if not data:
-                    raise OSError(f"{f.path} shrank to {status.offset} bytes while uploading (declared {f.size})")
+                    raise OSError(f"{f.path} shrank to {status.offset} bytes while uploading (declared {size})")
                 await _point(faults, actor, "before_chunk")
                 status = await client.send(file_id, status.offset, data)
                 sent += len(data)
             else:
                 await _point(faults, actor, "before_request")
                 # The cloud finishes a commit even if we go away; so do we, or a stop right now would
-                # leave a committed file on disk (harmless, but re-declared at the next start).
+                # leave a committed file on disk (harmless: re-declared at the next start, answered
+                # committed, verified and deleted then).
                 with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
                     status = await client.commit(file_id)
-                    if status.state is FileState.COMMITTED:
-                        await run_blocking(_delete_synced, f.path)
                 if grace.cancelled_caught:
                     raise CloudUnavailable(f"the commit was not answered within {COMMIT_GRACE_S:g} s")
         except StaleOffset as stale:  # the cloud holds something else than we thought: adopt its view
@@ -98,13 +116,39 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             log.warning("cloud found a checksum mismatch; sending the file again",
                         extra={"file_id": file_id, "path": str(f.path)})
             status = FileStatus(file_id=file_id, state=FileState.UNKNOWN)
-    await run_blocking(_delete_synced, f.path)  # already gone after our own commit; not when the cloud had it
+    _check_commit(f.path, status, file_id, size, digest)
+    await run_blocking(_delete_if_unchanged, f.path, size, digest)
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
-    return UploadResult(file_id, f.path, f.size, sent, status.records)
+    return UploadResult(file_id, f.path, size, sent, status.records)
 
 
-def _delete_synced(path: Path) -> None:
+def _request_budget(size: int, chunk_bytes: int) -> int:
+    """Requests one attempt may make: every chunk four times over (resumes, restarts), plus some."""
+    return 4 * (size // max(1, chunk_bytes) + 1) + 16
+
+
+def _check_commit(path: Path, status: FileStatus, file_id: str, size: int, digest: str) -> None:
+    """Raise UnverifiedCommit unless `status` acknowledges exactly `size` bytes hashing to `digest`."""
+    if status.file_id != file_id:
+        raise UnverifiedCommit(path, f"the cloud answered committed for file id {status.file_id!r}, not {file_id!r}")
+    if status.sha256 is None:
+        raise UnverifiedCommit(path, "the cloud's commit answer does not state the sha256 of what it committed "
+                                     "(a cloud older than the committed-sha256 answer, or not a capsync cloud)")
+    if (status.size, status.sha256) != (size, digest):
+        raise UnverifiedCommit(path, f"the cloud committed {status.size} bytes with sha256 {status.sha256}, "
+                                     f"but the file holds {size} bytes with sha256 {digest}")
+
+
+def _delete_if_unchanged(path: Path, size: int, digest: str) -> None:
+    """Delete `path` if it still holds exactly `size` bytes hashing to `digest`; else keep it."""
+    try:
+        now = fingerprint(path)
+    except FileNotFoundError:
+        return  # someone (the user) removed it after the commit: nothing left to do
+    if now != (size, digest):
+        raise UnverifiedCommit(path, f"the file changed after it was committed (now {now[0]} bytes, "
+                                     f"sha256 {now[1]}); it will be uploaded again as new content")
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass  # someone (the user) removed it after the commit: nothing left to do
+        pass

@@ -45,7 +45,8 @@ _OFFSET_RE = re.compile(r"^[0-9]{1,19}$")
 
 
 def _committed(f: CommittedFile) -> FileStatus:
-    return FileStatus(file_id=f.file_id, state=FileState.COMMITTED, offset=f.size, size=f.size, records=f.records)
+    return FileStatus(file_id=f.file_id, state=FileState.COMMITTED, offset=f.size, size=f.size, records=f.records,
+                      sha256=f.sha256)
 
 
 def _unknown(file_id: str) -> FileStatus:

@@ -49,30 +49,40 @@ class SyncFile:
         return mimetypes.guess_type(self.path.name)[0] or "application/octet-stream"
 
 
-def stable_file_id(path: Path, size: int, mtime_ns: int) -> str:
-    """The id of a plain file: the same for the same path, size and mtime, so a retry resumes."""
-    digest = hashlib.sha256(f"{path.resolve()}\0{size}\0{mtime_ns}".encode()).hexdigest()
+def stable_file_id(path: Path, size: int, mtime_ns: int, sha256: str) -> str:
+    """The id of a plain file: the same for the same path, size, mtime and content, so a retry
+    resumes; content that changed (even with the same size and mtime) gets a new id, so the cloud
+    never answers "committed" for bytes it does not hold."""
+    digest = hashlib.sha256(f"{path.resolve()}\0{size}\0{mtime_ns}\0{sha256}".encode()).hexdigest()
     return "f" + digest[:31]
 
 
-def file_id_of(f: SyncFile) -> str:
-    """The upload id of `f`: a capture file's own id from its header, or the stable id of a plain file."""
+def file_id_of(f: SyncFile, sha256: str) -> str:
+    """The upload id of `f` whose bytes hash to `sha256`: a capture file's own id from its header,
+    or the stable id of a plain file."""
     if f.kind is FileKind.CAPTURE:
         items = iter_capture(f.path)
         try:
             return next(items).file_id
         finally:
             items.close()
-    return stable_file_id(f.path, f.size, f.mtime_ns)
+    return stable_file_id(f.path, f.size, f.mtime_ns, sha256)
+
+
+def fingerprint(path: Path) -> tuple[int, str]:
+    """(size, hex sha256) of exactly the bytes `path` holds now, from one read of the file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return fingerprint(path)[1]
 
 
 def read_at(path: Path, offset: int, n: int) -> bytes:

@@ -6,7 +6,7 @@ The protocol itself is written down in docs/sync-protocol.md. In short, for one 
     GET  /v1/files/{file_id}                 -> FileStatus (unknown | partial + offset | committed)
     POST /v1/files/{file_id}   UploadStart   -> FileStatus   (declare size + sha256; idempotent)
     PUT  /v1/files/{file_id}/data?offset=N   raw bytes -> FileStatus; 409 + FileStatus if N is stale
-    POST /v1/files/{file_id}/commit          -> FileStatus committed; 422 on checksum mismatch
+    POST /v1/files/{file_id}/commit          -> FileStatus committed (size + sha256); 422 on checksum mismatch
 
 Every request authenticates with HTTP Basic auth: user = part id, password = part secret.
 """
@@ -69,6 +69,9 @@ class FileStatus(_Strict):
     offset: int = 0
     size: int | None = None
     records: int | None = None  # after commit: records stored from a capture file
+    #: After commit: the sha256 of the committed bytes. The agent deletes its copy only when this
+    #: and `size` state exactly the bytes it holds; None (an older cloud) never lets it delete.
+    sha256: str | None = None
 
 
 class ErrorBody(_Strict):

@@ -31,7 +31,7 @@ def _plain_file(tmp_path: Path, size: int) -> tuple:
     path.write_bytes(os.urandom(size))
     os.utime(path, (1_000_000, 1_000_000))
     (f,) = find_ready_files([], [root], now_s=2_000_000)
-    return f, stable_file_id(f.path, f.size, f.mtime_ns)
+    return f, stable_file_id(f.path, f.size, f.mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 async def test_resumes_at_the_clouds_offset(tmp_path, cloud):

@@ -89,7 +89,7 @@ class Workload:
             os.link(self.master / f.rel, target)
             if self.kind == "file":
                 st = target.stat()
-                f = FileSpec(f.rel, f.size, stable_file_id(target, st.st_size, st.st_mtime_ns))
+                f = FileSpec(f.rel, f.size, stable_file_id(target, st.st_size, st.st_mtime_ns, sha256_of(target)))
             out.append(f)
         return out
 
