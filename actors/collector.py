@@ -23,7 +23,10 @@ from typing import Callable
 
 import trio
 
-from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id, recover_prog
+from capsync.runtime.capture_file import (
+    MAX_RECORDS_PER_FILE, CaptureHeader, CaptureRecord, CaptureWriter, new_file_id, recover_prog,
+)
+from capsync.runtime.capture_writer import RecordRefused
 from capsync.runtime.config import CaptureMethodPlan
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.resources.methods import DataKind
@@ -306,6 +309,9 @@ class Collector:
             self._bytes += self._writer.append(record)
             if self.ledger is not None:
                 self.ledger[self._writer.header.file_id] += 1
+        except RecordRefused as exc:  # a reading no reader (the cloud included) would accept
+            self._count_failure(str(exc))
+            return None
         except OSError as exc:  # ENOSPC, EIO, ...: the writer cut any partial frame off again
             self._dropped += 1
             self._disk_failed(exc)
@@ -382,6 +388,7 @@ class Collector:
         if (
             self._finish_requested
             or (limit > 0 and w.size_bytes >= limit)
+            or w.record_count >= MAX_RECORDS_PER_FILE
             or now - w.opened_at >= self._settings.max_file_age_s
         ):
             await self._finish_file()

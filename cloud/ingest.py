@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import mimetypes
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -22,6 +23,21 @@ from capsync.runtime.sync_protocol import FileKind
 #: Deepest nesting of a payload the cloud stores; deeper ones are rejected, not crashed on.
 MAX_JSON_DEPTH = 200
 DEFAULT_MIME = "application/octet-stream"
+#: A media type the cloud can put in a Content-Type header: printable ASCII, no CR/LF or other controls.
+MIME_RE = re.compile(r"[!-~](?:[ -~]{0,253}[!-~])?")
+
+
+def valid_mime(value: object) -> bool:
+    """Whether `value` is a media type that can be served back as a Content-Type header."""
+    return isinstance(value, str) and MIME_RE.fullmatch(value) is not None
+
+
+def _mime_or_default(*candidates: object) -> str:
+    """The first usable media type of `candidates` (agents' resources may name anything), else DEFAULT_MIME."""
+    for value in candidates:
+        if value and valid_mime(value):
+            return value  # type: ignore[return-value]
+    return DEFAULT_MIME
 
 
 class Rejected(Exception):
@@ -65,7 +81,7 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
 
 def plain_file(upload: Upload, size: int, committed_ns: int) -> Ingest:
     """The rows of a plain file (kind=file): the file row and one binary item for the whole file."""
-    mime = upload.mime_type or mimetypes.guess_type(upload.name)[0] or DEFAULT_MIME
+    mime = _mime_or_default(upload.mime_type, mimetypes.guess_type(upload.name)[0])
     f = CommittedFile(
         part_id=upload.part_id, file_id=upload.file_id, kind=FileKind.FILE, size=size, sha256=upload.sha256,
         records=1, committed_ns=committed_ns, name=upload.name, mime_type=mime, created_ns=committed_ns,
@@ -115,9 +131,8 @@ def capture_file(upload: Upload, path: Path, size: int, committed_ns: int) -> In
                     tags=tags, payload=jsonable(rec.payload), params=params, metadata=rec_meta,
                 ))
             else:
-                mime = rec_meta.get("mime_type") if isinstance(rec_meta.get("mime_type"), str) else ""
                 binary.append(BinaryItem(
-                    **common, record_index=i, mime_type=mime or h.mime_type or DEFAULT_MIME,
+                    **common, record_index=i, mime_type=_mime_or_default(rec_meta.get("mime_type"), h.mime_type),
                     size=len(rec.payload), requested_ns=rec.requested_ns, received_ns=rec.received_ns,
                     tags=tags, metadata=rec_meta,
                 ))
@@ -127,7 +142,8 @@ def capture_file(upload: Upload, path: Path, size: int, committed_ns: int) -> In
         items.close()  # type: ignore[attr-defined]
     f = CommittedFile(
         **common, kind=FileKind.CAPTURE, size=size, sha256=upload.sha256, records=len(tabular) + len(binary),
-        committed_ns=committed_ns, name=upload.name, mime_type=h.mime_type, data_kind=h.kind.value,
+        committed_ns=committed_ns, name=upload.name, mime_type=h.mime_type if valid_mime(h.mime_type) else "",
+        data_kind=h.kind.value,
         params=params, tags=tags, created_ns=h.created_ns, metadata=metadata,
     )
     return Ingest(f, tabular, binary)

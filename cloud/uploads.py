@@ -41,7 +41,7 @@ from capsync.runtime.sync_protocol import (
 
 log = logging.getLogger("capsync.cloud.uploads")
 
-_OFFSET_RE = re.compile(r"^[0-9]{1,19}$")
+_OFFSET_RE = re.compile(r"[0-9]{1,19}")
 
 
 def _committed(f: CommittedFile) -> FileStatus:
@@ -87,6 +87,7 @@ async def file_resource(request: Request) -> Response:
         start = UploadStart.model_validate_json(body)
     except ValidationError as exc:
         raise ApiError(400, "invalid upload declaration", _summarize(exc)) from None
+    _check_declaration(start)
     async with cloud.locks.hold((part_id, file_id)):
         return _ok(await _start(cloud, part_id, file_id, start))
 
@@ -111,6 +112,18 @@ async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -
     return _partial(new, 0)
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_declaration(start: UploadStart) -> None:
+    """400 for a name or media type the cloud could not serve back (control characters, CR/LF)."""
+    if start.mime_type and not ingest.valid_mime(start.mime_type):
+        raise ApiError(400, "invalid upload declaration",
+                       "mime_type: must be printable ASCII without control characters (no CR/LF)")
+    if _CONTROL_RE.search(start.name):
+        raise ApiError(400, "invalid upload declaration", "name: must not contain control characters (no CR/LF)")
+
+
 def _summarize(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
@@ -126,7 +139,7 @@ async def file_data(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
     raw = request.query_params.get("offset")
-    if raw is None or not _OFFSET_RE.match(raw):
+    if raw is None or not _OFFSET_RE.fullmatch(raw):
         raise ApiError(400, "invalid offset", "send ?offset=N with N the byte offset of this chunk")
     offset = int(raw)
     content_length(request, MAX_CHUNK_BYTES)

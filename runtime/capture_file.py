@@ -44,8 +44,16 @@ RECORD_MARK = b"\x8fREC"
 FRAME = struct.Struct(">4sIII")
 FRAME_HEADER_SIZE = FRAME.size
 MAX_BODY_SIZE = 0xFFFFFFFF
-#: Deepest CBOR nesting a reader accepts; cbor2's encoder cannot produce anything deeper.
-MAX_DEPTH = 10_000
+#: Largest header frame body and record frame body readers accept (the writer refuses bigger ones),
+#: so one frame can never make a reader (the cloud's ingest included) allocate more than this.
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+#: Most records one capture file may hold; collectors start a new file before reaching it.
+MAX_RECORDS_PER_FILE = 100_000
+#: Deepest nesting of a decoded header or record (the record array itself is one level).
+MAX_RECORD_DEPTH = 64
+#: Times and integers in records must fit a signed 64-bit integer, as every store keeps them.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _U32 = 0xFFFFFFFF
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import IO, Any, Iterator, Union
 
 import cbor2
 
+from capsync.runtime import untrusted_cbor
 from capsync.runtime.capture_file import (
     CAPTURE_SUFFIX,
     CORRUPT_SUFFIX,
@@ -30,8 +30,13 @@ from capsync.runtime.capture_file import (
     FRAME,
     FRAME_HEADER_SIZE,
     HEADER_MARK,
+    INT64_MAX,
+    INT64_MIN,
     MAGIC,
-    MAX_DEPTH,
+    MAX_HEADER_BYTES,
+    MAX_RECORD_BYTES,
+    MAX_RECORD_DEPTH,
+    MAX_RECORDS_PER_FILE,
     PREAMBLE_SIZE,
     PROG_SUFFIX,
     RECORD_MARK,
@@ -117,8 +122,11 @@ def _bad_tail(f: IO[bytes], pos: int, size: int, reason: str) -> str:
     return reason
 
 
-def _read_frame(f: IO[bytes], pos: int, size: int, marker: bytes) -> bytes | str:
-    """The checked body of the frame at `pos` (where `f` is positioned), or why it is bad."""
+def _read_frame(f: IO[bytes], pos: int, size: int, marker: bytes, limit: int) -> bytes | str:
+    """The checked body of the frame at `pos` (where `f` is positioned), or why it is bad.
+
+    A body longer than `limit` is refused before it is read, so a frame costs at most `limit` bytes.
+    """
     remaining = size - pos
     if remaining < FRAME_HEADER_SIZE:
         return _bad_tail(f, pos, size, f"torn frame: only {remaining} of {FRAME_HEADER_SIZE} frame header bytes")
@@ -129,6 +137,8 @@ def _read_frame(f: IO[bytes], pos: int, size: int, marker: bytes) -> bytes | str
         return f"bad frame length: length {length} disagrees with its check field {check:#010x}"
     if length == 0:
         return "bad frame length: 0"
+    if length > limit:
+        return f"frame body of {length} bytes is larger than the {limit} bytes a reader accepts"
     if length > remaining - FRAME_HEADER_SIZE:
         return f"torn frame: body of {length} bytes but only {remaining - FRAME_HEADER_SIZE} bytes left in the file"
     body = f.read(length)
@@ -140,16 +150,45 @@ def _read_frame(f: IO[bytes], pos: int, size: int, marker: bytes) -> bytes | str
     return body
 
 
-def _decode(body: bytes) -> Any:
-    """The one CBOR item that `body` must consist of (raises ValueError otherwise)."""
-    fp = io.BytesIO(body)
+def _decode(body: bytes, limit: int) -> Any:
+    """The one CBOR item that `body` must consist of (raises ValueError otherwise).
+
+    Files come from other machines (the cloud ingests what parts send), so decoding is the
+    bounded one for untrusted input: no shared references or tags but short bignums, bounded depth.
+    """
     try:
-        item = cbor2.CBORDecoder(fp, max_depth=MAX_DEPTH).decode()
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        return untrusted_cbor.decode(body, max_bytes=limit, max_depth=MAX_RECORD_DEPTH)
+    except untrusted_cbor.UntrustedCBORError as exc:
         raise ValueError(f"undecodable CBOR: {exc}") from None
-    if fp.tell() != len(body):
-        raise ValueError(f"{len(body) - fp.tell()} stray bytes after the CBOR item")
-    return item
+
+
+def _value_problem(value: Any, where: str) -> str | None:
+    """Why `value` (decoded CBOR) cannot be stored as JSON-like data, naming its path; None if it can.
+
+    Integers must fit 64 bits (every store keeps them so); the decoder already bounds depth.
+    """
+    if type(value) is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            return f"{where}: integer {value:#x} does not fit 64 bits"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _value_problem(k, f"{where} key") or _value_problem(v, f"{where}.{k}" if isinstance(k, str) else f"{where}[{k!r}]")
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if problem := _value_problem(v, f"{where}[{i}]"):
+                return problem
+    return None
+
+
+def _time_problem(ns: Any, name: str) -> str | None:
+    if type(ns) is not int:
+        return f"{name} is not an integer"
+    if not 0 <= ns <= INT64_MAX:
+        return f"{name} {ns} is outside 0..2^63-1 ns"
+    return None
 
 
 def _record(item: Any, binary: bool) -> CaptureRecord | str:
@@ -157,15 +196,37 @@ def _record(item: Any, binary: bool) -> CaptureRecord | str:
     if type(item) is not list or len(item) < 4:
         return "malformed record: not an array of at least 4 items"
     req, rec, payload, meta = item[0], item[1], item[2], item[3]
-    if type(req) is not int or type(rec) is not int:
-        return "malformed record: times are not integers"
+    if (problem := _time_problem(req, "requested_ns") or _time_problem(rec, "received_ns")) is not None:
+        return f"malformed record: {problem}"
     if binary and type(payload) is not bytes:
         return f"malformed record: binary payload is {type(payload).__name__}, not bytes"
     if not binary and type(payload) is not dict:
         return f"malformed record: tabular payload is {type(payload).__name__}, not a map"
     if meta is not None and type(meta) is not dict:
         return f"malformed record: metadata is {type(meta).__name__}, not a map or null"
+    problem = (None if binary else _value_problem(payload, "payload")) or _value_problem(meta, "metadata")
+    if problem is not None:
+        return f"malformed record: {problem}"
     return CaptureRecord(req, rec, payload, meta)
+
+
+def record_problem(body: bytes, binary: bool) -> str | None:
+    """Why a reader would refuse the encoded record frame body `body`, or None when it accepts it.
+
+    The writer asks this before it writes, so a file never holds a record that a reader (the
+    cloud's ingest included) refuses: such a reading is a failed capture, not a file that never syncs.
+    """
+    try:
+        got = _record(_decode(body, MAX_RECORD_BYTES), binary)
+    except ValueError as exc:
+        return str(exc)
+    return got if isinstance(got, str) else None
+
+
+def header_problem(header: CaptureHeader) -> str | None:
+    """Why a reader would refuse `header` beyond its field types (times, integer sizes), or None."""
+    return (_time_problem(header.created_ns, "created_ns") or _value_problem(header.params, "params")
+            or _value_problem(header.metadata, "metadata"))
 
 
 def _read_header(path: Path, f: IO[bytes], size: int) -> tuple[CaptureHeader, int]:
@@ -180,13 +241,15 @@ def _read_header(path: Path, f: IO[bytes], size: int) -> tuple[CaptureHeader, in
     if version != FORMAT_VERSION:
         raise CaptureFormatError(path, len(MAGIC),
                                  f"unsupported format version {version} (this reader knows {FORMAT_VERSION})")
-    got = _read_frame(f, PREAMBLE_SIZE, size, HEADER_MARK)
+    got = _read_frame(f, PREAMBLE_SIZE, size, HEADER_MARK, MAX_HEADER_BYTES)
     if isinstance(got, str):
         raise CaptureFormatError(path, PREAMBLE_SIZE, f"unreadable header frame: {got}")
     try:
-        header = CaptureHeader.from_dict(_decode(got))
+        header = CaptureHeader.from_dict(_decode(got, MAX_HEADER_BYTES))
     except ValueError as exc:
         raise CaptureFormatError(path, PREAMBLE_SIZE, f"unreadable header: {exc}") from None
+    if (problem := header_problem(header)) is not None:
+        raise CaptureFormatError(path, PREAMBLE_SIZE, f"unreadable header: {problem}")
     if header.version != version:
         raise CaptureFormatError(path, PREAMBLE_SIZE, f"header says version {header.version}, preamble {version}")
     return header, PREAMBLE_SIZE + FRAME_HEADER_SIZE + len(got)
@@ -200,13 +263,18 @@ def _walk(path: Path) -> Iterator[tuple[int, int, CaptureItem]]:
         header, pos = _read_header(path, f, size)
         yield 0, pos, header
         binary = header.kind is DataKind.BINARY
+        count = 0
         while pos < size:
-            got = _read_frame(f, pos, size, RECORD_MARK)
+            if count == MAX_RECORDS_PER_FILE:
+                yield pos, size, Damage(pos, f"more than {MAX_RECORDS_PER_FILE} records in one file")
+                return
+            got = _read_frame(f, pos, size, RECORD_MARK, MAX_RECORD_BYTES)
             if isinstance(got, str):
                 yield pos, size, Damage(pos, got)
                 return
+            count += 1
             try:
-                rec = _record(_decode(got), binary)
+                rec = _record(_decode(got, MAX_RECORD_BYTES), binary)
             except ValueError as exc:
                 rec = f"undecodable record: {exc}"
             if isinstance(rec, str):

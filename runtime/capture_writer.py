@@ -16,13 +16,16 @@ from typing import Any, Callable
 
 import cbor2
 
+from capsync.runtime import capture_reader
 from capsync.runtime.capture_file import (
     CAPTURE_SUFFIX,
     FORMAT_VERSION,
     FRAME,
     FRAME_HEADER_SIZE,
     HEADER_MARK,
-    MAX_BODY_SIZE,
+    MAX_HEADER_BYTES,
+    MAX_RECORD_BYTES,
+    MAX_RECORDS_PER_FILE,
     PREAMBLE,
     PROG_SUFFIX,
     RECORD_MARK,
@@ -36,6 +39,13 @@ from capsync.runtime.resources.methods import DataKind
 from capsync.runtime.blocking import durable_writes
 
 _U32 = 0xFFFFFFFF
+
+
+class RecordRefused(TypeError):
+    """A record no reader would accept (not encodable, too big, a value the cloud cannot store,
+    or one record too many for one file); nothing was written. The message says why."""
+
+
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
@@ -115,10 +125,15 @@ class CaptureWriter:
             CaptureHeader.from_dict(header.to_dict())
         except ValueError as exc:
             raise ValueError(f"{path}: invalid header: {exc}") from None
+        if (problem := capture_reader.header_problem(header)) is not None:
+            raise ValueError(f"{path}: invalid header: {problem}")
         try:
-            head = PREAMBLE + encode_frame(HEADER_MARK, cbor2.dumps(header.to_dict()))
-        except cbor2.CBOREncodeError as exc:
+            body = cbor2.dumps(header.to_dict())
+        except (cbor2.CBOREncodeError, RecursionError) as exc:
             raise ValueError(f"{path}: header cannot be encoded as CBOR: {exc}") from exc
+        if len(body) > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: header of {len(body)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+        head = PREAMBLE + encode_frame(HEADER_MARK, body)
         final = path.with_suffix(CAPTURE_SUFFIX)
         if final.exists():
             raise FileExistsError(f"{final}: a finished capture file with this name already exists")
@@ -177,7 +192,8 @@ class CaptureWriter:
         """Write `record` as one frame and return its size in bytes; fsync if the interval is up.
 
         Raises TypeError for a payload of the wrong kind (tabular needs a dict, binary bytes),
-        ValueError when the writer is closed or broken, OSError when the disk refuses; in every
+        RecordRefused (a TypeError) for a record a reader would refuse (capture_reader.record_problem)
+        or once the file holds MAX_RECORDS_PER_FILE records, ValueError when the writer is closed or broken, OSError when the disk refuses; in every
         error case the file still ends at a frame boundary.
         """
         fd = self._fd
@@ -197,13 +213,17 @@ class CaptureWriter:
             raise TypeError(f"{self.path}: a tabular capture needs a dict payload, got {type(payload).__name__}")
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f"{self.path}: record metadata must be a dict or None, got {type(meta).__name__}")
+        if self._count >= MAX_RECORDS_PER_FILE:
+            raise RecordRefused(f"{self.path}: a capture file holds at most {MAX_RECORDS_PER_FILE} records")
         try:
             body = cbor2.dumps((req, rec, payload, meta))
-        except (cbor2.CBOREncodeError, RecursionError) as exc:
-            raise TypeError(f"{self.path}: record cannot be encoded as CBOR: {exc}") from exc
+        except (cbor2.CBOREncodeError, RecursionError, ValueError, TypeError) as exc:
+            raise RecordRefused(f"{self.path}: record cannot be encoded as CBOR: {exc}") from exc
         n = len(body)
-        if n > MAX_BODY_SIZE:
-            raise ValueError(f"{self.path}: record of {n} bytes exceeds the {MAX_BODY_SIZE}-byte frame limit")
+        if n > MAX_RECORD_BYTES:
+            raise RecordRefused(f"{self.path}: record of {n} bytes exceeds the {MAX_RECORD_BYTES}-byte record limit")
+        if (problem := capture_reader.record_problem(body, self._binary)) is not None:
+            raise RecordRefused(f"{self.path}: record refused: {problem}")
         head = FRAME.pack(RECORD_MARK, n, n ^ _U32, zlib.crc32(body))
         total = n + FRAME_HEADER_SIZE
         try:

@@ -28,7 +28,7 @@ MAX_FILE_BYTES = 16 * 1024**3
 #: Largest JSON request body.
 MAX_JSON_BYTES = 64 * 1024
 #: File ids: what `new_file_id()` and `stable_file_id()` produce, and nothing that could escape a path.
-FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+FILE_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{8,64}\Z")  # \Z, not $: "$" lets a trailing newline in
 
 
 class FileKind(str, Enum):
