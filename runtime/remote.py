@@ -17,6 +17,12 @@ Wire (see runtime/rpc.py for the envelope): `resource.capture` takes
 `{"readings": {...}}` for tabular methods or `{"binary": [{"data": bytes, "mime_type": str,
 "metadata": map|null}], "many": bool}` for binary ones (`many` for GetImages' list).
 `resource.list` answers `[{"type", "name", "model"}]`.
+
+A reply is decoded with the bounds of runtime/rpc.py and every field is checked before use (the
+id, the error's type and message, the result's shape). A reply that breaks the rules drops that
+link: its calls fail, the reason is the remote's `last_error` in `capsync status`
+(`bad_replies` counts them), and the connection is made again with backoff. Nothing a remote part
+sends can end the agent.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError,
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.config_build import RemoteConfig, ResourceRef
 from capsync.runtime.resources.registry import Binary, CaptureResult, ResourceError
-from capsync.runtime.rpc import MAX_MESSAGE_BYTES, RpcError, auth_headers, decode, encode
+from capsync.runtime.rpc import (MAX_MESSAGE_BYTES, BadMessage, RpcError, auth_headers, call_id, decode, encode,
+                                 reply_outcome)
 
 log = logging.getLogger("capsync.remote")
 
@@ -80,8 +87,10 @@ def decode_result(wire: Any) -> CaptureResult:
         for item in wire["binary"]:
             if not (isinstance(item, dict) and isinstance(item.get("data"), bytes)):
                 raise RemotePartError("BadMessage", "binary result item without bytes")
-            meta = item.get("metadata")
-            out.append(Binary(item["data"], str(item.get("mime_type") or ""), meta if isinstance(meta, dict) else None))
+            mime, meta = item.get("mime_type") or "", item.get("metadata")
+            if not isinstance(mime, str) or len(mime) > 200:
+                raise RemotePartError("BadMessage", "binary result item with a mime_type that is not a short string")
+            out.append(Binary(item["data"], mime, meta if isinstance(meta, dict) else None))
         return out if wire.get("many") else (out[0] if out else [])
     raise RemotePartError("BadMessage", f"unexpected capture result {type(wire).__name__}")
 
@@ -113,6 +122,7 @@ class RemoteStats:
     calls: int
     failed_calls: int
     state_since_ns: int
+    bad_replies: int = 0  # replies that broke the wire rules (each one dropped the link)
 
 
 class _Pending:
@@ -135,7 +145,7 @@ class RemoteConnection:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._state, self._error, self._since_ns = "connecting", None, time.time_ns()
-        self._connects = self._disconnects = self._calls = self._failed = 0
+        self._connects = self._disconnects = self._calls = self._failed = self._bad = 0
         self._changed = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._settled = trio.Event()  # set once the first connection attempt has an outcome
@@ -152,7 +162,7 @@ class RemoteConnection:
     def statistics(self) -> RemoteStats:
         """Counters and the state of the link."""
         return RemoteStats(self.name, self.address, self._state, self._error, self._connects, self._disconnects,
-                           self._calls, self._failed, self._since_ns)
+                           self._calls, self._failed, self._since_ns, self._bad)
 
     # -- the link ------------------------------------------------------------------------
 
@@ -168,6 +178,9 @@ class RemoteConnection:
                     attempt = 0  # it was up: start the backoff over
                 except RpcError as exc:
                     self._set_state("refused" if exc.type == "Refused" else "unreachable", exc.message)
+                except Exception as exc:  # a bug in this link must end the link, not the agent
+                    log.exception("remote link failed", extra={"remote": self.name})
+                    self._set_state("disconnected", f"{type(exc).__name__}: {exc}")
             self._scope = None
             self._settled.set()
             if scope.cancelled_caught:  # reconfigured: connect to the new address now
@@ -215,13 +228,18 @@ class RemoteConnection:
         """Hand each reply to its waiting call; returns why the connection ended."""
         try:
             while True:
+                data = await ws.get_message()
                 try:
-                    msg = decode(await ws.get_message())
-                except RpcError as exc:
-                    log.warning("bad message from remote part ignored", extra={"remote": self.name, "error": str(exc)})
-                    continue
-                pending = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
-                if pending is not None:
+                    msg = decode(data, max_bytes=MAX_MESSAGE_BYTES)
+                    cid = call_id(msg)
+                    reply_outcome(msg)  # the error, if any, is well formed
+                except BadMessage as exc:
+                    self._bad += 1
+                    log.warning("remote part sent a bad reply; dropping the link",
+                                extra={"remote": self.name, "error": exc.message})
+                    return f"the remote part sent a bad reply: {exc.message}"
+                pending = self._pending.pop(cid, None) if type(cid) is int else None
+                if pending is not None:  # replies to calls that gave up waiting are dropped
                     pending.reply = msg
                     pending.event.set()
         except ConnectionClosed as exc:
@@ -301,11 +319,10 @@ class RemoteConnection:
         reply = pending.reply
         if reply is None:
             raise RemotePartError("ConnectionLost", f"remote part {self.name!r}: connection lost during the call")
-        if "error" in reply:
-            err = reply["error"] if isinstance(reply["error"], dict) else {}
-            kind = str(err.get("type", "Error"))
-            raise RemotePartError(kind, f"remote part {self.name!r}: {kind}: {err.get('message', '')}")
-        return reply.get("result")
+        result, error = reply_outcome(reply)  # checked by the reader
+        if error is not None:
+            raise RemotePartError(error.type, f"remote part {self.name!r}: {error.type}: {error.message}")
+        return result
 
 
 # -- all remotes of a part, and the proxies ---------------------------------------------------
