@@ -28,6 +28,8 @@ log = logging.getLogger("capsync.cloud.server")
 RETENTION_AFTER_MIDNIGHT_S = 5.0
 _DAY_S = 86_400.0
 
+#: A connection that sends nothing for this many seconds (mid-headers or mid-body) is closed.
+READ_TIMEOUT_S = 30
 
 def seconds_to_next_sweep(now_s: float) -> float:
     """Seconds from the wall-clock time `now_s` to the next daily sweep (just after UTC midnight)."""
@@ -43,6 +45,7 @@ def _config(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, g
         config.certfile, config.keyfile = str(tls_cert), str(tls_key)
     config.graceful_timeout = graceful_timeout_s
     config.accesslog = None
+    config.read_timeout = READ_TIMEOUT_S
     config.errorlog = logging.getLogger("capsync.cloud.hypercorn")
     config.include_server_header = False
     return config

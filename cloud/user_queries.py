@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from capsync.cloud.http import ApiError, cloud_of, endpoint, read_body
+from capsync.cloud.http import ApiError, cloud_of, endpoint, read_json_body, require_json
 from capsync.cloud.store import QueryRefused, ResourceSummary, SqlResult
 from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.sync_protocol import MAX_JSON_BYTES
@@ -72,7 +72,7 @@ async def summary(request: Request) -> Response:
 
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await read_body(request, MAX_JSON_BYTES)
+    raw = await read_json_body(request, MAX_JSON_BYTES)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -104,11 +104,12 @@ async def mql(request: Request) -> Response:
     """`POST /v1/tabular/mql`: an aggregation pipeline over the part's own readings (MongoDB store only)."""
     cloud = cloud_of(request)
     part_id = await cloud.authenticate(request)
+    require_json(request)
     run_mql = getattr(cloud.store, "run_mql", None)
     if run_mql is None:
         raise ApiError(501, "mql not available", "this cloud keeps tabular data in SQLite; MQL needs "
                        "`capsync cloud serve --mongodb-uri URI` (use POST /v1/tabular/sql)")
-    raw = await read_body(request, MAX_JSON_BYTES)
+    raw = await read_json_body(request, MAX_JSON_BYTES)
     try:
         from bson import json_util  # Extended JSON ({"$date": ...}) for values in the pipeline
 

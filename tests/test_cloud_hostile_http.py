@@ -3,9 +3,15 @@ peeks at other parts' tables, cross-site form posts, slow bodies, spreadsheet fo
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.test_cloud_support import PART_A, PART_B, CloudEnv, binary_capture, env, tabular_capture, upload  # noqa: F401
 
@@ -88,3 +94,82 @@ async def test_explain_is_refused_and_never_names_the_attached_database(env: Clo
         r = await a.post("/v1/tabular/sql", json={"query": query})
     assert r.status_code == 400 and "EXPLAIN is refused" in r.json()["detail"], r.text
     assert "src_" not in r.text
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "text/plain; charset=application/json"])
+async def test_json_endpoints_refuse_what_a_cross_site_form_can_send(env: CloudEnv, content_type) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    async with env.client() as c:
+        for path in ("/v1/tabular/sql", "/v1/tabular/mql"):
+            r = await c.post(path, content=b'{"query": "SELECT 1", "pipeline": []}', headers=headers)
+            assert r.status_code == 415 and r.json()["error"] == "unsupported media type", (path, r.text)
+        r = await c.post("/v1/tabular/sql", json={"query": "SELECT 1"})
+        assert r.status_code == 200 and r.json()["rows"] == [[1]]
+
+
+async def _raw_http(port: int, head: bytes, body_pieces: list[bytes], gap_s: float) -> tuple[bytes, float]:
+    """Send `head` then the body pieces `gap_s` apart; return what the server answered and when."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    start = trio.current_time()
+    got = b""
+    async with stream:
+        await stream.send_all(head)
+
+        async def dribble() -> None:
+            for piece in body_pieces:
+                await trio.sleep(gap_s)
+                try:
+                    await stream.send_all(piece)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dribble)
+            with trio.move_on_after(20):
+                while chunk := await stream.receive_some(65536):
+                    got += chunk
+                    if b"\r\n\r\n" in got:
+                        break
+            nursery.cancel_scope.cancel()
+    return got, trio.current_time() - start
+
+
+async def test_a_slow_body_is_refused_with_408_and_a_silent_connection_is_closed(tmp_path: Path, monkeypatch) -> None:
+    import base64
+
+    from capsync.cloud import http, server
+    from capsync.cloud.server import serve
+    from tests.test_cloud_support import SECRET_A, make_env
+
+    monkeypatch.setattr(http, "BODY_GRACE_S", 1.0)
+    monkeypatch.setattr(server, "READ_TIMEOUT_S", 2)
+    e = make_env(tmp_path / "cloud")
+    auth = base64.b64encode(f"{PART_A}:{SECRET_A}".encode()).decode()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(lambda task_status: serve(e.data_dir, "127.0.0.1", 0, store=e.store,
+                                                             retention_interval_s=float("inf"), task_status=task_status))
+        body = b'{"query": "SELECT 1"}'
+        head = (f"POST /v1/tabular/sql HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        got, took = await _raw_http(port, head, [bytes([b]) for b in body], 0.3)  # 1 byte every 0.3 s: ~6 s
+        assert got.startswith(b"HTTP/1.1 408"), got[:200]
+        assert took < 4, took
+        got, took = await _raw_http(port, b"POST /v1/tabular/sql HTTP/1.1\r\nHost: x\r\n", [], 0)  # then silence
+        assert got == b"" and 1.5 < took < 6, (got, took)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's csv.js")
+def test_csv_export_defuses_spreadsheet_formulas() -> None:
+    from capsync.cloud.browser import STATIC_DIR
+
+    cells = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain", 5, -5,
+             {"a": "=1"}, None, "a,b", "say \"hi\""]
+    script = (f"const csv = require({json.dumps(str(STATIC_DIR / 'csv.js'))});"
+              f"process.stdout.write(JSON.stringify(csv.text(['h'], {json.dumps([[c] for c in cells])})));")
+    out = json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout)
+    rows = list(csv.reader(io.StringIO(out, newline="")))
+    assert [r[0] if r else "" for r in rows[1:]] == [
+        "'=HYPERLINK(\"http://x\",\"y\")", "'+1+1", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx", "plain", "5", "-5",
+        '{"a":"=1"}', "", "a,b", "say \"hi\""]

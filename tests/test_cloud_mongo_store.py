@@ -219,7 +219,7 @@ async def test_mql_runs_over_the_callers_documents_only(mongo_env: CloudEnv, tmp
         ]:
             r = await a.post("/v1/tabular/mql", json={"pipeline": pipeline})
             assert r.status_code == 400 and reason in r.text, (pipeline, r.text)
-        assert (await a.post("/v1/tabular/mql", content=b"{nope")).status_code == 400
+        assert (await a.post("/v1/tabular/mql", content=b"{nope", headers={"content-type": "application/json"})).status_code == 400
     assert mongo_env.store.db["stolen"].count_documents({}) == 0
 
 

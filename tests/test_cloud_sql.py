@@ -111,7 +111,7 @@ async def test_bad_request_bodies_are_400(env: CloudEnv) -> None:
     async with env.client(PART_A) as a:
         for body in [b"not json", b"{}", b'{"query": ""}', b'{"query": "SELECT 1", "limit": 0}',
                      b'{"query": "SELECT 1", "limit": 10001}', b'{"query": "SELECT 1", "extra": 1}', b'{"query": 5}']:
-            r = await a.post("/v1/tabular/sql", content=body)
+            r = await a.post("/v1/tabular/sql", content=body, headers={"content-type": "application/json"})
             assert r.status_code == 400 and r.json()["error"] == "invalid query request", (body, r.text)
         assert (await a.get("/v1/tabular/sql")).status_code == 405
     async with env.client(PART_A, "wrong") as bad:

@@ -248,13 +248,8 @@
 
   function downloadCsv() {
     const cols = columnsOf(state.rows);
-    const quote = v => {
-      const s = v === undefined || v === null ? "" : (typeof v === "object" ? JSON.stringify(v) : String(v));
-      return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-    };
-    const lines = [headers(cols).map(quote).join(",")];
-    for (const r of state.rows) lines.push(cells(r, cols).map(quote).join(","));
-    const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+    const csv = CapsyncCsv.text(headers(cols), state.rows.map(r => cells(r, cols)));
+    const url = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
     const a = el("a");
     a.href = url;
     a.download = "readings.csv";

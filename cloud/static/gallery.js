@@ -21,7 +21,8 @@ const CapsyncGallery = (() => {
   async function download(item, onError) {
     try {
       const blob = await CapsyncApi.blob(item.part_id, item.url);
-      const url = URL.createObjectURL(blob);
+      // An opaque type: a blob: URL of an uploaded HTML file would run as the cloud's page if opened.
+      const url = URL.createObjectURL(new Blob([blob], { type: "application/octet-stream" }));
       const a = document.createElement("a");
       a.href = url;
       a.download = fileName(item);
