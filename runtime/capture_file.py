@@ -52,8 +52,8 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 MAX_RECORDS_PER_FILE = 100_000
 #: Deepest nesting of a decoded header or record (the record array itself is one level).
 MAX_RECORD_DEPTH = 64
-#: Times and integers in records must fit a signed 64-bit integer, as every store keeps them.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Times in headers and records must fit a signed 64-bit integer (0..INT64_MAX), as every store keeps them.
+INT64_MAX = 2**63 - 1
 
 _U32 = 0xFFFFFFFF
 

@@ -31,7 +31,6 @@ from capsync.runtime.capture_file import (
     FRAME_HEADER_SIZE,
     HEADER_MARK,
     INT64_MAX,
-    INT64_MIN,
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_RECORD_BYTES,
@@ -162,27 +161,6 @@ def _decode(body: bytes, limit: int) -> Any:
         raise ValueError(f"undecodable CBOR: {exc}") from None
 
 
-def _value_problem(value: Any, where: str) -> str | None:
-    """Why `value` (decoded CBOR) cannot be stored as JSON-like data, naming its path; None if it can.
-
-    Integers must fit 64 bits (every store keeps them so); the decoder already bounds depth.
-    """
-    if type(value) is int:
-        if not INT64_MIN <= value <= INT64_MAX:
-            return f"{where}: integer {value:#x} does not fit 64 bits"
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            problem = _value_problem(k, f"{where} key") or _value_problem(v, f"{where}.{k}" if isinstance(k, str) else f"{where}[{k!r}]")
-            if problem:
-                return problem
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            if problem := _value_problem(v, f"{where}[{i}]"):
-                return problem
-    return None
-
-
 def _time_problem(ns: Any, name: str) -> str | None:
     if type(ns) is not int:
         return f"{name} is not an integer"
@@ -204,9 +182,6 @@ def _record(item: Any, binary: bool) -> CaptureRecord | str:
         return f"malformed record: tabular payload is {type(payload).__name__}, not a map"
     if meta is not None and type(meta) is not dict:
         return f"malformed record: metadata is {type(meta).__name__}, not a map or null"
-    problem = (None if binary else _value_problem(payload, "payload")) or _value_problem(meta, "metadata")
-    if problem is not None:
-        return f"malformed record: {problem}"
     return CaptureRecord(req, rec, payload, meta)
 
 
@@ -224,9 +199,8 @@ def record_problem(body: bytes, binary: bool) -> str | None:
 
 
 def header_problem(header: CaptureHeader) -> str | None:
-    """Why a reader would refuse `header` beyond its field types (times, integer sizes), or None."""
-    return (_time_problem(header.created_ns, "created_ns") or _value_problem(header.params, "params")
-            or _value_problem(header.metadata, "metadata"))
+    """Why a reader would refuse `header` beyond its field types (its time must fit 64 bits), or None."""
+    return _time_problem(header.created_ns, "created_ns")
 
 
 def _read_header(path: Path, f: IO[bytes], size: int) -> tuple[CaptureHeader, int]:
