@@ -20,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capsync.cloud import browser, query, uploads, user_queries
+from capsync.cloud import browser, query, quotas, uploads, user_queries
 from capsync.cloud.auth import CredentialCache
 from capsync.cloud.blobs import Blobs
 from capsync.cloud.http import Cloud, error_response
+from capsync.cloud.limits import UploadLimits
 from capsync.cloud.sqlite_store import SqliteStore
 from capsync.cloud.store import CommittedFile, Store
 from capsync.cloud.timefmt import iso_from_ns
@@ -70,18 +71,21 @@ async def _crash(request: Request, exc: Exception) -> Response:
     return error_response(500, ErrorBody(error="internal error", detail="see the cloud's log"))
 
 
-def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: float = 30.0) -> Starlette:
+def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: float = 30.0,
+               limits: UploadLimits | None = None) -> Starlette:
     """The cloud's ASGI app over `data_dir` (created if missing).
 
     Without `store`, a `SqliteStore` at `<data_dir>/cloud.sqlite` is opened. Verified part
-    secrets are cached for `auth_cache_ttl_s` seconds. `app.state.cloud` holds the `Cloud`
+    secrets are cached for `auth_cache_ttl_s` seconds. `limits` are the per-part upload limits
+    (capsync.cloud.limits.UploadLimits, its defaults when None). `app.state.cloud` holds the `Cloud`
     object (store, blobs, credential cache) for the server and for tests.
     """
     data_dir = Path(data_dir)
     private_dir(data_dir)
     if store is None:
         store = SqliteStore(data_dir / DB_NAME)
-    cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(store.verify_part, ttl_s=auth_cache_ttl_s))
+    cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(store.verify_part, ttl_s=auth_cache_ttl_s),
+                  limits=limits or UploadLimits())
     p = API_PREFIX
     routes = [
         Route(f"{p}/health", health, methods=["GET"]),
@@ -106,9 +110,12 @@ async def apply_retention(cloud: Cloud, now_ns: int | None = None) -> list[Commi
     """Delete the data of committed files past their retention_policy, rows and bytes; return those files.
 
     The rule (UTC days, size limits oldest first) is capsync.cloud.retention's. `now_ns` defaults to now;
-    tests pass any time to apply retention on demand.
+    tests pass any time to apply retention on demand. Abandoned uploads are expired first
+    (capsync.cloud.quotas.expire_abandoned).
     """
-    gone = await cloud.store.expire(time.time_ns() if now_ns is None else now_ns)
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    await quotas.expire_abandoned(cloud, now_ns)  # abandoned uploads are swept on the same schedule
+    gone = await cloud.store.expire(now_ns)
     for f in gone:
         await run_blocking(cloud.blobs.drop_committed, f.part_id, f.file_id)
         log.info("retention expired file", extra={

@@ -118,6 +118,21 @@ class Blobs:
         """Remove the partial bytes of an upload, if any."""
         self.partial_path(part_id, file_id).unlink(missing_ok=True)
 
+    def partial_files(self) -> list[tuple[str, str, int]]:
+        """(part id, file id, mtime in ns) of every `.part` file held (for expiring abandoned uploads)."""
+        out = []
+        try:
+            parts = list(os.scandir(self.uploads_dir))
+        except FileNotFoundError:
+            return out
+        for part in parts:
+            if not part.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(part.path):
+                if entry.name.endswith(".part") and entry.is_file(follow_symlinks=False):
+                    out.append((part.name, entry.name[: -len(".part")], entry.stat(follow_symlinks=False).st_mtime_ns))
+        return out
+
     def drop_committed(self, part_id: str, file_id: str) -> None:
         """Remove a committed file's bytes (retention)."""
         self.final_path(part_id, file_id).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from capsync.cloud.app import DB_NAME, apply_retention, create_app
+from capsync.cloud.limits import UploadLimits
 from capsync.cloud.auth import PART_ID_RE, new_secret
 from capsync.cloud.server import serve
 from capsync.cloud.sqlite_store import SqliteStore
@@ -45,6 +46,17 @@ def add_cloud_commands(subparsers: Any) -> None:
     s.add_argument("--mongodb-uri", metavar="URI",
                    help="keep parts, uploads, files and tabular rows in MongoDB (database from the URI's path, "
                         "default 'capsync') instead of SQLite; binary bytes stay under --data-dir")
+    d = UploadLimits()
+    s.add_argument("--max-inflight-bytes", type=int, default=d.max_inflight_bytes, metavar="N",
+                   help="bytes one part may have declared in uploads not yet committed (0: no limit; default %(default)s)")
+    s.add_argument("--max-inflight-uploads", type=int, default=d.max_inflight_uploads, metavar="N",
+                   help="uploads one part may have declared and not yet committed (0: no limit; default %(default)s)")
+    s.add_argument("--max-stored-bytes", type=int, default=d.max_stored_bytes, metavar="N",
+                   help="bytes one part may store, committed plus in flight (0: no limit; default %(default)s)")
+    s.add_argument("--min-free-bytes", type=int, default=d.min_free_bytes, metavar="N",
+                   help="free disk bytes every new upload must leave (0: no check; default %(default)s)")
+    s.add_argument("--upload-expiry-days", type=float, default=d.upload_expiry_s / 86_400, metavar="DAYS",
+                   help="an upload that received no byte for this long is removed (0: never; default %(default)s)")
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(func=cmd_serve)
@@ -161,12 +173,20 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
                 await store.aclose()
 
 
+def _limits(args: argparse.Namespace) -> UploadLimits:
+    return UploadLimits(
+        max_inflight_bytes=args.max_inflight_bytes, max_inflight_uploads=args.max_inflight_uploads,
+        max_stored_bytes=args.max_stored_bytes, min_free_bytes=args.min_free_bytes,
+        upload_expiry_s=args.upload_expiry_days * 86_400,
+    )
+
+
 async def _serve(args: argparse.Namespace, scheme: str, store: Any) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: serve(
                 args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                store=store, task_status=task_status,
+                store=store, limits=_limits(args), task_status=task_status,
             ))
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)

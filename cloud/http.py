@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from capsync.cloud.auth import CredentialCache, RejectionLog, SignInThrottled, parse_basic
 from capsync.cloud.blobs import Blobs
+from capsync.cloud.limits import UploadLimits
 from capsync.cloud.store import Store, StoreUnavailable
 from capsync.runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
 
@@ -89,6 +90,7 @@ class Cloud:
     blobs: Blobs
     credentials: CredentialCache
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    limits: UploadLimits = field(default_factory=UploadLimits)
     rejections: RejectionLog = field(default_factory=lambda: RejectionLog(log))
 
     async def authenticate(self, request: Request) -> str:

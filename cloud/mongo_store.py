@@ -50,6 +50,7 @@ from capsync.cloud.store import (
     BinaryItem,
     CommittedFile,
     PartExistsError,
+    PartUsage,
     Query,
     QueryRefused,
     ResourceSummary,
@@ -172,6 +173,20 @@ class MongoStore:
     async def delete_upload(self, part_id: str, file_id: str) -> None:
         """Forget an upload."""
         await self._run(self.uploads.delete_one, {"_id": docs.key(part_id, file_id)})
+
+    async def list_uploads(self) -> list[Upload]:
+        """Every declared upload of every part."""
+        found = await self._run(lambda: list(self.uploads.find({})))
+        return [docs.upload_from_doc(d) for d in found]
+
+    async def part_usage(self, part_id: str) -> PartUsage:
+        """The part's uploads in flight (count, declared bytes) and its stored, unexpired bytes."""
+        def usage() -> PartUsage:
+            sizes = [d["size"] for d in self.uploads.find({"part_id": part_id}, {"size": 1})]
+            stored = sum(d["size"] for d in self.files.find({"part_id": part_id, "expired_ns": None}, {"size": 1}))
+            return PartUsage(len(sizes), sum(sizes), stored)
+
+        return await self._run(usage)
 
     # -- committing ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from capsync.cloud.store import (
     BinaryItem,
     CommittedFile,
     PartExistsError,
+    PartUsage,
     Query,
     ResourceSummary,
     SqlResult,
@@ -169,6 +170,23 @@ class SqliteStore:
         await self._run(
             lambda: self._db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", (part_id, file_id))
         )
+
+    async def list_uploads(self) -> list[Upload]:
+        """Every declared upload of every part."""
+        rows = await self._run(lambda: self._db.execute("SELECT * FROM uploads").fetchall())
+        return [Upload(r["part_id"], r["file_id"], FileKind(r["kind"]), r["size"], r["sha256"], r["name"],
+                       r["mime_type"], r["received"], r["created_ns"]) for r in rows]
+
+    async def part_usage(self, part_id: str) -> PartUsage:
+        """The part's uploads in flight (count, declared bytes) and its stored, unexpired bytes."""
+        def usage() -> PartUsage:
+            n, declared = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads WHERE part_id = ?", (part_id,)).fetchone()
+            (stored,) = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM files WHERE part_id = ? AND expired_ns IS NULL", (part_id,)).fetchone()
+            return PartUsage(n, declared, stored)
+
+        return await self._run(usage)
 
     # -- committed files ----------------------------------------------------------------------
 

@@ -128,6 +128,16 @@ class Query:
 
 
 @dataclass(frozen=True)
+class PartUsage:
+    """What one part holds now, for its quotas: uploads not yet committed (count and declared bytes)
+    and the bytes of its committed files that retention has not expired."""
+
+    uploads: int
+    upload_bytes: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
 class StoreStatistics:
     """Row counts of a store, for `capsync status`, accounting and tests."""
 
@@ -173,6 +183,8 @@ class SqlResult:
     columns: list[str]
     rows: list[list[Any]]
     truncated: bool
+    #: Why the rows were cut (row limit or result bytes), when `truncated`.
+    truncated_reason: str | None = None
 
 
 class StoreUnavailable(Exception):
@@ -213,6 +225,14 @@ class Store(Protocol):
 
     async def delete_upload(self, part_id: str, file_id: str) -> None:
         """Forget an upload (after a checksum mismatch or a rejected file)."""
+        ...
+
+    async def list_uploads(self) -> list[Upload]:
+        """Every declared, not yet committed upload of every part (for expiring abandoned ones)."""
+        ...
+
+    async def part_usage(self, part_id: str) -> PartUsage:
+        """The part's uploads in flight and stored bytes (for its quotas)."""
         ...
 
     async def get_file(self, part_id: str, file_id: str) -> CommittedFile | None:

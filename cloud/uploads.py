@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from capsync.cloud import ingest
+from capsync.cloud import ingest, quotas
 from capsync.cloud.blobs import OffsetMismatch
 from capsync.cloud.http import (
     ApiError,
@@ -92,6 +92,11 @@ async def file_resource(request: Request) -> Response:
         return _ok(await _start(cloud, part_id, file_id, start))
 
 
+def _declaring(part_id: str) -> tuple[str, str, None]:
+    """Lock key serializing one part's new declarations, so that two at once cannot both pass its quotas."""
+    return ("declaring", part_id, None)
+
+
 async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -> FileStatus:
     f = await cloud.store.get_file(part_id, file_id)
     if f is not None:
@@ -105,9 +110,11 @@ async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -
             await cloud.store.save_upload(u)
         held = await run_blocking(cloud.blobs.held, part_id, file_id)
         return _partial(u, held)
-    await run_blocking(cloud.blobs.reset, part_id, file_id)
-    new = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, 0, time.time_ns())
-    await cloud.store.save_upload(new)
+    async with cloud.locks.hold(_declaring(part_id)):
+        await quotas.check_declaration(cloud, part_id, file_id, start.size)
+        await run_blocking(cloud.blobs.reset, part_id, file_id)
+        new = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, 0, time.time_ns())
+        await cloud.store.save_upload(new)
     log.info("upload restarted" if u is not None else "upload started", extra=fields)
     return _partial(new, 0)
 

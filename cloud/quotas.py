@@ -1,0 +1,106 @@
+"""Per-part limits on uploads, and the sweep that expires abandoned uploads (docs/sync-protocol.md).
+
+One cloud serves many parts, so no part may fill the disk or the uploads table for the others:
+
+- declared bytes in flight (uploads declared and not yet committed) and their count are bounded
+  per part: a declaration beyond either is a 429 (retry once other uploads commit or expire);
+- a part's stored bytes (committed, not expired by retention) plus what it has in flight are
+  bounded: beyond that a declaration is a 507 naming the quota;
+- a declaration that would leave less than `min_free_bytes` free on the data dir's disk is a 507,
+  so a full disk refuses new uploads with a reason instead of failing every part's ingest;
+- an upload that received no byte for `upload_expiry_s` is abandoned: the sweep (run with
+  retention) forgets it and removes its bytes, as it removes `.part` files that no upload owns.
+
+Every limit is set on `capsync cloud serve` (see `capsync.cloud.limits.UploadLimits` for the defaults); 0 turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from capsync.cloud.http import ApiError, Cloud
+from capsync.cloud.limits import UploadLimits  # noqa: F401  (re-exported: the limits live with their checks)
+from capsync.cloud.store import Upload
+from capsync.runtime.blocking import run_blocking
+
+log = logging.getLogger("capsync.cloud.quotas")
+
+
+def _refuse(status: int, error: str, detail: str, flag: str) -> ApiError:
+    headers = {"Retry-After": "60"} if status == 429 else None
+    return ApiError(status, error, f"{detail}; the cloud's operator can raise it with `capsync cloud serve {flag}`",
+                    headers=headers)
+
+
+async def check_declaration(cloud: Cloud, part_id: str, file_id: str, size: int) -> None:
+    """Raise the 429 or 507 ApiError when declaring `size` bytes as (part, file) would break a limit.
+
+    An upload of the same file being replaced does not count against the new one.
+    """
+    lim = cloud.limits
+    usage = await cloud.store.part_usage(part_id)
+    old = await cloud.store.get_upload(part_id, file_id)
+    uploads = usage.uploads - (old is not None)
+    inflight = usage.upload_bytes - (old.size if old is not None else 0)
+    if lim.max_inflight_uploads and uploads + 1 > lim.max_inflight_uploads:
+        raise _refuse(429, "too many uploads in flight",
+                      f"part {part_id!r} has {uploads} uploads declared and not committed; at most "
+                      f"{lim.max_inflight_uploads}. Commit them or let them expire", "--max-inflight-uploads N")
+    if lim.max_inflight_bytes and inflight + size > lim.max_inflight_bytes:
+        raise _refuse(429, "too many bytes in flight",
+                      f"part {part_id!r} has {inflight} bytes declared in uploads not committed, this one adds "
+                      f"{size}; at most {lim.max_inflight_bytes}. Commit them or let them expire",
+                      "--max-inflight-bytes N")
+    if lim.max_stored_bytes and usage.stored_bytes + inflight + size > lim.max_stored_bytes:
+        raise _refuse(507, "part storage quota exceeded",
+                      f"part {part_id!r} stores {usage.stored_bytes} bytes with {inflight} in flight, this upload "
+                      f"adds {size}; its quota is {lim.max_stored_bytes} bytes. Retention frees space",
+                      "--max-stored-bytes N")
+    if lim.min_free_bytes:
+        free = (await run_blocking(shutil.disk_usage, cloud.blobs.data_dir)).free
+        if free - size < lim.min_free_bytes:
+            raise _refuse(507, "insufficient storage",
+                          f"the cloud's disk has {free} bytes free; this upload of {size} bytes would leave less "
+                          f"than the {lim.min_free_bytes} bytes it keeps free", "--min-free-bytes N")
+
+
+def _last_write_ns(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Upload]:
+    """Forget every upload that received no byte for `upload_expiry_s`, remove its bytes, and remove
+    `.part` files as old that no upload owns; return the uploads expired."""
+    if not cloud.limits.upload_expiry_s:
+        return []
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    cutoff = now_ns - int(cloud.limits.upload_expiry_s * 1e9)
+    gone = []
+    for u in await cloud.store.list_uploads():
+        async with cloud.locks.hold((u.part_id, u.file_id)):
+            current = await cloud.store.get_upload(u.part_id, u.file_id)
+            if current is None:
+                continue  # committed or discarded meanwhile
+            last = max(current.created_ns, await run_blocking(_last_write_ns, cloud.blobs.partial_path(u.part_id, u.file_id)) or 0)
+            if last >= cutoff:
+                continue
+            await cloud.store.delete_upload(u.part_id, u.file_id)
+            await run_blocking(cloud.blobs.discard, u.part_id, u.file_id)
+            gone.append(current)
+            log.info("abandoned upload expired", extra={"part": u.part_id, "file_id": u.file_id, "size": u.size,
+                                                       "received": current.received})
+    owned = {(u.part_id, u.file_id) for u in await cloud.store.list_uploads()}
+    for part_id, file_id, mtime_ns in await run_blocking(cloud.blobs.partial_files):
+        if (part_id, file_id) not in owned and mtime_ns < cutoff:
+            async with cloud.locks.hold((part_id, file_id)):
+                if await cloud.store.get_upload(part_id, file_id) is None:
+                    await run_blocking(cloud.blobs.discard, part_id, file_id)
+                    log.info("orphaned upload bytes removed", extra={"part": part_id, "file_id": file_id})
+    return gone
