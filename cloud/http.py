@@ -144,8 +144,6 @@ def content_length(request: Request, limit: int) -> int | None:
     return n
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, read while streaming and refused (413) as soon as it exceeds `limit` bytes.
 #: A request body must arrive within BODY_GRACE_S plus its size at MIN_BODY_RATE bytes/s (else 408).
 BODY_GRACE_S = 30.0
 MIN_BODY_RATE = 64 * 1024
@@ -156,14 +154,16 @@ def body_deadline_s(size: int) -> float:
     return BODY_GRACE_S + size / MIN_BODY_RATE
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read while streaming and refused (413) as soon as it exceeds `limit` bytes.
 
     A body whose length differs from its Content-Length is refused with 400; one that takes longer
     than `body_deadline_s` of its Content-Length (or of `limit`) is refused with 408.
     """
     declared = content_length(request, limit)
+    allowed_s = body_deadline_s(limit if declared is None else declared)
     chunks: list[bytes] = []
     total = 0
-    allowed_s = body_deadline_s(limit if declared is None else declared)
     try:
         with trio.fail_after(allowed_s):
             async for chunk in request.stream():
@@ -173,16 +173,14 @@ def body_deadline_s(size: int) -> float:
                 chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "client disconnected", "the request body ended early") from None
-    if declared is not None and declared != total:
-        raise ApiError(400, "wrong Content-Length", f"Content-Length says {declared}, body has {total} bytes")
     except trio.TooSlowError:
         raise ApiError(408, "request body too slow", f"the body did not arrive within {allowed_s:.0f} s "
                        f"({MIN_BODY_RATE // 1024} KiB/s after {BODY_GRACE_S:.0f} s)", headers={"Connection": "close"}) from None
+    if declared is not None and declared != total:
+        raise ApiError(400, "wrong Content-Length", f"Content-Length says {declared}, body has {total} bytes")
     return b"".join(chunks)
 
 
-def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, an unreachable store -> 503,
 def require_json(request: Request) -> None:
     """415 unless the request says `Content-Type: application/json`: a cross-site HTML form can only
     send text/plain or form types, so a JSON-only endpoint cannot be posted to by another site."""
@@ -198,6 +196,8 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     return await read_body(request, limit)
 
 
+def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, an unreachable store -> 503,
     anything else -> logged 500."""
 
     @functools.wraps(fn)

@@ -28,9 +28,9 @@ log = logging.getLogger("capsync.cloud.server")
 #: Seconds after UTC midnight at which the daily retention sweep runs.
 RETENTION_AFTER_MIDNIGHT_S = 5.0
 _DAY_S = 86_400.0
-
 #: A connection that sends nothing for this many seconds (mid-headers or mid-body) is closed.
 READ_TIMEOUT_S = 30
+
 
 def seconds_to_next_sweep(now_s: float) -> float:
     """Seconds from the wall-clock time `now_s` to the next daily sweep (just after UTC midnight)."""
@@ -45,8 +45,8 @@ def _config(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, g
     if tls_cert is not None and tls_key is not None:
         config.certfile, config.keyfile = str(tls_cert), str(tls_key)
     config.graceful_timeout = graceful_timeout_s
-    config.accesslog = None
     config.read_timeout = READ_TIMEOUT_S
+    config.accesslog = None
     config.errorlog = logging.getLogger("capsync.cloud.hypercorn")
     config.include_server_header = False
     return config
