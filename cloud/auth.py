@@ -127,6 +127,8 @@ class FailureBuckets:
 ADDRESS_BURST, ADDRESS_PER_S = 20, 1.0
 #: Failed sign-ins allowed per part id: a burst, then one every 10 seconds.
 PART_BURST, PART_PER_S = 10, 0.1
+#: An address a part signed in from is spared that part's failure budget for this long (seconds).
+KNOWN_ADDRESS_S = 3600.0
 #: At most this many scrypt checks run at once (each holds 16 MiB and ~40 ms of a core).
 MAX_CONCURRENT_SCRYPT = 2
 
@@ -140,7 +142,8 @@ class CredentialCache:
       within `ttl_s` (at once in this process through `forget`).
     - Failed checks are counted per source address and per part id (`FailureBuckets`); past the
       budget, `check` raises `SignInThrottled` before any scrypt runs. A remembered success still
-      passes, so a flood of wrong secrets cannot lock a good part out.
+      passes, and an address the part signed in from within KNOWN_ADDRESS_S is spared the part's
+      budget, so a flood of wrong secrets cannot lock a good part out.
     - At most `max_concurrent_scrypt` verifications run at once; the rest wait their turn.
     """
 
@@ -151,6 +154,7 @@ class CredentialCache:
         self._max = max_entries
         self._key = os.urandom(32)
         self._ok: dict[tuple[str, bytes], float] = {}
+        self._known: dict[tuple[str, str], float] = {}  # (part, address) -> until when it counts as known
         self._clock = clock
         self._max_scrypt = max_concurrent_scrypt
         self._scrypt: trio.CapacityLimiter | None = None
@@ -175,11 +179,14 @@ class CredentialCache:
         if expires is not None and expires > now:
             self.hits += 1
             return True
-        wait = max(self.by_address.retry_after(address), self.by_part.retry_after(creds.part_id))
-        if wait > 0:
+        by_address = self.by_address.retry_after(address)
+        # An address this part signed in from lately is spared the part's budget, so wrong secrets sent
+        # for a part from elsewhere cannot lock the part itself out.
+        known = self._known.get((creds.part_id, address), 0.0) > now
+        by_part = 0.0 if known else self.by_part.retry_after(creds.part_id)
+        if by_address > 0 or by_part > 0:
             self.throttled += 1
-            who = "from this address" if self.by_address.retry_after(address) > 0 else "for this part"
-            raise SignInThrottled(wait, who)
+            raise SignInThrottled(max(by_address, by_part), "from this address" if by_address > 0 else "for this part")
         self.misses += 1
         if self._scrypt is None:  # made inside Trio: the cache itself may be built outside it
             self._scrypt = trio.CapacityLimiter(self._max_scrypt)
@@ -192,6 +199,11 @@ class CredentialCache:
                 if len(self._ok) >= self._max:
                     self._ok.clear()
             self._ok[key] = now + self._ttl_s
+            if len(self._known) >= self._max:
+                self._known = {k: t for k, t in self._known.items() if t > now}
+                if len(self._known) >= self._max:
+                    self._known.clear()
+            self._known[(creds.part_id, address)] = now + KNOWN_ADDRESS_S
         else:
             self.failures += 1
             self._ok.pop(key, None)

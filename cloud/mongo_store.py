@@ -45,7 +45,7 @@ from capsync.cloud import mongo_docs as docs
 from capsync.cloud import retention
 from capsync.cloud.auth import check_secret, hash_secret
 from capsync.cloud.mql import confine, to_json
-from capsync.cloud.sql import run_readonly
+from capsync.cloud.sql import MAX_RESULT_BYTES, RowCollector, run_readonly
 from capsync.cloud.store import (
     BinaryItem,
     CommittedFile,
@@ -68,6 +68,8 @@ T = TypeVar("T")
 DEFAULT_DATABASE = "capsync"
 #: SQL on MongoDB copies the part's rows into memory first; above this many it is refused (use MQL).
 MAX_SQL_ROWS = 200_000
+#: ... and above this many bytes of their text (payloads, metadata, ...).
+MAX_SQL_COPY_BYTES = 64 * 1024 * 1024
 _BATCH = 1000
 _DUPLICATE_KEY = 11000
 _ROW_INDEXES = [("part_id", ASCENDING), ("file_id", ASCENDING), ("record_index", ASCENDING)]
@@ -299,8 +301,15 @@ class MongoStore:
     async def run_sql(self, part_id: str, sql: str, *, max_rows: int, timeout_s: float) -> SqlResult:
         """SQL over an in-memory copy of the part's rows (at most MAX_SQL_ROWS), read-only like on SQLite."""
         def load() -> list[tuple[Any, ...]]:
-            cur = self.readings.find({"part_id": part_id, "live": True}).limit(MAX_SQL_ROWS + 1)
-            return [docs.sql_row(d) for d in cur]
+            rows, size = [], 0
+            with self.readings.find({"part_id": part_id, "live": True}).limit(MAX_SQL_ROWS + 1) as cur:
+                for d in cur:
+                    rows.append(row := docs.sql_row(d))
+                    size += sum(len(v) for v in row if isinstance(v, str))
+                    if size > MAX_SQL_COPY_BYTES:
+                        raise QueryRefused(f"SQL on the MongoDB store copies at most {MAX_SQL_COPY_BYTES} bytes of a "
+                                           "part's rows; use POST /v1/tabular/mql for more")
+            return rows
 
         rows = await self._run(load)
         if len(rows) > MAX_SQL_ROWS:
@@ -312,16 +321,20 @@ class MongoStore:
         """Run an aggregation pipeline over the part's own readings (cloud/mql.py); rows are one-column documents."""
         stages = confine(pipeline, part_id, max_rows)
 
-        def agg() -> list[dict]:
+        def agg() -> SqlResult:
+            rows = RowCollector(max_rows, MAX_RESULT_BYTES)  # documents are kept only while the answer has room
             try:
-                return list(self.readings.aggregate(stages, maxTimeMS=max(1, int(timeout_s * 1000))))
+                with self.readings.aggregate(stages, maxTimeMS=max(1, int(timeout_s * 1000))) as cursor:
+                    for d in cursor:
+                        if not rows.add([to_json(d)]):
+                            break
             except ExecutionTimeout:
                 raise QueryRefused(f"the pipeline ran longer than {timeout_s:g} s and was stopped") from None
             except OperationFailure as exc:
                 raise QueryRefused(f"MongoDB refused the pipeline: {str(exc.details.get('errmsg', exc))[:300]}") from None
+            return rows.result(["document"])
 
-        got = await self._run(agg)
-        return SqlResult(["document"], [[to_json(d)] for d in got[:max_rows]], len(got) > max_rows)
+        return await self._run(agg)
 
     # -- retention and accounting ---------------------------------------------------------------
 

@@ -14,13 +14,16 @@ How a query is confined to one part's rows, without trusting the query text:
    DROP, ATTACH/DETACH, PRAGMA (table-valued pragma functions included), transactions, and reads
    of any other table (`parts`, `files`, `sqlite_master`, ...). The random schema name cannot be
    guessed within the one statement a request runs, and error messages never show it.
-4. EXPLAIN is refused (a query plan would name the attached database). One statement; at most `max_rows` rows (more sets `truncated`); a progress handler interrupts
-   the statement after `timeout_s`; strings and blobs longer than 16 MB are refused by SQLite.
+4. EXPLAIN is refused (a query plan would name the attached database). One statement; at most
+   `max_rows` rows and MAX_RESULT_BYTES of row JSON (more sets `truncated`, with the reason); a
+   progress handler interrupts the statement after `timeout_s`; strings and blobs longer than
+   16 MB are refused by SQLite.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import secrets
@@ -40,6 +43,8 @@ READINGS_COLUMNS = (
     "requested_ns", "received_ns", "requested", "received", "tags", "payload", "metadata",
 )
 MAX_VALUE_BYTES = 16 * 1024 * 1024
+#: An SQL or MQL answer holds at most this many bytes of row JSON; past it, it is cut (`truncated`).
+MAX_RESULT_BYTES = 8 * 1024 * 1024
 _TABLE_FUNCTIONS = {"json_each", "json_tree"}
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
 _WRITE_ACTIONS = {
@@ -171,13 +176,50 @@ def _first_word(text: str) -> str:
     return re.match(r"[A-Za-z_]*", rest).group(0).lower()
 
 
+class RowCollector:
+    """Gathers result rows up to `max_rows` and `max_bytes` of their JSON, then says why it stopped.
+
+    Shared by SQL and MQL, so that no query answer is ever held or sent past MAX_RESULT_BYTES.
+    """
+
+    def __init__(self, max_rows: int, max_bytes: int) -> None:
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.rows: list[list[Any]] = []
+        self.size = 0
+        self.reason: str | None = None
+
+    def add(self, row: list[Any]) -> bool:
+        """Keep `row` if it fits; False (and `reason` set) once the answer is full."""
+        if len(self.rows) >= self.max_rows:
+            self.reason = f"more than the {self.max_rows} rows asked for (raise limit, or page with WHERE/LIMIT)"
+            return False
+        size = len(json.dumps(row, separators=(",", ":"), default=str)) + 1
+        if self.size + size > self.max_bytes:
+            if not self.rows:
+                raise QueryRefused(f"one row of the result is {size} bytes of JSON, more than the "
+                                   f"{self.max_bytes} bytes an answer may hold; select fewer or shorter columns")
+            self.reason = (f"the answer reached {self.max_bytes} bytes of JSON after {len(self.rows)} rows "
+                           "(select fewer columns, or page with WHERE/LIMIT)")
+            return False
+        self.rows.append(row)
+        self.size += size
+        return True
+
+    def result(self, columns: list[str]) -> SqlResult:
+        """The rows gathered as an SqlResult."""
+        return SqlResult(columns, self.rows, self.reason is not None, self.reason)
+
+
 def _fetch(db: sqlite3.Connection, text: str, guard: _Guard, max_rows: int, timeout_s: float) -> SqlResult:
     try:
         cur = db.execute(text)
         if cur.description is None:
             raise QueryRefused("the query is read-only: only SELECT statements run")
         columns = [d[0] for d in cur.description]
-        got = cur.fetchmany(max_rows + 1)
+        rows = RowCollector(max_rows, MAX_RESULT_BYTES)
+        for row in cur:
+            if not rows.add([_json_value(v) for v in row]):
+                break
     except QueryRefused:
         raise
     except (sqlite3.Warning, sqlite3.ProgrammingError) as exc:
@@ -195,6 +237,5 @@ def _fetch(db: sqlite3.Connection, text: str, guard: _Guard, max_rows: int, time
         raise QueryRefused(f"invalid query: {_scrub(message, guard.schema)}") from None
     except (OverflowError, MemoryError, ValueError) as exc:
         raise QueryRefused(f"the query failed: {type(exc).__name__}") from None
-    truncated = len(got) > max_rows
-    return SqlResult(columns, [[_json_value(v) for v in row] for row in got[:max_rows]], truncated)
+    return rows.result(columns)
 

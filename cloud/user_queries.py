@@ -6,18 +6,24 @@
 - `POST /v1/tabular/mql` `{"pipeline": [...], "limit": 1000}`: an aggregation pipeline over the
   part's own readings; only when the cloud runs on MongoDB (501 otherwise).
 
-Both queries answer `{"columns": [...], "rows": [[...]], "row_count": n, "truncated": bool}`; a
-refused or failing query is a 400 with the reason.
+Both queries answer `{"columns": [...], "rows": [[...]], "row_count": n, "truncated": bool}` (with
+`truncated_reason` when cut: the row limit, or MAX_RESULT_BYTES of row JSON in capsync.cloud.sql);
+a refused or failing query is a 400 with the reason. At most QUERY_SLOTS queries run at once and
+QUERY_SLOTS_PER_PART of one part (`QuerySlots`: 429 for a part's extra query, 503 when all stay busy).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+import trio
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from capsync.cloud.http import ApiError, cloud_of, endpoint, read_json_body, require_json
 from capsync.cloud.store import QueryRefused, ResourceSummary, SqlResult
@@ -81,9 +87,69 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         raise ApiError(400, "invalid query request", where[:500]) from None
 
 
+class QuerySlots:
+    """Shares the query slots fairly: at most `total` queries run at once, at most `per_part` of one part.
+
+    A part that already runs `per_part` queries is answered 429 at once (it cannot queue up and hold
+    the slots), so one part's slow queries always leave slots for the others. A query that finds
+    every slot busy waits up to `wait_s` for one, then gets 503.
+    """
+
+    def __init__(self, total: int, per_part: int, wait_s: float) -> None:
+        self.total, self.per_part, self.wait_s = total, per_part, wait_s
+        self._running: dict[str, int] = {}
+        self._slots: trio.Semaphore | None = None
+
+    @asynccontextmanager
+    async def hold(self, part_id: str) -> AsyncIterator[None]:
+        """Hold one of the part's slots for the duration of the block (429 or 503 when none is free)."""
+        if self._slots is None:  # made inside Trio
+            self._slots = trio.Semaphore(self.total)
+        if self._running.get(part_id, 0) >= self.per_part:
+            raise ApiError(429, "too many queries", f"a part runs at most {self.per_part} query at a time; "
+                           "wait for the one running to finish", headers={"Retry-After": "1"})
+        self._running[part_id] = self._running.get(part_id, 0) + 1
+        try:
+            with trio.move_on_after(self.wait_s) as waited:
+                await self._slots.acquire()
+            if waited.cancelled_caught:
+                raise ApiError(503, "query slots busy", f"all {self.total} query slots stayed busy for "
+                               f"{self.wait_s:g} s; retry later", headers={"Retry-After": "5"})
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            self._running[part_id] -= 1
+            if not self._running[part_id]:
+                del self._running[part_id]
+
+
+#: How many SQL/MQL queries run at once over all parts, and per part.
+QUERY_SLOTS, QUERY_SLOTS_PER_PART = 4, 1
+
+
+def slots_of(request: Request) -> QuerySlots:
+    """The app's query slots (one set per app)."""
+    state = request.app.state
+    if not hasattr(state, "query_slots"):
+        state.query_slots = QuerySlots(QUERY_SLOTS, QUERY_SLOTS_PER_PART, wait_s=QUERY_TIMEOUT_S)
+    return state.query_slots
+
+
 def _answer(result: SqlResult) -> Response:
-    return JSONResponse({"columns": result.columns, "rows": result.rows, "row_count": len(result.rows),
-                         "truncated": result.truncated})
+    """The answer, written out row by row (never one more whole copy of the rows as text)."""
+    head = {"columns": result.columns, "row_count": len(result.rows), "truncated": result.truncated}
+    if result.truncated_reason:
+        head["truncated_reason"] = result.truncated_reason
+
+    def chunks() -> Iterator[bytes]:
+        yield json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"rows":['
+        for i, row in enumerate(result.rows):
+            yield (b"," if i else b"") + json.dumps(row, separators=(",", ":"), default=str).encode()
+        yield b"]}"
+
+    return StreamingResponse(chunks(), media_type="application/json")
 
 
 @endpoint
@@ -93,7 +159,8 @@ async def sql(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     body = await _body(request, SqlRequest)
     try:
-        result = await cloud.store.run_sql(part_id, body.query, max_rows=body.limit, timeout_s=QUERY_TIMEOUT_S)
+        async with slots_of(request).hold(part_id):
+            result = await cloud.store.run_sql(part_id, body.query, max_rows=body.limit, timeout_s=QUERY_TIMEOUT_S)
     except QueryRefused as exc:
         raise ApiError(400, "query refused", str(exc)) from None
     return _answer(result)
@@ -121,7 +188,8 @@ async def mql(request: Request) -> Response:
     except ValidationError as exc:
         raise ApiError(400, "invalid query request", json.dumps(exc.errors()[0].get("msg", "invalid"))[:300]) from None
     try:
-        result = await run_mql(part_id, body.pipeline, max_rows=body.limit, timeout_s=QUERY_TIMEOUT_S)
+        async with slots_of(request).hold(part_id):
+            result = await run_mql(part_id, body.pipeline, max_rows=body.limit, timeout_s=QUERY_TIMEOUT_S)
     except QueryRefused as exc:
         raise ApiError(400, "query refused", str(exc)) from None
     return _answer(result)

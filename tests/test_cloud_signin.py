@@ -50,6 +50,21 @@ async def test_one_part_is_throttled_whatever_address_tries_it(env: CloudEnv) ->
         assert (await good.get("/v1/summary")).status_code == 200
 
 
+async def test_a_part_throttled_by_strangers_still_signs_in_from_its_own_address(env: CloudEnv) -> None:
+    from tests.test_cloud_support import SECRET_B
+
+    async with _client(env, PART_B, SECRET_B, "127.0.4.1") as own:
+        assert (await own.get("/v1/summary")).status_code == 200
+    env.app.state.cloud.credentials.forget(PART_B)  # its remembered success is gone (as after a restart)
+    for i in range(12):
+        async with _client(env, PART_B, "wrong", f"127.0.5.{i + 1}") as bad:
+            await bad.get("/v1/summary")
+    async with _client(env, PART_B, SECRET_B, "127.0.6.1") as elsewhere:
+        assert (await elsewhere.get("/v1/summary")).status_code == 429
+    async with _client(env, PART_B, SECRET_B, "127.0.4.1") as own:
+        assert (await own.get("/v1/summary")).status_code == 200
+
+
 async def test_scrypt_work_is_bounded_and_a_good_secret_pays_it_once(env: CloudEnv) -> None:
     running = peak = 0
 
