@@ -261,7 +261,8 @@ class Agent:
         self.resource_server = ResourceServer(self._registry, config.cloud.secret)
         return ControlEndpoint(net.host, net.port, agent_handlers(self), secret=config.cloud.secret,
                                routes={RESOURCES_PATH: self.resource_server.handle},
-                               allowed_origins=net.allowed_origins)
+                               allowed_origins=net.allowed_origins, tls_certificate_file=net.tls_certificate_file,
+                               tls_key_file=net.tls_key_file)
 
     def _dirs_to_sync(self) -> list[Path]:
         """The current capture dir and earlier ones (after a capture_dir change) that still exist."""

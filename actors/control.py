@@ -7,6 +7,9 @@ present the part secret (`Authorization: Bearer <secret>`), loopback clients inc
 A request with an `Origin` header comes from a web page in a browser: it is refused with HTTP 403
 (on every path) unless `network.allowed_origins` lists that origin, so a page cannot drive the
 agent through the user's browser. Local tools send no `Origin` and are not affected.
+With `network.tls_certificate_file` and `network.tls_key_file` the endpoint serves `wss://` (TLS) on
+the same address; a certificate that cannot be loaded is logged and retried like a taken address.
+Without them, an endpoint bound to a non-loopback address warns once that secrets arrive in plain text.
 If the address is taken, the endpoint logs it once and keeps retrying; capture is never affected.
 
 Whatever one client does stays in its connection: a message that is not bounded CBOR with a
@@ -18,8 +21,8 @@ over :data:`MAX_CALL_BYTES` are closed with 1009, and any other failure of a con
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
+import ssl
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -29,7 +32,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.rpc import (MAX_CALL_BYTES, BadMessage, RpcError, bearer_secret, call_id, close_bad, decode,
-                                 encode_reply, error_reply, peer_name)
+                                 encode_reply, error_reply, is_loopback, peer_name, warn_plain_text_secret)
 
 log = logging.getLogger("capsync.control")
 
@@ -61,16 +64,6 @@ class RateLimitedLog:
         self._logger.warning(message, extra=fields)
 
 
-def is_loopback(host: str) -> bool:
-    """True when `host` is a loopback address or `localhost`."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def request_origin(request: WebSocketRequest) -> str | None:
     """The `Origin` header of a handshake (browsers always send it; local tools do not)."""
     for k, v in request.headers:
@@ -84,12 +77,14 @@ class ControlEndpoint:
     for a path in `routes` go to that route instead (it does its own authentication)."""
 
     def __init__(self, host: str, port: int, handlers: dict[str, Handler], *, secret: str = "",
-                 routes: dict[str, Route] | None = None, allowed_origins: Iterable[str] = ()) -> None:
+                 routes: dict[str, Route] | None = None, allowed_origins: Iterable[str] = (),
+                 tls_certificate_file: str = "", tls_key_file: str = "") -> None:
         self.host, self.port = host, port
         self._handlers = handlers
         self._routes = dict(routes or {})
         self._secret = secret
         self._require_secret = not is_loopback(host)
+        self._tls = (tls_certificate_file, tls_key_file) if tls_certificate_file else None
         self._allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
         self.refused_origins = 0
         self.bound_port: int | None = None
@@ -107,6 +102,9 @@ class ControlEndpoint:
             task_status.started()
             await trio.sleep_forever()
         task_status.started()
+        if self._require_secret and self._tls is None:
+            warn_plain_text_secret(log, "control endpoint", f"ws://{self.host}:{self.port}",
+                                   "set network.tls_certificate_file and network.tls_key_file to serve wss://")
         attempt = 0
         while True:
             try:
@@ -122,8 +120,25 @@ class ControlEndpoint:
                 await trio.sleep(BIND_BACKOFF.delay(attempt))
                 attempt += 1
 
+    @property
+    def scheme(self) -> str:
+        """`wss` when the endpoint serves TLS, else `ws`."""
+        return "ws" if self._tls is None else "wss"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self._tls is None:
+            return None
+        cert, key = self._tls
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:  # OSError: the bind retry loop logs it and tries again
+            raise OSError(f"network.tls_certificate_file {cert!r} / network.tls_key_file {key!r} "
+                          f"cannot be loaded: {exc}") from None
+        return ctx
+
     async def _serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_websocket(self._handle, self.host, self.port, None, max_message_size=MAX_CALL_BYTES,
+        await serve_websocket(self._handle, self.host, self.port, self._ssl_context(), max_message_size=MAX_CALL_BYTES,
                               connect_timeout=10, disconnect_timeout=2, task_status=task_status)
 
     def _authorized(self, request: WebSocketRequest) -> bool:

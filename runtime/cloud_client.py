@@ -9,9 +9,15 @@ The transport is injectable (an `httpx.ASGITransport` around the cloud app, in t
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 
+from capsync.runtime.rpc import warn_plain_text_secret
 from capsync.runtime.sync_protocol import ErrorBody, FileStatus, UploadStart, file_route
+
+
+log = logging.getLogger("capsync.cloud_client")
 
 
 class CloudError(Exception):
@@ -52,6 +58,8 @@ class CloudClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._auth = (part_id, secret)
+        if secret and (transport is None or isinstance(transport, httpx.AsyncHTTPTransport)):
+            warn_plain_text_secret(log, "cloud sync", self.base_url, "use an https:// cloud.app_address")
         self._transport = transport
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._http: httpx.AsyncClient | None = None

@@ -71,6 +71,7 @@ class RemoteConfig:
     address: str
     secret: str = ""
     service_configs: list = field(default_factory=list)
+    tls_ca_file: str = ""  # CA certificates (PEM) to trust for a wss:// address, for a private CA
 
 
 @dataclass(frozen=True)
@@ -366,6 +367,7 @@ class Builder:
             name = self._string(obj, "name", path, required=True)
             address = self._string(obj, "address", path, required=True)
             secret = self._string(obj, "secret", path, required=False)
+            tls_ca_file = self._string(obj, "tls_ca_file", path, required=False)
             if name is not None:
                 if not RESOURCE_NAME.match(name):
                     self._bad_name(f"{path}.name", name)
@@ -378,8 +380,9 @@ class Builder:
             for m in self.methods[n_before:]:
                 r = m.resource
                 refs.setdefault((r.remote or "", r.type, r.name), r)
-            if name is not None and address is not None and secret is not None:
-                remotes.append(RemoteConfig(name, address, secret, list(obj.get("service_configs") or [])))
+            if name is not None and address is not None and secret is not None and tls_ca_file is not None:
+                remotes.append(RemoteConfig(name, address, secret, list(obj.get("service_configs") or []),
+                                            tls_ca_file))
         return remotes, list(refs.values())
 
     def _check_duplicate_methods(self) -> None:

@@ -12,6 +12,10 @@ readings dict or :class:`Binary`. While the remote is down, or refuses our secre
 once with a :class:`RemotePartError` that says why, so the collector counts a failed capture and
 keeps its schedule; it captures again as soon as the connection is back.
 
+A `wss://` address is reached over TLS, trusting the system's CAs or `remotes[].tls_ca_file`;
+the TLS handshake is made first so a certificate problem is a clear `last_error` at once. A secret
+sent to a non-loopback `ws://` address is warned about once.
+
 Wire (see runtime/rpc.py for the envelope): `resource.capture` takes
 `{"resource": name, "type": type, "method": method, "params": {...}}` and answers
 `{"readings": {...}}` for tabular methods or `{"binary": [{"data": bytes, "mime_type": str,
@@ -41,7 +45,7 @@ from capsync.runtime.backoff import Backoff
 from capsync.runtime.config_build import RemoteConfig, ResourceRef
 from capsync.runtime.resources.registry import Binary, CaptureResult, ResourceError
 from capsync.runtime.rpc import (MAX_MESSAGE_BYTES, BadMessage, RpcError, auth_headers, call_id, decode, encode,
-                                 reply_outcome)
+                                 check_tls, reply_outcome, warn_plain_text_secret)
 
 log = logging.getLogger("capsync.remote")
 
@@ -139,6 +143,8 @@ class RemoteConnection:
     def __init__(self, config: RemoteConfig, *, connect_timeout_s: float = 5.0,
                  ping_interval_s: float = 2.0, ping_timeout_s: float = 5.0) -> None:
         self.name, self.address, self.secret = config.name, config.address, config.secret
+        self.tls_ca_file = config.tls_ca_file
+        self._warn_if_plain_text()
         self.connect_timeout_s = connect_timeout_s
         self.ping_interval_s, self.ping_timeout_s = ping_interval_s, ping_timeout_s
         self._ws: WebSocketConnection | None = None
@@ -152,12 +158,18 @@ class RemoteConnection:
 
     def reconfigure(self, config: RemoteConfig) -> None:
         """Take a new address or secret: the current connection is dropped and made again at once."""
-        if (config.address, config.secret) == (self.address, self.secret):
+        if (config.address, config.secret, config.tls_ca_file) == (self.address, self.secret, self.tls_ca_file):
             return
-        self.address, self.secret = config.address, config.secret
+        self.address, self.secret, self.tls_ca_file = config.address, config.secret, config.tls_ca_file
+        self._warn_if_plain_text()
         self._changed.set()
         if self._scope is not None:
             self._scope.cancel()
+
+    def _warn_if_plain_text(self) -> None:
+        if self.secret:
+            warn_plain_text_secret(log, f"remote part {self.name!r}", resources_url(self.address),
+                                   "give remotes[].address as wss://host:port with TLS on the remote part")
 
     def statistics(self) -> RemoteStats:
         """Counters and the state of the link."""
@@ -193,9 +205,10 @@ class RemoteConnection:
 
     async def _session(self) -> None:
         url = resources_url(self.address)
-        ctx = ssl.create_default_context() if url.startswith("wss://") else None
         connected = False
         try:
+            ctx = self._ssl_context(url)
+            await check_tls(url, ctx, self.connect_timeout_s)
             async with open_websocket_url(url, ctx, extra_headers=auth_headers(self.secret or None),
                                           max_message_size=MAX_MESSAGE_BYTES, connect_timeout=self.connect_timeout_s,
                                           disconnect_timeout=1) as ws:
@@ -223,6 +236,14 @@ class RemoteConnection:
             cause = exc.__cause__ or exc.__context__ or exc
             reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
             raise RpcError("Unreachable", reason) from exc
+
+    def _ssl_context(self, url: str) -> ssl.SSLContext | None:
+        if not url.startswith("wss://"):
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.tls_ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise RpcError("Unreachable", f"remotes[].tls_ca_file {self.tls_ca_file!r} cannot be loaded: {exc}") from None
 
     async def _read(self, ws: WebSocketConnection) -> str:
         """Hand each reply to its waiting call; returns why the connection ended."""

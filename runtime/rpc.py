@@ -19,8 +19,11 @@ connection with code 1008; nothing else is affected.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import logging
 import ssl
+import urllib.parse
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -38,6 +41,34 @@ MAX_CALL_BYTES = 64 * 1024
 MAX_ID_CHARS = 64
 #: WebSocket close code a server uses after answering a bad message (policy violation).
 CLOSE_BAD_MESSAGE = 1008
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is a loopback address or `localhost`."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_warned_plain_text: set[tuple[str, str]] = set()
+
+
+def warn_plain_text_secret(logger: logging.Logger, what: str, url: str, fix: str) -> bool:
+    """Warn once per process when `what` would send a secret unencrypted (ws://, http://) to a host
+    that is not loopback; `fix` says which setting to change. Returns True if it warned."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "http") or is_loopback(parts.hostname or ""):
+        return False
+    if (what, url) in _warned_plain_text:
+        return False
+    _warned_plain_text.add((what, url))
+    logger.warning(f"{what}: the secret travels in plain text to {parts.hostname}; anyone on the network "
+                   f"can read it ({fix})", extra={"url": url})
+    return True
 
 
 class RpcError(Exception):
@@ -165,11 +196,35 @@ class RpcClient:
         return result
 
 
+async def check_tls(url: str, ssl_context: ssl.SSLContext | None, timeout_s: float) -> None:
+    """For a wss:// URL, make one TLS handshake first, so an untrusted or wrong certificate is a clear
+    RpcError("Unreachable") at once (trio-websocket only times out on one). Nothing for ws://."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "wss":
+        return
+    ctx = ssl_context or ssl.create_default_context()
+    try:
+        with trio.fail_after(timeout_s):
+            stream = await trio.open_ssl_over_tcp_stream(parts.hostname or "", parts.port or 443, ssl_context=ctx,
+                                                         https_compatible=True)
+            try:
+                await stream.do_handshake()
+            finally:
+                await trio.aclose_forcefully(stream)
+    except trio.BrokenResourceError as exc:
+        raise RpcError("Unreachable", f"{url}: TLS handshake failed: {exc.__cause__ or exc}") from None
+    except trio.TooSlowError:
+        raise RpcError("Unreachable", f"{url}: no TLS handshake within {timeout_s:g} s") from None
+    except OSError as exc:
+        raise RpcError("Unreachable", f"{url}: {exc.strerror or exc}") from None
+
+
 @asynccontextmanager
 async def connect(address: str, *, secret: str | None = None, path: str = "/control",
                   ssl_context: ssl.SSLContext | None = None, timeout_s: float = 10.0) -> AsyncIterator[RpcClient]:
     """Open an RPC connection to `host:port` (or a ws:// URL); RpcError if it cannot be opened."""
     url = address if address.startswith(("ws://", "wss://")) else f"ws://{address}{path}"
+    await check_tls(url, ssl_context, timeout_s)
     try:
         async with open_websocket_url(url, ssl_context, extra_headers=auth_headers(secret),
                                       max_message_size=MAX_MESSAGE_BYTES, connect_timeout=timeout_s,

@@ -482,6 +482,19 @@ def test_cloud_and_network_sections():
     assert issue.path == "cloud.app_address"
 
 
+def test_network_origins_and_tls_settings_are_checked():
+    cfg = parse_config(dm_config({}, network={"allowed_origins": ["https://Dash.example:8443"],
+                                              "tls_certificate_file": "c.pem", "tls_key_file": "k.pem"}))
+    assert cfg.network.allowed_origins == ["https://dash.example:8443"]
+    assert (cfg.network.tls_certificate_file, cfg.network.tls_key_file) == ("c.pem", "k.pem")
+    [issue] = errors_of(dm_config({}, network={"allowed_origins": ["https://dash.example/page"]}))
+    assert issue.path.startswith("network.allowed_origins") and "scheme://host" in issue.message
+    [issue] = errors_of(dm_config({}, network={"tls_certificate_file": "c.pem"}))
+    assert "tls_key_file" in issue.message
+    [issue] = errors_of(json.dumps({"remotes": [{"name": "b", "address": "wss://b:1", "tls_ca_file": 5}]}))
+    assert issue.path == "remotes[0].tls_ca_file"
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON text: comments, quotes, files
 
