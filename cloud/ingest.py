@@ -2,7 +2,8 @@
 
 Store-independent, so every `Store` implementation ingests the same way. Capture files are
 parsed with the agent's own reader (capsync.runtime.capture_file); a file that is damaged, unreadable,
-or whose header names another file or part is rejected with a reason (`Rejected`).
+or whose header names another file or part is rejected with a reason (`Rejected`). A commit reads a
+capture file in batches (`CaptureIngest`), so memory and each store transaction stay bounded.
 """
 
 from __future__ import annotations
@@ -94,59 +95,112 @@ def plain_file(upload: Upload, size: int, committed_ns: int) -> Ingest:
     return Ingest(f, [], [item])
 
 
-def capture_file(upload: Upload, path: Path, size: int, committed_ns: int) -> Ingest:
-    """The rows of a capture file at `path`, checked against the upload it arrived as.
+#: Rows parsed and stored per batch when a capture file is committed: memory and every store
+#: transaction stay this small, whatever the file holds (at most MAX_RECORDS_PER_FILE records).
+BATCH_ROWS = 2000
 
-    Raises Rejected when the file cannot be read, is damaged, or its header names a different
-    file id or part than the upload.
+
+class CaptureIngest:
+    """A capture file at `path` read as batches of rows, checked against the upload it arrived as.
+
+    Blocking (run it in a worker thread). Opening reads the header; `next_batch()` parses up to
+    `batch` more records; after the last batch, `file` is the file row. Raises Rejected when the
+    file cannot be read, is damaged, or its header names a different file id or part than the upload.
+    Only one batch of rows is ever in memory. `close()` releases the file.
     """
-    items = iter_capture(path)  # streamed: only one record's payload is in memory at a time
-    try:
+
+    def __init__(self, upload: Upload, path: Path, size: int, committed_ns: int) -> None:
+        self._upload, self._size, self._committed_ns = upload, size, committed_ns
+        self._items = iter_capture(path)
+        self._index = 0
+        self._done = False
         try:
-            h = next(items)
-        except CaptureFormatError as exc:  # its str() names our path; say only where and what
-            raise Rejected(f"not a readable capture file: at byte {exc.offset}: {exc.reason}") from None
-        assert isinstance(h, CaptureHeader)
-        if h.file_id != upload.file_id:
-            raise Rejected(f"capture header names file {h.file_id!r}, uploaded as {upload.file_id!r}")
-        if h.part_id != upload.part_id:
-            raise Rejected(f"capture header names part {h.part_id!r}, uploaded by part {upload.part_id!r}")
-        params = jsonable(h.params)
-        metadata = jsonable(h.metadata)
-        tags = tuple(h.tags)
-        common = dict(
+            try:
+                h = next(self._items)
+            except CaptureFormatError as exc:  # its str() names our path; say only where and what
+                raise Rejected(f"not a readable capture file: at byte {exc.offset}: {exc.reason}") from None
+            assert isinstance(h, CaptureHeader)
+            if h.file_id != upload.file_id:
+                raise Rejected(f"capture header names file {h.file_id!r}, uploaded as {upload.file_id!r}")
+            if h.part_id != upload.part_id:
+                raise Rejected(f"capture header names part {h.part_id!r}, uploaded by part {upload.part_id!r}")
+            self.header = h
+            self._params = jsonable(h.params)
+            self._metadata = jsonable(h.metadata)
+        except BaseException:
+            self.close()
+            raise
+        self._common = dict(
             part_id=upload.part_id, file_id=upload.file_id,
             resource_type=h.resource_type, resource_name=h.resource_name, method=h.method,
         )
+
+    def next_batch(self, batch: int | None = None) -> tuple[list[TabularRow], list[BinaryItem]] | None:
+        """Up to `batch` (default BATCH_ROWS) more rows (tabular, binary), or None after the last record."""
+        if self._done:
+            return None
+        batch = batch or BATCH_ROWS
+        h, tags = self.header, tuple(self.header.tags)
         tabular: list[TabularRow] = []
         binary: list[BinaryItem] = []
-        for i, rec in enumerate(items):
-            if isinstance(rec, Damage):
-                raise Rejected(f"capture file is damaged at byte {rec.offset}: {rec.reason}")
-            assert isinstance(rec, CaptureRecord)
-            rec_meta = jsonable(rec.metadata or {})
-            if h.kind is DataKind.TABULAR:
-                tabular.append(TabularRow(
-                    **common, record_index=i, requested_ns=rec.requested_ns, received_ns=rec.received_ns,
-                    tags=tags, payload=jsonable(rec.payload), params=params, metadata=rec_meta,
-                ))
-            else:
-                binary.append(BinaryItem(
-                    **common, record_index=i, mime_type=_mime_or_default(rec_meta.get("mime_type"), h.mime_type),
-                    size=len(rec.payload), requested_ns=rec.requested_ns, received_ns=rec.received_ns,
-                    tags=tags, metadata=rec_meta,
-                ))
-    except (ValueError, TypeError, KeyError, IndexError, EOFError, RecursionError) as exc:
-        raise Rejected(f"not a readable capture file: {type(exc).__name__}: {exc}") from None
+        try:
+            for rec in self._items:
+                if isinstance(rec, Damage):
+                    raise Rejected(f"capture file is damaged at byte {rec.offset}: {rec.reason}")
+                assert isinstance(rec, CaptureRecord)
+                i = self._index
+                self._index += 1
+                rec_meta = jsonable(rec.metadata or {})
+                if h.kind is DataKind.TABULAR:
+                    tabular.append(TabularRow(
+                        **self._common, record_index=i, requested_ns=rec.requested_ns, received_ns=rec.received_ns,
+                        tags=tags, payload=jsonable(rec.payload), params=self._params, metadata=rec_meta,
+                    ))
+                else:
+                    binary.append(BinaryItem(
+                        **self._common, record_index=i,
+                        mime_type=_mime_or_default(rec_meta.get("mime_type"), h.mime_type),
+                        size=len(rec.payload), requested_ns=rec.requested_ns, received_ns=rec.received_ns,
+                        tags=tags, metadata=rec_meta,
+                    ))
+                if len(tabular) + len(binary) >= batch:
+                    return tabular, binary
+        except (ValueError, TypeError, KeyError, IndexError, EOFError, RecursionError) as exc:
+            raise Rejected(f"not a readable capture file: {type(exc).__name__}: {exc}") from None
+        self._done = True
+        self.close()
+        return (tabular, binary) if tabular or binary else None
+
+    @property
+    def file(self) -> CommittedFile:
+        """The file row, once every batch was read."""
+        assert self._done, "read every batch first"
+        h, u = self.header, self._upload
+        return CommittedFile(
+            **self._common, kind=FileKind.CAPTURE, size=self._size, sha256=u.sha256, records=self._index,
+            committed_ns=self._committed_ns, name=u.name, mime_type=h.mime_type if valid_mime(h.mime_type) else "",
+            data_kind=h.kind.value, params=self._params, tags=tuple(h.tags), created_ns=h.created_ns,
+            metadata=self._metadata,
+        )
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._items.close()  # type: ignore[attr-defined]
+
+
+def capture_file(upload: Upload, path: Path, size: int, committed_ns: int) -> Ingest:
+    """Every row of the capture file at `path` at once (for small files and tests; the cloud's
+    commit streams with CaptureIngest). Raises Rejected as CaptureIngest does."""
+    reader = CaptureIngest(upload, path, size, committed_ns)
+    tabular: list[TabularRow] = []
+    binary: list[BinaryItem] = []
+    try:
+        while (got := reader.next_batch()) is not None:
+            tabular += got[0]
+            binary += got[1]
     finally:
-        items.close()  # type: ignore[attr-defined]
-    f = CommittedFile(
-        **common, kind=FileKind.CAPTURE, size=size, sha256=upload.sha256, records=len(tabular) + len(binary),
-        committed_ns=committed_ns, name=upload.name, mime_type=h.mime_type if valid_mime(h.mime_type) else "",
-        data_kind=h.kind.value,
-        params=params, tags=tags, created_ns=h.created_ns, metadata=metadata,
-    )
-    return Ingest(f, tabular, binary)
+        reader.close()
+    return Ingest(reader.file, tabular, binary)
 
 
 def binary_record_bytes(path: Path, record_index: int) -> bytes | None:

@@ -213,14 +213,33 @@ class MongoStore:
         self.files.update_one({"_id": docs.key(part_id, file_id)}, {"$set": {"live": True}})
         self.uploads.delete_one({"_id": docs.key(part_id, file_id)})
 
-    def _commit_sync(self, f: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> bool:
+    def _stage_sync(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
+        self._insert_rows(self.readings, [docs.tabular_doc(r) for r in tabular])
+        self._insert_rows(self.binary, [docs.binary_doc(b) for b in binary])
+
+    async def stage_rows(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
+        """Insert one batch of a file's rows, not live (step 2 in batches); `commit(..., staged=True)` publishes them."""
+        await self._run(self._stage_sync, tabular, binary)
+
+    def _drop_staged_sync(self, part_id: str, file_id: str) -> None:
+        if self.files.find_one({"_id": docs.key(part_id, file_id)}, {"live": 1}) is not None:
+            return  # its commit got as far as the marker: those rows are the file's, not leftovers
+        flt = {"part_id": part_id, "file_id": file_id, "live": False}
+        self.readings.delete_many(flt)
+        self.binary.delete_many(flt)
+
+    async def drop_staged(self, part_id: str, file_id: str) -> None:
+        """Delete the not-live rows of (part, file): before staging anew, and after a rejected file."""
+        await self._run(self._drop_staged_sync, part_id, file_id)
+
+    def _commit_sync(self, f: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem],
+                     staged: bool = False) -> bool:
         fkey = docs.key(f.part_id, f.file_id)
         if self.files.find_one({"_id": fkey}, {"live": 1}) is not None:
             self._finish(f.part_id, f.file_id)  # a no-op unless a crash interrupted that commit
             return False
-        flt = {"part_id": f.part_id, "file_id": f.file_id, "live": False}
-        self.readings.delete_many(flt)  # left by a commit that died before its marker; redone below
-        self.binary.delete_many(flt)
+        if not staged:  # rows left by a commit that died before its marker; redone below
+            self._drop_staged_sync(f.part_id, f.file_id)
         self._insert_rows(self.readings, [docs.tabular_doc(r) for r in tabular])
         self._insert_rows(self.binary, [docs.binary_doc(b) for b in binary])
         try:
@@ -231,9 +250,11 @@ class MongoStore:
         self._finish(f.part_id, f.file_id)
         return True
 
-    async def commit(self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> bool:
-        """Store a committed file with its rows, exactly once (see the module doc); False if it was already."""
-        return await self._run(self._commit_sync, file, tabular, binary)
+    async def commit(self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem],
+                     *, staged: bool = False) -> bool:
+        """Store a committed file with its rows (and, with `staged`, those staged for it), exactly once
+        (see the module doc); False if it was already."""
+        return await self._run(self._commit_sync, file, tabular, binary, staged)
 
     async def list_files(self, part_id: str, *, after: str | None = None, limit: int = 100) -> list[CommittedFile]:
         """Committed files of a part in file id order, after file id `after`."""

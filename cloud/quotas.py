@@ -92,6 +92,7 @@ async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Uplo
             if last >= cutoff:
                 continue
             await cloud.store.delete_upload(u.part_id, u.file_id)
+            await cloud.store.drop_staged(u.part_id, u.file_id)  # rows of a commit cut off midway, if any
             await run_blocking(cloud.blobs.discard, u.part_id, u.file_id)
             gone.append(current)
             log.info("abandoned upload expired", extra={"part": u.part_id, "file_id": u.file_id, "size": u.size,

@@ -54,8 +54,33 @@ from capsync.runtime.blocking import run_blocking
 from capsync.runtime.sync_protocol import FileKind
 
 T = TypeVar("T")
+#: Rows of a file whose commit is in progress: staged in batches (each its own short transaction),
+#: moved into the real tables by the commit's one transaction, and invisible to every query until then.
+STAGING = """
+CREATE TABLE IF NOT EXISTS staged_tabular AS SELECT * FROM tabular WHERE 0;
+CREATE UNIQUE INDEX IF NOT EXISTS staged_tabular_key ON staged_tabular (part_id, file_id, record_index);
+CREATE TABLE IF NOT EXISTS staged_binary AS SELECT * FROM binary_items WHERE 0;
+CREATE UNIQUE INDEX IF NOT EXISTS staged_binary_key ON staged_binary (part_id, file_id, record_index);
+"""
 #: At most this many SQL queries run at once (each in its own thread and connection).
 SQL_CONCURRENCY = 4
+
+
+def _tabular_values(r: TabularRow) -> tuple[Any, ...]:
+    return (
+        r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
+        dumps(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
+        iso_from_ns(r.received_ns), dumps(list(r.tags)), dumps(r.payload), dumps(r.metadata),
+    )
+
+
+def _binary_values(b: BinaryItem) -> tuple[Any, ...]:
+    return (
+        b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
+        b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
+        iso_from_ns(b.received_ns), dumps(list(b.tags)), dumps(b.metadata), b.name,
+        int(b.from_capture),
+    )
 
 
 @lru_cache(maxsize=4)
@@ -79,6 +104,7 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        self._db.executescript(STAGING)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -199,11 +225,37 @@ class SqliteStore:
         )
         return None if row is None else file_from_row(row)
 
-    def _commit_sync(self, f: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> bool:
+    def _stage_sync(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
+        trows, brows = [_tabular_values(r) for r in tabular], [_binary_values(b) for b in binary]  # outside the lock
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.executemany(f"INSERT OR IGNORE INTO staged_tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})", trows)
+            db.executemany(f"INSERT OR IGNORE INTO staged_binary ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})", brows)
+
+        self._locked(self._tx, tx)
+
+    async def stage_rows(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
+        """Stage one batch of a file's rows (one short transaction); `commit(..., staged=True)` publishes them."""
+        await run_blocking(self._stage_sync, tabular, binary)
+
+    async def drop_staged(self, part_id: str, file_id: str) -> None:
+        """Forget the staged rows of (part, file): before staging anew, and after a rejected file."""
+        def tx(db: sqlite3.Connection) -> None:
+            for table in ("staged_tabular", "staged_binary"):
+                db.execute(f"DELETE FROM {table} WHERE part_id = ? AND file_id = ?", (part_id, file_id))
+
+        await self._run(self._tx, tx)
+
+    def _commit_sync(self, f: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem],
+                     staged: bool = False) -> bool:
+        trows, brows = [_tabular_values(r) for r in tabular], [_binary_values(b) for b in binary]  # outside the lock
+
         def tx(db: sqlite3.Connection) -> bool:
             key = (f.part_id, f.file_id)
             if db.execute("SELECT 1 FROM files WHERE part_id = ? AND file_id = ?", key).fetchone():
                 db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
+                for table in ("staged_tabular", "staged_binary"):
+                    db.execute(f"DELETE FROM {table} WHERE part_id = ? AND file_id = ?", key)
                 return False
             db.execute(
                 f"INSERT INTO files ({FILE_COLS}) VALUES ({placeholders(FILE_COLS)})",
@@ -213,37 +265,22 @@ class SqliteStore:
                     f.created_ns, f.committed_ns, iso_from_ns(f.committed_ns), dumps(f.metadata),
                 ),
             )
-            db.executemany(
-                f"INSERT OR IGNORE INTO tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})",
-                [
-                    (
-                        r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
-                        dumps(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
-                        iso_from_ns(r.received_ns), dumps(list(r.tags)), dumps(r.payload), dumps(r.metadata),
-                    )
-                    for r in tabular
-                ],
-            )
-            db.executemany(
-                f"INSERT OR IGNORE INTO binary_items ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})",
-                [
-                    (
-                        b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
-                        b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
-                        iso_from_ns(b.received_ns), dumps(list(b.tags)), dumps(b.metadata), b.name,
-                        int(b.from_capture),
-                    )
-                    for b in binary
-                ],
-            )
+            db.executemany(f"INSERT OR IGNORE INTO tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})", trows)
+            db.executemany(f"INSERT OR IGNORE INTO binary_items ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})", brows)
+            for table, staging in (("tabular", "staged_tabular"), ("binary_items", "staged_binary")):
+                if staged:  # one statement inside SQLite: no Python work per row under the lock
+                    db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {staging} WHERE part_id = ? AND file_id = ?", key)
+                db.execute(f"DELETE FROM {staging} WHERE part_id = ? AND file_id = ?", key)
             db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
             return True
 
-        return self._tx(tx)
+        return self._locked(self._tx, tx)
 
-    async def commit(self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> bool:
-        """Atomically store a committed file with its rows; False (nothing inserted) if already committed."""
-        return await self._run(self._commit_sync, file, tabular, binary)
+    async def commit(self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem],
+                     *, staged: bool = False) -> bool:
+        """Atomically store a committed file with its rows (and, with `staged`, the rows staged for it);
+        False (nothing inserted) if already committed."""
+        return await run_blocking(self._commit_sync, file, tabular, binary, staged)
 
     async def list_files(self, part_id: str, *, after: str | None = None, limit: int = 100) -> list[CommittedFile]:
         """Committed files of a part in file id order, after file id `after`."""

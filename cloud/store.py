@@ -240,9 +240,21 @@ class Store(Protocol):
         ...
 
     async def commit(
-        self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]
+        self, file: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem], *, staged: bool = False
     ) -> bool:
-        """Atomically store a committed file with its rows and drop its upload; False if it was already committed."""
+        """Atomically store a committed file with its rows and drop its upload; False if it was already committed.
+
+        With `staged`, the rows staged for the file (`stage_rows`) become visible with it, atomically.
+        """
+        ...
+
+    async def stage_rows(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
+        """Store one batch of the rows of a file about to be committed, invisible to every query until
+        `commit(..., staged=True)`; a big file is ingested in many short batches, never one long hold."""
+        ...
+
+    async def drop_staged(self, part_id: str, file_id: str) -> None:
+        """Forget the rows staged for (part, file) and not committed (a restart or a rejected file)."""
         ...
 
     async def list_files(self, part_id: str, *, after: str | None = None, limit: int = 100) -> list[CommittedFile]:

@@ -211,10 +211,11 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
     now = time.time_ns()
     try:
         if u.kind is FileKind.CAPTURE:
-            path = cloud.blobs.partial_path(part_id, file_id)
-            rows = await run_blocking(ingest.capture_file, u, path, u.size, now)
+            committed = await _stage_capture(cloud, u, now)
+            tabular, binary = [], []
         else:
-            rows = ingest.plain_file(u, u.size, now)
+            plain = ingest.plain_file(u, u.size, now)
+            committed, tabular, binary = plain.file, plain.tabular, plain.binary
     except ingest.Rejected as exc:
         await _discard(cloud, u)
         log.warning("capture file rejected; upload discarded", extra={**fields, "reason": str(exc)})
@@ -222,12 +223,34 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
                        status=_unknown(file_id)) from None
     with trio.CancelScope(shield=True):  # a half-done commit must not be left by a client going away
         await run_blocking(cloud.blobs.publish, part_id, file_id)
-        inserted = await cloud.store.commit(rows.file, rows.tabular, rows.binary)
+        inserted = await cloud.store.commit(committed, tabular, binary, staged=u.kind is FileKind.CAPTURE)
         await run_blocking(cloud.blobs.discard, part_id, file_id)
-    log.info("file committed", extra={**fields, "records": rows.file.records, "new": inserted})
+    log.info("file committed", extra={**fields, "records": committed.records, "new": inserted})
     f = await cloud.store.get_file(part_id, file_id)
     assert f is not None
     return _committed(f)
+
+
+async def _stage_capture(cloud: Cloud, u: Upload, now: int) -> CommittedFile:
+    """Parse the upload's capture file batch by batch (in a worker thread) and stage each batch in
+    the store, so neither memory nor any store lock is held for the whole file; returns the file row.
+
+    Each batch is its own short store call: another part's commit goes between two batches.
+    Raises ingest.Rejected (its staged rows dropped) for a file the cloud refuses.
+    """
+    path = cloud.blobs.partial_path(u.part_id, u.file_id)
+    await cloud.store.drop_staged(u.part_id, u.file_id)  # rows of an attempt that was cut off
+    reader = await run_blocking(ingest.CaptureIngest, u, path, u.size, now)
+    try:
+        while (batch := await run_blocking(reader.next_batch)) is not None:
+            await cloud.store.stage_rows(*batch)
+        return reader.file
+    except ingest.Rejected:
+        with trio.CancelScope(shield=True):
+            await cloud.store.drop_staged(u.part_id, u.file_id)
+        raise
+    finally:
+        reader.close()
 
 
 async def _discard(cloud: Cloud, u: Upload) -> None:
