@@ -75,6 +75,7 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
     start = UploadStart(kind=f.kind, size=size, sha256=digest, name=f.name, mime_type=f.mime_type)
     sent = 0
     fresh_starts = 0
+    deleted = False
     actor = f"uploader {file_id}"
     await _point(faults, actor, "before_request")
     status = await client.start(file_id, start)
@@ -102,10 +103,12 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             else:
                 await _point(faults, actor, "before_request")
                 # The cloud finishes a commit even if we go away; so do we, or a stop right now would
-                # leave a committed file on disk (harmless: re-declared at the next start, answered
-                # committed, verified and deleted then).
+                # leave a committed file on disk (harmless, but re-declared at the next start).
                 with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
                     status = await client.commit(file_id)
+                    if status.state is FileState.COMMITTED:
+                        await _delete_verified(f.path, status, file_id, size, digest)
+                        deleted = True
                 if grace.cancelled_caught:
                     raise CloudUnavailable(f"the commit was not answered within {COMMIT_GRACE_S:g} s")
         except StaleOffset as stale:  # the cloud holds something else than we thought: adopt its view
@@ -116,8 +119,8 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             log.warning("cloud found a checksum mismatch; sending the file again",
                         extra={"file_id": file_id, "path": str(f.path)})
             status = FileStatus(file_id=file_id, state=FileState.UNKNOWN)
-    _check_commit(f.path, status, file_id, size, digest)
-    await run_blocking(_delete_if_unchanged, f.path, size, digest)
+    if not deleted:  # the cloud had it before our commit
+        await _delete_verified(f.path, status, file_id, size, digest)
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
     return UploadResult(file_id, f.path, size, sent, status.records)
 
@@ -125,6 +128,12 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
 def _request_budget(size: int, chunk_bytes: int) -> int:
     """Requests one attempt may make: every chunk four times over (resumes, restarts), plus some."""
     return 4 * (size // max(1, chunk_bytes) + 1) + 16
+
+
+async def _delete_verified(path: Path, status: FileStatus, file_id: str, size: int, digest: str) -> None:
+    """Delete `path` if `status` acknowledges exactly its bytes and it still holds them; else UnverifiedCommit."""
+    _check_commit(path, status, file_id, size, digest)
+    await run_blocking(_delete_if_unchanged, path, size, digest)
 
 
 def _check_commit(path: Path, status: FileStatus, file_id: str, size: int, digest: str) -> None:
