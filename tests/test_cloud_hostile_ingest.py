@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import cbor2
+import trio
 import pytest
 
 from capsync.runtime import capture_reader
@@ -174,3 +175,41 @@ async def test_what_the_writer_accepts_the_cloud_ingests(env: CloudEnv, tmp_path
         assert r.status_code == 200, r.text
         row = (await c.get("/v1/tabular")).json()["items"][0]
     assert row["payload"]["max"] == 2**256 - 1 and row["payload"]["min"] == -(2**63)
+
+
+class _OddReadings:
+    """A resource whose every other reading is a value no reader accepts (a 300-bit integer)."""
+
+    def __init__(self, real) -> None:
+        self._real, self._n = real, 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    async def capture(self, method, params):
+        self._n += 1
+        return {"n": self._n} if self._n % 2 else {"n": 2**300}
+
+
+async def test_a_reading_the_cloud_would_refuse_is_a_failed_capture_and_the_file_syncs(
+        env: CloudEnv, tmp_path: Path, autojump_clock) -> None:
+    from capsync.actors.collector import Collector
+    from capsync.runtime.blocking import inline_blocking
+    from tests.test_collector import _collector
+
+    caps = tmp_path / "caps"
+    c = _collector(caps, "sensor", "Readings", 2, part_id=PART_A)
+    c = Collector(c.plan, _OddReadings(c._resource), c._settings, c._wall)
+    with inline_blocking():
+        async with trio.open_nursery() as n:
+            await n.start(c.run)
+            await trio.sleep(2.999)
+            n.cancel_scope.cancel()
+    stats = c.statistics()
+    assert (stats.captured, stats.failed) == (3, 3), stats
+    assert "bignum" in stats.last_error
+    (path,) = [p for p in caps.rglob("*.capture")]
+    fid = capture_reader.read_capture(path).header.file_id
+    async with env.client() as cl:
+        r = await upload(cl, fid, path.read_bytes(), chunk=4096)
+    assert r.status_code == 200 and r.json()["records"] == 3, r.text
