@@ -21,3 +21,8 @@ class UploadLimits:
     min_free_bytes: int = 1 * GiB
     #: An upload with no byte received for this long is expired, its bytes removed (`--upload-expiry-days`).
     upload_expiry_s: float = 7 * 86_400.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_inflight_bytes", "max_inflight_uploads", "max_stored_bytes", "min_free_bytes", "upload_expiry_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no limit) or more, got {getattr(self, name)}")

@@ -120,3 +120,8 @@ def test_serve_takes_the_limits_as_flags() -> None:
     lim = _limits(args)
     assert (lim.max_inflight_bytes, lim.max_stored_bytes, lim.upload_expiry_s) == (5, 0, 86_400)
     assert lim.max_inflight_uploads == UploadLimits().max_inflight_uploads
+
+
+def test_a_negative_limit_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="max_stored_bytes"):
+        UploadLimits(max_stored_bytes=-1)
