@@ -20,7 +20,7 @@ import trio
 
 from capsync.actors.sync_scheduler import SyncScheduler
 from capsync.actors.uploader import UnverifiedCommit, upload_file
-from capsync.runtime.cloud_client import CloudClient
+from capsync.runtime.cloud_client import CloudClient, CloudUnavailable
 from capsync.runtime.sync_files import find_ready_files, fingerprint
 from tests.cloudkit import InProcessCloud, committed_records
 from tests.test_cloud_support import tabular_capture
@@ -165,3 +165,16 @@ async def test_a_capture_file_is_deleted_once_the_real_cloud_commits_its_bytes(t
     assert not f.path.exists()
     async with httpx.AsyncClient(base_url=c.url, transport=c.transport, auth=("p1", c.secret)) as http:
         assert len(await committed_records(http)) == 4
+
+
+async def test_a_cloud_that_never_makes_progress_cannot_hold_the_uploader_forever(tmp_path):
+    _, extra, _ = _eight_files(tmp_path)
+    transport, seen = _lying_cloud(lambda d, fid: {"state": "partial", "offset": 0, "size": d and d["size"]})
+    client = CloudClient("http://stuck-cloud", "p1", "secret", transport=transport)
+    (f, *_) = find_ready_files([], [extra], now_s=2_000_000)
+    with trio.fail_after(10):
+        with pytest.raises(CloudUnavailable, match="no progress"):
+            await upload_file(client, f, chunk_bytes=256)
+    await client.aclose()
+    assert f.path.exists()
+    assert 10 < len(seen) <= 4 * (f.size // 256 + 1) + 17  # bounded by the size, not by the cloud's patience
