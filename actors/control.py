@@ -103,7 +103,8 @@ class ControlEndpoint:
             await trio.sleep_forever()
         task_status.started()
         if self._require_secret and self._tls is None:
-            warn_plain_text_secret(log, "control endpoint", f"ws://{self.host}:{self.port}",
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            warn_plain_text_secret(log, "control endpoint", f"ws://{host}:{self.port}",
                                    "set network.tls_certificate_file and network.tls_key_file to serve wss://")
         attempt = 0
         while True:

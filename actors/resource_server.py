@@ -154,25 +154,25 @@ class ResourceServer:
             return error_reply(bad.cid, bad.error)
         return await self._call(msg, cid)
 
-    async def _call(self, msg: dict[str, Any], call_id: int | str) -> dict[str, Any]:
+    async def _call(self, msg: dict[str, Any], cid: int | str) -> dict[str, Any]:
         try:
             params = msg.get("params") or {}
             self._calls += 1
             method = msg.get("method")
             if method == "resource.capture":
-                return {"id": call_id, "result": await self._capture(params)}
+                return {"id": cid, "result": await self._capture(params)}
             if method == "resource.list":
-                return {"id": call_id, "result": [{"type": r.type, "name": n, "model": getattr(r, "model", "")}
-                                                  for n, r in sorted(self._served().items())]}
+                return {"id": cid, "result": [{"type": r.type, "name": n, "model": getattr(r, "model", "")}
+                                              for n, r in sorted(self._served().items())]}
             raise RpcError("UnknownMethod", f"no method {repr(method)[:80]}; "
                            "available: resource.capture, resource.list")
         except RpcError as exc:
             self._errors += 1
-            return error_reply(call_id, exc)
+            return error_reply(cid, exc)
         except Exception as exc:  # a bug in a model answers with an error; the server stays up
             self._errors += 1
-            log.exception("resource call failed", extra={"call_id": call_id})
-            return {"id": call_id, "error": {"type": type(exc).__name__, "message": str(exc)}}
+            log.exception("resource call failed", extra={"call_id": cid})
+            return {"id": cid, "error": {"type": type(exc).__name__, "message": str(exc)}}
 
     def _served(self) -> dict[str, Any]:
         resources = getattr(self._lookup, "resources", None)

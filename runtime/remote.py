@@ -326,15 +326,15 @@ class RemoteConnection:
         if ws is None:
             self._failed += 1
             raise self._down_error()
-        call_id = next(self._ids)
-        pending = self._pending[call_id] = _Pending()
+        cid = next(self._ids)
+        pending = self._pending[cid] = _Pending()
         try:
-            await ws.send_message(encode({"id": call_id, "method": method, "params": params}))
+            await ws.send_message(encode({"id": cid, "method": method, "params": params}))
             await pending.event.wait()
         except ConnectionClosed:
             pass
         finally:
-            self._pending.pop(call_id, None)
+            self._pending.pop(cid, None)
             if pending.reply is None or "error" in pending.reply:
                 self._failed += 1
         reply = pending.reply

@@ -60,14 +60,18 @@ _warned_plain_text: set[tuple[str, str]] = set()
 def warn_plain_text_secret(logger: logging.Logger, what: str, url: str, fix: str) -> bool:
     """Warn once per process when `what` would send a secret unencrypted (ws://, http://) to a host
     that is not loopback; `fix` says which setting to change. Returns True if it warned."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "http") or is_loopback(parts.hostname or ""):
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # not a URL we can read: the connection will say so
+        return False
+    if parts.scheme not in ("ws", "http") or is_loopback(host):
         return False
     if (what, url) in _warned_plain_text:
         return False
     _warned_plain_text.add((what, url))
-    logger.warning(f"{what}: the secret travels in plain text to {parts.hostname}; anyone on the network "
-                   f"can read it ({fix})", extra={"url": url})
+    logger.warning(f"{what}: the secret travels in plain text ({parts.scheme}://) over the network to or from "
+                   f"{host}; anyone on the way can read it ({fix})", extra={"url": url})
     return True
 
 
@@ -144,7 +148,7 @@ def peer_name(request: Any) -> str:
     """`host:port` of a WebSocket request's client, read while the socket is open ("unknown" if it is gone)."""
     try:
         remote = request.remote
-    except OSError:
+    except Exception:  # OSError once the socket is closed; nothing about a peer is worth a crash
         return "unknown"
     address, port = getattr(remote, "address", None), getattr(remote, "port", None)
     return f"{address}:{port}" if address is not None else str(remote)

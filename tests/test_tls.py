@@ -117,7 +117,8 @@ def test_secrets_in_plain_text_to_other_hosts_are_warned_about_once(caplog, tmp_
     async def main():
         remotes = [{"name": n, "address": a, "secret": "s"} for n, a in
                    (("far", "ws://192.0.2.7:8791"), ("near", "127.0.0.1:1"), ("safe", "wss://192.0.2.8:8791"))]
-        cfg = {"network": {"bind_address": f"127.0.0.1:{free_port()}"}, "remotes": remotes}
+        cfg = {"network": {"bind_address": f"0.0.0.0:{free_port()}"}, "cloud": {"id": "p", "secret": "s"},
+               "remotes": remotes}
         agent = Agent(parse_config(json.dumps(cfg)))
         async with trio.open_nursery() as n:
             await n.start(agent.run)
@@ -126,8 +127,10 @@ def test_secrets_in_plain_text_to_other_hosts_are_warned_about_once(caplog, tmp_
             n.cancel_scope.cancel()
 
     trio.run(main)
-    warned = [r.getMessage() for r in caplog.records if "plain text" in r.getMessage()]
-    assert len(warned) == 1 and "192.0.2.7" in warned[0] and "wss://" in warned[0]
+    warned = sorted(r.getMessage() for r in caplog.records if "plain text" in r.getMessage())
+    assert len(warned) == 2
+    assert warned[0].startswith("control endpoint") and "network.tls_certificate_file" in warned[0]
+    assert "192.0.2.7" in warned[1] and "wss://" in warned[1]
     caplog.clear()
     for _ in range(2):
         CloudClient("http://cloud.example:8787", "p", "s")
