@@ -24,6 +24,7 @@ from capsync.cloud import browser, query, quotas, uploads, user_queries
 from capsync.cloud.auth import CredentialCache
 from capsync.cloud.blobs import Blobs
 from capsync.cloud.http import Cloud, error_response
+from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.limits import UploadLimits
 from capsync.cloud.sqlite_store import SqliteStore
 from capsync.cloud.store import CommittedFile, Store
@@ -84,8 +85,9 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
     private_dir(data_dir)
     if store is None:
         store = SqliteStore(data_dir / DB_NAME)
-    cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(store.verify_part, ttl_s=auth_cache_ttl_s),
-                  limits=limits or UploadLimits())
+    parts = PartAdmin(store)
+    cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(parts.verify, ttl_s=auth_cache_ttl_s),
+                  limits=limits or UploadLimits(), parts=parts)
     p = API_PREFIX
     routes = [
         Route(f"{p}/health", health, methods=["GET"]),

@@ -165,15 +165,17 @@ class CredentialCache:
         self.throttled = 0
         self.failures = 0
 
-    def _fingerprint(self, creds: Credentials) -> tuple[str, bytes]:
-        return creds.part_id, hmac.new(self._key, creds.secret.encode(), hashlib.sha256).digest()
+    def _fingerprint(self, creds: Credentials, version: str) -> tuple[str, bytes]:
+        return creds.part_id, hmac.new(self._key, f"{version}\0{creds.secret}".encode(), hashlib.sha256).digest()
 
-    async def check(self, creds: Credentials, address: str = "") -> bool:
+    async def check(self, creds: Credentials, address: str = "", version: str = "") -> bool:
         """Whether `creds` are valid, from the cache when a recent check succeeded.
 
-        Raises SignInThrottled when `address` or the part had too many failures lately.
+        `version` names the part's stored secrets (PartRecord.version): when a rotation changes
+        it, remembered successes of the old secret no longer match. Raises SignInThrottled when
+        `address` or the part had too many failures lately.
         """
-        key = self._fingerprint(creds)
+        key = self._fingerprint(creds, version)
         now = self._clock()
         expires = self._ok.get(key)
         if expires is not None and expires > now:

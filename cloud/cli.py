@@ -21,9 +21,11 @@ import trio
 from capsync.cloud.app import DB_NAME, apply_retention, create_app
 from capsync.cloud.limits import UploadLimits
 from capsync.cloud.auth import PART_ID_RE, new_secret
+from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.server import serve
 from capsync.cloud.sqlite_store import SqliteStore
 from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
+from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.logs import configure_logging
 
@@ -68,10 +70,118 @@ def add_cloud_commands(subparsers: Any) -> None:
     a.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
     a.set_defaults(func=cmd_add_part)
 
+    _add_part_commands(sub)
+
     r = sub.add_parser("retention", help="apply every file's retention_policy now, and print what was deleted")
     r.add_argument("--data-dir", type=Path, required=True)
     r.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
     r.set_defaults(func=cmd_retention)
+
+
+def _add_part_commands(sub: Any) -> None:
+    uri_help = "the cloud runs on this MongoDB (as `serve --mongodb-uri`)"
+    p = sub.add_parser("parts", help="list the parts: id, enabled, files, bytes, last upload (JSON lines)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    p.set_defaults(func=cmd_parts)
+
+    d = sub.add_parser("disable-part", help="refuse a part's requests (403 with the reason) until enable-part")
+    d.add_argument("--data-dir", type=Path, required=True)
+    d.add_argument("part_id", metavar="PART_ID")
+    d.add_argument("--reason", default="disabled by the operator", help="told to the part in every 403")
+    d.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    d.set_defaults(func=cmd_disable_part)
+
+    e = sub.add_parser("enable-part", help="serve a disabled part again")
+    e.add_argument("--data-dir", type=Path, required=True)
+    e.add_argument("part_id", metavar="PART_ID")
+    e.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    e.set_defaults(func=cmd_enable_part)
+
+    rm = sub.add_parser("remove-part", help="remove a part; say what becomes of its data")
+    rm.add_argument("--data-dir", type=Path, required=True)
+    rm.add_argument("part_id", metavar="PART_ID")
+    choice = rm.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--delete-data", action="store_true", help="delete its uploads, files, rows and bytes too")
+    choice.add_argument("--keep-data", action="store_true",
+                        help="keep its data (it comes back if the part id is added again)")
+    rm.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    rm.set_defaults(func=cmd_remove_part)
+
+    rs = sub.add_parser("rotate-secret", help="give a part a new secret (printed); the old one stops at once")
+    rs.add_argument("--data-dir", type=Path, required=True)
+    rs.add_argument("part_id", metavar="PART_ID")
+    rs.add_argument("--grace", type=float, default=0.0, metavar="SECONDS",
+                    help="let the old secret work this many seconds more (default 0: stops at once)")
+    rs.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    rs.set_defaults(func=cmd_rotate_secret)
+
+
+def _with_admin(name: str, args: argparse.Namespace, action: Any) -> int:
+    """Run `action(PartAdmin)` on the command's store; errors as `capsync cloud NAME: ...` and an exit code."""
+    if getattr(args, "part_id", None) is not None and not PART_ID_RE.match(args.part_id):
+        print(f"capsync cloud {name}: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        store = open_store(args.data_dir, args.mongodb_uri)
+    except Exception as exc:  # a malformed URI
+        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        action(PartAdmin(store))
+    except UnknownPartError:
+        print(f"capsync cloud {name}: no part {args.part_id!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        store.close_sync()
+    return EXIT_OK
+
+
+def cmd_parts(args: argparse.Namespace) -> int:
+    """`capsync cloud parts`: one JSON line per part (id, enabled, reason, files, bytes, last upload)."""
+    def show(admin: PartAdmin) -> None:
+        for p in admin.list_sync():
+            print(json.dumps({
+                "part_id": p.part_id, "enabled": p.enabled, "disabled_reason": p.disabled_reason, "files": p.files,
+                "bytes": p.bytes, "last_upload": None if p.last_upload_ns is None else iso_from_ns(p.last_upload_ns),
+            }), flush=True)
+
+    return _with_admin("parts", args, show)
+
+
+def cmd_disable_part(args: argparse.Namespace) -> int:
+    """`capsync cloud disable-part PART_ID [--reason TEXT]`: its requests get 403 with the reason."""
+    if not args.reason.strip() or len(args.reason) > 300:
+        print("capsync cloud disable-part: --reason is 1 to 300 characters", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return _with_admin("disable-part", args, lambda admin: admin.disable_sync(args.part_id, args.reason.strip()))
+
+
+def cmd_enable_part(args: argparse.Namespace) -> int:
+    """`capsync cloud enable-part PART_ID`: serve a disabled part again."""
+    return _with_admin("enable-part", args, lambda admin: admin.enable_sync(args.part_id))
+
+
+def cmd_remove_part(args: argparse.Namespace) -> int:
+    """`capsync cloud remove-part PART_ID --delete-data | --keep-data`."""
+    return _with_admin("remove-part", args, lambda admin: admin.remove_sync(
+        args.part_id, delete_data=args.delete_data, data_dir=args.data_dir))
+
+
+def cmd_rotate_secret(args: argparse.Namespace) -> int:
+    """`capsync cloud rotate-secret PART_ID [--grace SECONDS]`: print the part's new secret."""
+    if not 0 <= args.grace <= 30 * 86_400:
+        print("capsync cloud rotate-secret: --grace is 0 to 2592000 seconds (30 days)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    secret = new_secret()
+    code = _with_admin("rotate-secret", args, lambda admin: admin.rotate_sync(args.part_id, secret, grace_s=args.grace))
+    if code == EXIT_OK:
+        print(secret, flush=True)
+    return code
 
 
 def open_store(data_dir: Path, mongodb_uri: str | None) -> Any:

@@ -10,6 +10,7 @@ import errno
 import functools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ class Cloud:
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     limits: UploadLimits = field(default_factory=UploadLimits)
     rejections: RejectionLog = field(default_factory=lambda: RejectionLog(log))
+    #: Part records for sign-in (capsync.cloud.part_admin.PartAdmin); None checks secrets only.
+    parts: Any = None
 
     async def authenticate(self, request: Request) -> str:
         """The part id of a request with valid Basic credentials; 401 otherwise."""
@@ -102,8 +105,11 @@ class Cloud:
             raise ApiError(401, "unauthorized", "send HTTP Basic auth: user = part id, password = part secret",
                            headers=challenge)
         address = request.client.host if request.client else ""
+        # A cheap read on every request, so a disable or a rotation by the CLI holds at once.
+        record = await self.parts.lookup(creds.part_id) if self.parts is not None else None
+        version = record.version(time.time_ns()) if record is not None else ""
         try:
-            ok = await self.credentials.check(creds, address)
+            ok = await self.credentials.check(creds, address, version)
         except SignInThrottled as exc:
             self.rejections.rejected("throttled", creds.part_id, _client(request))
             raise ApiError(429, "too many failed sign-ins", str(exc),
@@ -111,6 +117,8 @@ class Cloud:
         if not ok:
             self.rejections.rejected("wrong secret or unknown part", creds.part_id, _client(request))
             raise ApiError(401, "unauthorized", "unknown part or wrong secret", headers=challenge)
+        if record is not None and record.disabled_reason is not None:
+            raise ApiError(403, "part disabled", f"the cloud's operator disabled this part: {record.disabled_reason}"[:500])
         return creds.part_id
 
 
