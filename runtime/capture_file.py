@@ -46,7 +46,7 @@ FRAME_HEADER_SIZE = FRAME.size
 MAX_BODY_SIZE = 0xFFFFFFFF
 #: Largest header frame body and record frame body readers accept (the writer refuses bigger ones),
 #: so one frame can never make a reader (the cloud's ingest included) allocate more than this.
-MAX_HEADER_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # its params and metadata are copied into every row
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 #: Most records one capture file may hold; collectors start a new file before reaching it.
 MAX_RECORDS_PER_FILE = 100_000

@@ -213,3 +213,18 @@ async def test_a_reading_the_cloud_would_refuse_is_a_failed_capture_and_the_file
     async with env.client() as cl:
         r = await upload(cl, fid, path.read_bytes(), chunk=4096)
     assert r.status_code == 200 and r.json()["records"] == 3, r.text
+
+
+async def test_a_header_beyond_the_header_limit_is_refused_and_the_writer_refuses_it_too(
+        env: CloudEnv, tmp_path: Path) -> None:
+    from capsync.runtime.capture_file import MAX_HEADER_BYTES
+
+    fid = new_file_id()
+    big = {"p": "x" * MAX_HEADER_BYTES}
+    header = CaptureHeader(fid, PART_A, "sensor", "s1", "Readings", big, (), "tabular", created_ns=1)
+    data = PREAMBLE + _frame(HEADER_MARK, cbor2.dumps(header.to_dict()))
+    async with env.client() as c:
+        r = await upload(c, fid, data, chunk=1 << 20)
+    assert r.status_code == 422 and f"larger than the {MAX_HEADER_BYTES} bytes" in r.json()["detail"], r.text
+    with pytest.raises(ValueError, match="header of"):
+        CaptureWriter.create(tmp_path, header)
