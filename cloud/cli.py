@@ -1,4 +1,5 @@
-"""The `capsync cloud ...` commands: run the cloud, register parts with their secrets, apply retention.
+"""The `capsync cloud ...` commands: run the cloud, register and manage parts (list, disable, enable,
+remove, rotate secrets: cloud/part_admin.py), apply retention.
 
 `add_cloud_commands(subparsers)` adds them to the `capsync` parser (each sets `func`, which
 returns the exit code); `python -m capsync.cloud.cli` runs them alone. Exit codes: 0 success,
@@ -35,7 +36,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def add_cloud_commands(subparsers: Any) -> None:
-    """Register `cloud serve` and `cloud add-part` on an argparse subparsers object."""
+    """Register the `cloud` commands (serve, add-part, the part commands, retention) on an argparse subparsers object."""
     cloud = subparsers.add_parser("cloud", help="run the sync cloud and manage its parts")
     sub = cloud.add_subparsers(metavar="CLOUD_COMMAND", required=True)
 
