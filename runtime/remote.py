@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import ssl
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from capsync.runtime.backoff import Backoff
 from capsync.runtime.config_build import RemoteConfig, ResourceRef
 from capsync.runtime.resources.registry import Binary, CaptureResult, ResourceError
 from capsync.runtime.rpc import (MAX_MESSAGE_BYTES, BadMessage, RpcError, auth_headers, call_id, decode, encode,
-                                 check_tls, reply_outcome, warn_plain_text_secret)
+                                 check_tls, no_handshake, reply_outcome, warn_plain_text_secret)
 
 log = logging.getLogger("capsync.remote")
 
@@ -209,23 +210,29 @@ class RemoteConnection:
         try:
             ctx = self._ssl_context(url)
             await check_tls(url, ctx, self.connect_timeout_s)
-            async with open_websocket_url(url, ctx, extra_headers=auth_headers(self.secret or None),
-                                          max_message_size=MAX_MESSAGE_BYTES, connect_timeout=self.connect_timeout_s,
-                                          disconnect_timeout=1) as ws:
-                connected = True
-                self._ws = ws
-                self._connects += 1
-                self._set_state("connected", None)
-                self._settled.set()
-                reason = "the remote part stopped answering pings"  # unless the reader says otherwise
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._keepalive, ws, nursery.cancel_scope)
-                        reason = await self._read(ws)
-                        nursery.cancel_scope.cancel()
-                finally:
-                    self._drop_link()
-                self._set_state("disconnected", reason)
+            # trio-websocket's connect_timeout does not bound a peer that accepts and never answers
+            handshake = trio.CancelScope(deadline=trio.current_time() + self.connect_timeout_s)
+            with handshake:
+                async with open_websocket_url(url, ctx, extra_headers=auth_headers(self.secret or None),
+                                              max_message_size=MAX_MESSAGE_BYTES,
+                                              connect_timeout=self.connect_timeout_s, disconnect_timeout=1) as ws:
+                    handshake.deadline = math.inf
+                    connected = True
+                    self._ws = ws
+                    self._connects += 1
+                    self._set_state("connected", None)
+                    self._settled.set()
+                    reason = "the remote part stopped answering pings"  # unless the reader says otherwise
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._keepalive, ws, nursery.cancel_scope)
+                            reason = await self._read(ws)
+                            nursery.cancel_scope.cancel()
+                    finally:
+                        self._drop_link()
+                    self._set_state("disconnected", reason)
+            if handshake.cancelled_caught and not connected:
+                raise RpcError("Unreachable", no_handshake(url, self.connect_timeout_s))
         except ConnectionRejected as exc:
             body = (exc.body or b"").decode(errors="replace").strip()
             raise RpcError("Refused", f"HTTP {exc.status_code}: {body or 'rejected'}") from exc

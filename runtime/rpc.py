@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import ssl
 import urllib.parse
 from contextlib import asynccontextmanager
@@ -200,6 +201,12 @@ class RpcClient:
         return result
 
 
+def no_handshake(url: str, timeout_s: float) -> str:
+    """Why a connection that opened but never completed its WebSocket handshake failed."""
+    return f"no WebSocket handshake within {timeout_s:g} s" + (
+        " (an endpoint that serves TLS needs a wss:// address)" if url.startswith("ws://") else "")
+
+
 async def check_tls(url: str, ssl_context: ssl.SSLContext | None, timeout_s: float) -> None:
     """For a wss:// URL, make one TLS handshake first, so an untrusted or wrong certificate is a clear
     RpcError("Unreachable") at once (trio-websocket only times out on one). Nothing for ws://."""
@@ -229,15 +236,25 @@ async def connect(address: str, *, secret: str | None = None, path: str = "/cont
     """Open an RPC connection to `host:port` (or a ws:// URL); RpcError if it cannot be opened."""
     url = address if address.startswith(("ws://", "wss://")) else f"ws://{address}{path}"
     await check_tls(url, ssl_context, timeout_s)
+    opened = False
+    # trio-websocket's connect_timeout does not bound a server that accepts and never answers
+    handshake = trio.CancelScope(deadline=trio.current_time() + timeout_s)
     try:
-        async with open_websocket_url(url, ssl_context, extra_headers=auth_headers(secret),
-                                      max_message_size=MAX_MESSAGE_BYTES, connect_timeout=timeout_s,
-                                      disconnect_timeout=2) as ws:
-            yield RpcClient(ws)
+        with handshake:
+            async with open_websocket_url(url, ssl_context, extra_headers=auth_headers(secret),
+                                          max_message_size=MAX_MESSAGE_BYTES, connect_timeout=timeout_s,
+                                          disconnect_timeout=2) as ws:
+                handshake.deadline = math.inf
+                opened = True
+                yield RpcClient(ws)
+        if handshake.cancelled_caught and not opened:
+            raise RpcError("Unreachable", f"{url}: {no_handshake(url, timeout_s)}")
     except ConnectionRejected as exc:
         body = (exc.body or b"").decode(errors="replace")
         raise RpcError("Refused", f"{url}: HTTP {exc.status_code} {body}".rstrip()) from exc
     except (HandshakeError, OSError) as exc:
         cause = exc.__cause__ or exc.__context__ or exc
         reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        if isinstance(cause, trio.TooSlowError):
+            reason = no_handshake(url, timeout_s)
         raise RpcError("Unreachable", f"{url}: {reason}") from exc

@@ -4,15 +4,19 @@ only that link and shows in the remote's status; the agent never restarts anythi
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import cbor2
+import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from capsync.actors.agent import Agent
-from capsync.runtime.config import parse_config
+from capsync.runtime import rpc
+from capsync.runtime.config import RemoteConfig, parse_config
+from capsync.runtime.remote import RemoteConnection, RemotePartError
 from tests.helpers import free_port
 from tests.test_control_hostile import expansion_bomb
 from tests.test_remote import until
@@ -97,3 +101,26 @@ async def test_a_bad_reply_is_the_remotes_last_error(tmp_path, nursery):
 
     await until(reported, 10, "the bad reply in the remote's status", step=0.01)
     await until(lambda: remote.good_replies >= 1, 10, "the link to come back")
+
+
+async def _silent_server(nursery) -> int:
+    """A TCP server that accepts connections and never says a word; returns its port."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    [listener] = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return listener.socket.getsockname()[1]
+
+
+async def test_a_peer_that_accepts_and_never_answers_times_out(nursery):
+    port = await _silent_server(nursery)
+    with trio.fail_after(3):  # trio-websocket alone waited forever here
+        with pytest.raises(rpc.RpcError, match="no WebSocket handshake within 0.5 s"):
+            async with rpc.connect(f"127.0.0.1:{port}", timeout_s=0.5):
+                pass
+    conn = RemoteConnection(RemoteConfig("mute", f"127.0.0.1:{port}", "x"), connect_timeout_s=0.5)
+    nursery.start_soon(conn.run)
+    await until(lambda: conn.statistics().state == "unreachable", 3, "the silent remote to count as unreachable")
+    assert "no WebSocket handshake" in conn.statistics().last_error
+    with trio.fail_after(0.2), pytest.raises(RemotePartError, match="unreachable"):
+        await conn.call("resource.list", {})

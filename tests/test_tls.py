@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,9 @@ async def test_control_and_resources_over_wss(pki, nursery):
     async with rpc.connect(f"wss://127.0.0.1:{port}/control", ssl_context=trusting) as client:
         assert (await client.call("status"))["part_id"] == "part-b"
     assert agent.control.scheme == "wss"
+    with pytest.raises(rpc.RpcError, match="needs a wss:// address"):
+        async with rpc.connect(f"127.0.0.1:{port}", timeout_s=0.5):
+            pass
 
 
 async def test_remote_part_over_wss_with_a_private_ca(pki, tmp_path, nursery):
@@ -138,3 +143,14 @@ def test_secrets_in_plain_text_to_other_hosts_are_warned_about_once(caplog, tmp_
     CloudClient("http://127.0.0.1:8787", "p", "s")
     warned = [r.getMessage() for r in caplog.records if "plain text" in r.getMessage()]
     assert len(warned) == 1 and "cloud.example" in warned[0] and "https://" in warned[0]
+
+
+async def test_capsync_status_over_wss_with_the_ca_in_ssl_cert_file(pki, nursery):
+    _, port = await _tls_part_b(nursery, pki)
+    cmd = [sys.executable, "-m", "capsync", "status", "--json", "--address", f"wss://127.0.0.1:{port}/control"]
+    env = {**os.environ, "SSL_CERT_FILE": str(pki["ca"])}
+    done = await trio.run_process(cmd, env=env, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["part_id"] == "part-b"
+    done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)  # CA not trusted
+    assert done.returncode != 0 and b"CERTIFICATE_VERIFY_FAILED" in done.stderr
