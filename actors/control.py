@@ -90,6 +90,7 @@ class ControlEndpoint:
         self.bound_port: int | None = None
         self._bind_log = StateChangeLog(log)
         self._client_log = RateLimitedLog(log)
+        self._origin_log = RateLimitedLog(log)
         self.calls = 0
         self.bad_messages = 0
         self.connection_errors = 0
@@ -154,7 +155,7 @@ class ControlEndpoint:
             origin = request_origin(request)
             if origin is not None and origin.lower().rstrip("/") not in self._allowed_origins:
                 self.refused_origins += 1
-                self._client_log.warning("browser origin refused", client=peer, origin=origin[:200])
+                self._origin_log.warning("browser origin refused", client=peer, origin=origin[:200])
                 await request.reject(403, body=f"browser origin {origin[:200]!r} is not allowed: add it to "
                                      "network.allowed_origins to let its pages use this endpoint".encode())
                 return

@@ -85,6 +85,8 @@ async def test_bad_replies_drop_only_the_link_and_are_reported(tmp_path, nursery
     assert agent._root.statistics().total_restarts == 0
     [collector] = agent.statistics().collectors
     assert collector.captured >= 5 and collector.failed >= remote.kinds
+    async with rpc.connect(f"127.0.0.1:{agent.control.bound_port}") as control:  # what `capsync status` shows
+        assert (await control.call("status"))["remotes"][0]["bad_replies"] == remote.kinds
 
 
 async def test_a_bad_reply_is_the_remotes_last_error(tmp_path, nursery):
