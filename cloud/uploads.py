@@ -27,16 +27,19 @@ from capsync.cloud.http import (
     endpoint,
     file_id_param,
     read_body,
+    read_json_body,
 )
 from capsync.cloud.store import CommittedFile, Upload
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.sync_protocol import (
     MAX_CHUNK_BYTES,
     MAX_JSON_BYTES,
+    PROTOCOL_HEADER,
     FileKind,
     FileState,
     FileStatus,
     UploadStart,
+    protocol_version,
 )
 
 log = logging.getLogger("capsync.cloud.uploads")
@@ -57,8 +60,8 @@ def _partial(u: Upload, held: int) -> FileStatus:
     return FileStatus(file_id=u.file_id, state=FileState.PARTIAL, offset=held, size=u.size)
 
 
-def _ok(status: FileStatus) -> Response:
-    return JSONResponse(status.model_dump(mode="json"))
+def _ok(request: Request, status: FileStatus) -> Response:
+    return JSONResponse(status.for_revision(protocol_version(request.headers.get(PROTOCOL_HEADER))))
 
 
 async def lookup(cloud: Cloud, part_id: str, file_id: str) -> tuple[FileStatus, Upload | None]:
@@ -81,15 +84,15 @@ async def file_resource(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
     if request.method in ("GET", "HEAD"):
-        return _ok((await lookup(cloud, part_id, file_id))[0])
-    body = await read_body(request, MAX_JSON_BYTES)
+        return _ok(request, (await lookup(cloud, part_id, file_id))[0])
+    body = await read_json_body(request, MAX_JSON_BYTES)
     try:
         start = UploadStart.model_validate_json(body)
     except ValidationError as exc:
         raise ApiError(400, "invalid upload declaration", _summarize(exc)) from None
     _check_declaration(start)
     async with cloud.locks.hold((part_id, file_id)):
-        return _ok(await _start(cloud, part_id, file_id, start))
+        return _ok(request, await _start(cloud, part_id, file_id, start))
 
 
 def _declaring(part_id: str) -> tuple[str, str, None]:
@@ -162,7 +165,7 @@ async def file_data(request: Request) -> Response:
         except OffsetMismatch as exc:
             raise ApiError(409, "stale offset", f"the cloud holds {exc.held} bytes", status=_partial(u, exc.held)) from None
     log.debug("chunk stored", extra={"part": part_id, "file_id": file_id, "offset": offset, "bytes": len(data)})
-    return _ok(_partial(u, new))
+    return _ok(request, _partial(u, new))
 
 
 async def _check_offset(cloud: Cloud, part_id: str, file_id: str, offset: int, length: int | None) -> Upload:
@@ -187,7 +190,7 @@ async def file_commit(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
     async with cloud.locks.hold((part_id, file_id)):
-        return _ok(await _commit(cloud, part_id, file_id))
+        return _ok(request, await _commit(cloud, part_id, file_id))
 
 
 async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:

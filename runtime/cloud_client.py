@@ -12,9 +12,17 @@ from __future__ import annotations
 import logging
 
 import httpx
+from pydantic import ValidationError
 
 from capsync.runtime.rpc import warn_plain_text_secret
-from capsync.runtime.sync_protocol import ErrorBody, FileStatus, UploadStart, file_route
+from capsync.runtime.sync_protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    ErrorBody,
+    FileStatus,
+    UploadStart,
+    file_route,
+)
 
 
 log = logging.getLogger("capsync.cloud_client")
@@ -96,13 +104,18 @@ class CloudClient:
     async def _call(self, method: str, url: str, **kw) -> FileStatus:
         if self._http is None:
             self._http = httpx.AsyncClient(base_url=self.base_url, auth=self._auth, transport=self._transport,
-                                           timeout=self._timeout)
+                                           timeout=self._timeout,
+                                           headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)})
         try:
             resp = await self._http.request(method, url, **kw)
         except httpx.HTTPError as exc:  # connect errors, timeouts, resets mid-body
             raise CloudUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         if resp.status_code == 200:
-            return FileStatus.model_validate_json(resp.content)
+            try:
+                return FileStatus.model_validate_json(resp.content)
+            except ValidationError as exc:  # not our cloud, or a broken one: like an outage, retry later
+                raise CloudUnavailable(f"the cloud's answer to {method} {url} is not a file status: "
+                                       f"{exc.errors()[0]['msg'] if exc.errors() else exc}") from None
         error = _error_body(resp)
         if resp.status_code == 409 and error and error.status:
             raise StaleOffset(error.status)

@@ -61,6 +61,23 @@ class UploadStart(_Strict):
     mime_type: str = Field(default="", max_length=255)
 
 
+#: The request header in which an agent states the protocol revision it speaks. Revision 2 added
+#: `FileStatus.sha256`; agents that send no header (0.1.0) get answers without it, because their
+#: strict models refuse any field they do not know.
+PROTOCOL_HEADER = "Capsync-Protocol"
+PROTOCOL_VERSION = 2
+#: FileStatus fields and the revision that added them.
+_ADDED_IN = {"sha256": 2}
+
+
+def protocol_version(value: str | None) -> int:
+    """The revision a request's `Capsync-Protocol` header states (1 when absent or not a number)."""
+    try:
+        return max(1, int(value or "1"))
+    except ValueError:
+        return 1
+
+
 class FileStatus(_Strict):
     """The cloud's answer about one file: its state and how many bytes it holds."""
 
@@ -72,6 +89,11 @@ class FileStatus(_Strict):
     #: After commit: the sha256 of the committed bytes. The agent deletes its copy only when this
     #: and `size` state exactly the bytes it holds; None (an older cloud) never lets it delete.
     sha256: str | None = None
+
+    def for_revision(self, version: int, **dump: object) -> dict:
+        """This answer as JSON data for an agent speaking `version`: fields added later are left out."""
+        newer = {name for name, added in _ADDED_IN.items() if added > version}
+        return self.model_dump(mode="json", exclude=newer or None, **dump)
 
 
 class ErrorBody(_Strict):

@@ -95,7 +95,7 @@ async def test_checksum_mismatch_is_422_and_the_upload_is_forgotten(env: CloudEn
         err = ErrorBody.model_validate_json(r.content)
         assert err.error == "checksum mismatch" and err.status is not None and err.status.state.value == "unknown"
         assert (await c.get(f"/v1/files/{fid}")).json() == {
-            "file_id": fid, "state": "unknown", "offset": 0, "size": None, "records": None, "sha256": None}
+            "file_id": fid, "state": "unknown", "offset": 0, "size": None, "records": None}  # a client without Capsync-Protocol: 2
         assert not (env.data_dir / "uploads" / "part-a" / f"{fid}.part").exists()
         assert (await upload(c, fid, data)).json()["state"] == "committed"  # the retry succeeds
     assert (await env.store.statistics()).tabular_rows == 5
