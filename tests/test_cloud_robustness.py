@@ -30,16 +30,17 @@ async def test_malformed_requests_get_4xx_with_an_error_body(env: CloudEnv, tmp_
     async with env.client() as c:
         await c.post(f"/v1/files/{fid}", json=good)
         cases = [
-            ("POST", f"/v1/files/{fid}", {"content": b"{not json"}, 400),
-            ("POST", f"/v1/files/{fid}", {"content": b""}, 400),
+            ("POST", f"/v1/files/{fid}", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
+            ("POST", f"/v1/files/{fid}", {"content": b"", "headers": {"content-type": "application/json"}}, 400),
+            ("POST", f"/v1/files/{fid}", {"content": json.dumps(good).encode()}, 415),  # no JSON content type
             ("POST", f"/v1/files/{fid}", {"json": [1, 2]}, 400),
             ("POST", f"/v1/files/{fid}", {"json": {**good, "size": -1}}, 400),
             ("POST", f"/v1/files/{fid}", {"json": {**good, "sha256": "XYZ"}}, 400),
             ("POST", f"/v1/files/{fid}", {"json": {**good, "kind": "movie"}}, 400),
             ("POST", f"/v1/files/{fid}", {"json": {**good, "extra": 1}}, 400),
             ("POST", f"/v1/files/{fid}", {"json": {**good, "size": 2**40}}, 400),
-            ("POST", f"/v1/files/{fid}", {"content": b"{" + b" " * MAX_JSON_BYTES + b"}"}, 413),
-            ("POST", f"/v1/files/{fid}", {"content": "\"\udcff\"".encode("utf-8", "surrogatepass")}, 400),
+            ("POST", f"/v1/files/{fid}", {"content": b"{" + b" " * MAX_JSON_BYTES + b"}", "headers": {"content-type": "application/json"}}, 413),
+            ("POST", f"/v1/files/{fid}", {"content": "\"\udcff\"".encode("utf-8", "surrogatepass"), "headers": {"content-type": "application/json"}}, 400),
             ("GET", "/v1/files/short", {}, 400),
             ("GET", "/v1/files/" + "a" * 65, {}, 400),
             ("GET", "/v1/files/bad.id.with.dots", {}, 400),
