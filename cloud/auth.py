@@ -127,7 +127,7 @@ class FailureBuckets:
 ADDRESS_BURST, ADDRESS_PER_S = 20, 1.0
 #: Failed sign-ins allowed per part id: a burst, then one every 10 seconds.
 PART_BURST, PART_PER_S = 10, 0.1
-#: An address a part signed in from is spared that part's failure budget for this long (seconds).
+#: A (part, address) pair that signed in has a failure budget of its own for this long (seconds).
 KNOWN_ADDRESS_S = 3600.0
 #: At most this many scrypt checks run at once (each holds 16 MiB and ~40 ms of a core).
 MAX_CONCURRENT_SCRYPT = 2
@@ -142,8 +142,10 @@ class CredentialCache:
       within `ttl_s` (at once in this process through `forget`).
     - Failed checks are counted per source address and per part id (`FailureBuckets`); past the
       budget, `check` raises `SignInThrottled` before any scrypt runs. A remembered success still
-      passes, and an address the part signed in from within KNOWN_ADDRESS_S is spared the part's
-      budget, so a flood of wrong secrets cannot lock a good part out.
+      passes. A (part, address) pair that signed in within KNOWN_ADDRESS_S has a budget of its own
+      instead of the address's and the part's, so a flood of wrong secrets, for this part from
+      elsewhere or for anything from the same address (robots behind one NAT), cannot lock a good
+      part out, while failures through that pair stay bounded too.
     - At most `max_concurrent_scrypt` verifications run at once; the rest wait their turn.
     """
 
@@ -160,6 +162,7 @@ class CredentialCache:
         self._scrypt: trio.CapacityLimiter | None = None
         self.by_address = FailureBuckets(ADDRESS_BURST, ADDRESS_PER_S, clock=clock)
         self.by_part = FailureBuckets(PART_BURST, PART_PER_S, clock=clock)
+        self.by_known_pair = FailureBuckets(PART_BURST, PART_PER_S, clock=clock)
         self.hits = 0
         self.misses = 0
         self.throttled = 0
@@ -181,14 +184,15 @@ class CredentialCache:
         if expires is not None and expires > now:
             self.hits += 1
             return True
-        by_address = self.by_address.retry_after(address)
-        # An address this part signed in from lately is spared the part's budget, so wrong secrets sent
-        # for a part from elsewhere cannot lock the part itself out.
-        known = self._known.get((creds.part_id, address), 0.0) > now
-        by_part = 0.0 if known else self.by_part.retry_after(creds.part_id)
-        if by_address > 0 or by_part > 0:
+        pair = f"{creds.part_id}\0{address}"
+        if self._known.get((creds.part_id, address), 0.0) > now:
+            wait, who = self.by_known_pair.retry_after(pair), "for this part from this address"
+        else:
+            by_address, by_part = self.by_address.retry_after(address), self.by_part.retry_after(creds.part_id)
+            wait, who = max(by_address, by_part), "from this address" if by_address > 0 else "for this part"
+        if wait > 0:
             self.throttled += 1
-            raise SignInThrottled(max(by_address, by_part), "from this address" if by_address > 0 else "for this part")
+            raise SignInThrottled(wait, who)
         self.misses += 1
         if self._scrypt is None:  # made inside Trio: the cache itself may be built outside it
             self._scrypt = trio.CapacityLimiter(self._max_scrypt)
@@ -209,8 +213,11 @@ class CredentialCache:
         else:
             self.failures += 1
             self._ok.pop(key, None)
-            self.by_address.failed(address)
-            self.by_part.failed(creds.part_id)
+            if self._known.get((creds.part_id, address), 0.0) > now:
+                self.by_known_pair.failed(pair)
+            else:
+                self.by_address.failed(address)
+                self.by_part.failed(creds.part_id)
         return ok
 
     def forget(self, part_id: str) -> None:

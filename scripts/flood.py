@@ -9,7 +9,7 @@ it, over and over, and the script times each upload. Two phases of `--seconds` e
 
 1. quiet: the baseline;
 2. flood: `--flooders` processes send, as fast as they can, (a) requests with wrong secrets to
-   the cloud (for part B's own id and for made-up ids) and (b) hostile CBOR messages to the
+   the cloud from one source address, 127.0.0.2 (for part B's own id and for made-up ids) and (b) hostile CBOR messages to the
    agent's control endpoint (a self-referencing id, a shared-reference expansion bomb, garbage,
    oversized text), reconnecting whenever they are cut off.
 
@@ -40,6 +40,8 @@ import httpx  # noqa: E402
 from tests.processkit import ProcessKit, add_part, agent_config  # noqa: E402
 
 PART_A, PART_B = "part-a", "part-b"
+#: The address the wrong secrets come from (part B uploads from 127.0.0.1).
+FLOOD_SOURCE = "127.0.0.2"
 SELF_REFERENCE = bytes.fromhex("d81c81d81d00")
 
 
@@ -67,7 +69,9 @@ def flood(cloud_url: str, control: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
 
     def wrong_secrets() -> None:
-        with httpx.Client(base_url=cloud_url, timeout=10) as http:
+        # One source, not the victim's: loopback answers from every 127.x address.
+        transport = httpx.HTTPTransport(local_address=FLOOD_SOURCE)
+        with httpx.Client(base_url=cloud_url, timeout=10, transport=transport) as http:
             i = 0
             while time.monotonic() < deadline:
                 part = PART_B if i % 2 else f"made-up-{i}"

@@ -90,3 +90,27 @@ async def test_scrypt_work_is_bounded_and_a_good_secret_pays_it_once(env: CloudE
     for _ in range(10):
         assert await cache.check(Credentials(PART_A, SECRET_A), "127.0.3.99")
     assert cache.misses == 12 + 1 and cache.hits == 9
+
+
+async def test_a_part_behind_the_same_address_as_a_flood_still_signs_in(env: CloudEnv) -> None:
+    """Robots behind one NAT share an address: a flood of wrong secrets from it throttles strangers
+    there, but not a part that signed in from it, and that part's own failures stay bounded."""
+    from tests.test_cloud_support import SECRET_B
+
+    nat = "127.0.7.1"
+    async with _client(env, PART_B, SECRET_B, nat) as own:
+        assert (await own.get("/v1/summary")).status_code == 200
+    for i in range(30):
+        async with _client(env, f"made-up-{i}", "wrong", nat) as bad:
+            await bad.get("/v1/summary")
+    async with _client(env, PART_A, SECRET_A, nat) as stranger:  # never signed in from here: throttled
+        r = await stranger.get("/v1/summary")
+        assert r.status_code == 429 and "from this address" in r.json()["detail"]
+    env.app.state.cloud.credentials.forget(PART_B)  # its remembered success is gone (as after a restart)
+    async with _client(env, PART_B, SECRET_B, nat) as own:
+        assert (await own.get("/v1/summary")).status_code == 200
+    statuses = []
+    for _ in range(12):
+        async with _client(env, PART_B, "wrong", nat) as guess:
+            statuses.append((await guess.get("/v1/summary")).status_code)
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
