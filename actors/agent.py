@@ -2,8 +2,10 @@
 
     agent (supervisor, one_for_one)
     ├── mongo_sink                             once mongo_capture_config.uri is set
+    ├── metronome                              one timer that wakes every collector at its ticks
     ├── capture (dynamic supervisor)
-    │   └── collector <type>/<name>/<method>   one per enabled capture method
+    │   └── collector <type>/<name>/<method>   one per enabled capture method (its files are opened,
+    │                                          fsynced and finished by a task of its own)
     ├── sync                                   while sync is on and the part has a cloud identity
     │   (the scheduler, running its uploaders)
     ├── governor                               the disk-full rule, whenever there is a data manager
@@ -42,6 +44,7 @@ from capsync.actors.reconcile import diff_configs
 from capsync.actors.resource_server import ResourceServer, ResourceServerStats
 from capsync.actors.sync_scheduler import SyncScheduler, SyncStats
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
+from capsync.runtime.metronome import Metronome
 from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.disk_usage import DiskUsage
 from capsync.runtime.faults import FaultPlan
@@ -184,6 +187,7 @@ class Agent:
         self._transport = cloud_transport
         self._registry = ResourceRegistry(model_search_dirs(config_path or config.source))
         self._wall: WallClock | None = None
+        self._metronome = Metronome()  # one timer for every collector's ticks
         self._capture = Supervisor("capture", max_restarts=CAPTURE_MAX_RESTARTS, period=CAPTURE_RESTART_PERIOD_S)
         self._root = Supervisor("agent", [])
         self._capture_dirs: list[Path] = []
@@ -304,6 +308,7 @@ class Agent:
                 if self.mongo_sink is not None:
                     await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
                 await self._root.start_child(ChildSpec("remotes", self.remotes.run))
+                await self._root.start_child(ChildSpec("metronome", self._metronome.run))
                 await self._root.start_child(ChildSpec("capture", self._capture.run))
                 for plan in plans:
                     await self._start_collector(plan)
@@ -329,6 +334,8 @@ class Agent:
     async def _recover(self, capture_dir: Path) -> None:
         recoveries = await run_blocking(recover_dir, capture_dir)
         for r in recoveries:
+            if r.empty:
+                continue  # a file opened ahead that got no record: removed, nothing was lost
             extra = {"path": str(r.original), "records": r.records}
             if r.damage:
                 extra.update(damage_offset=r.damage.offset, damage=r.damage.reason)
@@ -360,7 +367,7 @@ class Agent:
         dm = self.config.data_manager
         assert dm is not None and self._wall is not None  # capture_plan() is empty without a data manager
         collector = Collector(plan, resource, collector_settings(dm, self.part_id), self._wall,
-                              on_tabular=self._to_mongo)
+                              on_tabular=self._to_mongo, metronome=self._metronome)
         collector.faults = self.faults
         collector.ledger = self.ledger
         self.collectors[collector.name] = collector

@@ -1,39 +1,45 @@
 """The collector: captures one capture method of one resource at a fixed rate into capture files.
 
-One collector runs per enabled capture method. Tick k is scheduled at `start + k / f` (no drift).
-A tick that starts late is performed and counted as late; ticks that were missed entirely (the
-previous call overran a whole period) are counted as missed, and the schedule stays on its grid.
+One collector runs per enabled capture method. Tick k is due at `start + k / f` (no drift); its
+`requested` time is exactly on that grid in integer nanoseconds. Collectors sleep on the agent's
+Metronome (one timer for all of them). At each wakeup a collector captures every tick that is
+due (a burst): at rates above what one wakeup per reading can keep (about 1 kHz), each wakeup
+takes several readings, each with its own grid time as `requested` and its real `received` time.
+A tick overdue by more than `catch_up_s` (max(CATCH_UP_S, one period)) is missed and counted; a
+tick captured more than max(LATE_FLOOR_S, LATE_SHARE of a period) after its due time is late.
+A long burst yields to other tasks every BURST_SLICE_S, so a fast collector cannot hold up others.
+
 A resource call that raises or times out is logged (once per change of error) and counted; the
-collector keeps its schedule. Files finish by size, by age, on request (sync pass) and at shutdown.
-A write that the disk refuses (ENOSPC, EIO, ...) drops that reading: it is counted as dropped, the
-error is logged once per change of state, the file stays readable, and capture resumes when the
-disk takes writes again.
+collector keeps its schedule. Files (see actors/capture_files.py) are opened ahead, fsynced and
+finished in the background, so a file switch never delays a tick; they finish by size, by age,
+on request (sync pass) and at shutdown. A write that the disk refuses (ENOSPC, EIO, ...) drops
+that reading: it is counted as dropped, the error is logged once per change of state, the file
+stays readable, and capture resumes when the disk takes writes again.
 """
 
 from __future__ import annotations
 
 import errno
-from functools import partial
-from collections import Counter
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 import trio
 
-from capsync.runtime.capture_file import (
-    MAX_RECORDS_PER_FILE, CaptureHeader, CaptureRecord, CaptureWriter, new_file_id, recover_prog,
-)
+from capsync.actors.capture_files import CaptureFiles
+from capsync.runtime.capture_file import MAX_RECORDS_PER_FILE, CaptureHeader, CaptureRecord, new_file_id
 from capsync.runtime.capture_writer import RecordRefused
 from capsync.runtime.config import CaptureMethodPlan
+from capsync.runtime.faults import FaultPlan
 from capsync.runtime.logs import StateChangeLog
+from capsync.runtime.metronome import Metronome
 from capsync.runtime.resources.methods import DataKind
 from capsync.runtime.resources.registry import Binary, Resource
 from capsync.runtime.wallclock import WallClock
-from capsync.runtime.blocking import run_blocking
-from capsync.runtime.faults import FaultPlan
 
 log = logging.getLogger("capsync.collector")
 
@@ -41,6 +47,13 @@ log = logging.getLogger("capsync.collector")
 LATE_SHARE = 0.1
 #: ... but never counts as late below this many seconds (scheduler jitter at very high rates).
 LATE_FLOOR_S = 0.002
+#: A burst captures ticks overdue by up to this long (or one period, if longer); older ones are missed.
+CATCH_UP_S = 0.1
+#: A burst yields to other tasks after this long of back-to-back readings.
+BURST_SLICE_S = 0.002
+#: A resource call is abandoned after resource_timeout_s, or at most this share of it later (the
+#: timeout's deadline is moved only every tenth of the timeout: a deadline per call costs more than a reading).
+TIMEOUT_SLACK = 0.1
 #: Window over which `measured_hz` is computed.
 RATE_WINDOW_S = 1.0
 #: How long finishing the open file may block at shutdown before the .prog is left for recovery.
@@ -92,7 +105,8 @@ class Collector:
     """Captures `plan.method` of `resource` at `plan.frequency_hz` into capture files.
 
     `on_tabular` (optional) is handed every tabular reading after it was written to the capture
-    file; the MongoDB sink uses it. It must not block.
+    file; the MongoDB sink uses it. It must not block. `metronome` is the agent's shared timer;
+    without one the collector runs a metronome of its own.
     """
 
     def __init__(
@@ -102,6 +116,7 @@ class Collector:
         settings: CollectorSettings,
         wall: WallClock,
         on_tabular: Callable[[CaptureHeader, CaptureRecord], None] | None = None,
+        metronome: Metronome | None = None,
     ) -> None:
         self.plan = plan
         self.name = collector_name(plan)
@@ -109,32 +124,50 @@ class Collector:
         self._settings = settings
         self._wall = wall
         self._on_tabular = on_tabular
-        self._period = self._grid_period = 1.0 / plan.frequency_hz
-        self._regrid = False
-        self._last_fsync = 0.0
-        self._writer: CaptureWriter | None = None
-        self._finish_requested = False
+        self._metronome = metronome
+        self._size_limit = (settings.max_file_bytes if plan.kind is DataKind.TABULAR
+                            else settings.max_binary_file_bytes)
+        self._files = CaptureFiles(settings.capture_dir, self.name, self._header,
+                                   fsync_interval_s=settings.fsync_interval_s,
+                                   max_file_age_s=settings.max_file_age_s, max_file_bytes=self._size_limit,
+                                   on_disk_error=self._disk_failed)
+        self._set_grid(plan.frequency_hz)
+        self._k = 0  # index of the next tick on the grid
+        self._start = 0.0
+        self._start_ns = 0
+        self._regrid_hz: float | None = None
         self._errors = StateChangeLog(log)
         self._disk_errors = StateChangeLog(log)  # disk-full handling: once per change of state
+        self._failing = self._disk_failing = False
         self._dropped = 0
         self._captured = self._failed = self._late = self._missed = 0
-        self._files_finished = self._bytes = 0
+        self._bytes = 0
         self._max_lateness = 0.0
         self._last_error: str | None = None
-        self._sleep_scope: trio.CancelScope | None = None
-        self._finished = trio.Event()  # set (and replaced) each time a file is finished
+        self._sleeper = None
+        self._call_scope: trio.CancelScope | None = None
+        self._in_call = False
         self._stop_requested = False
         #: Set once the collector has stopped after `request_stop()`.
         self.stopped = trio.Event()
         self._rate_t0: float | None = None  # start of the current rate window
         self._rate_c0 = 0
         self._measured_hz: float | None = None
-        #: Fault injection (tests): points tick, before_call, after_call, before_write, after_write.
+        #: Fault injection (tests): points tick, before_call, after_call, before_write, after_write,
+        #: and finish (in the background, before files are finished).
         self.faults: FaultPlan | None = None
         #: When set (simulation), counts the records appended per file id.
         self.ledger: Counter[str] | None = None
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
+
+    def _set_grid(self, hz: float) -> None:
+        """Period of the grid, as a float (for due times) and as an exact fraction of nanoseconds."""
+        rate = Fraction(hz).limit_denominator(1_000_000)
+        self._period = 1.0 / hz
+        self._ns_num, self._ns_den = 10**9 * rate.denominator, rate.numerator  # period_ns = num / den
+        self._catch_up = max(CATCH_UP_S, self._period)
+        self._late_after = max(LATE_FLOOR_S, LATE_SHARE * self._period)
 
     # -- control -------------------------------------------------------------------------
 
@@ -142,8 +175,7 @@ class Collector:
         """Change the capture rate; it takes effect at the next tick and keeps the open file."""
         if hz <= 0:
             raise ValueError(f"capture frequency must be > 0 Hz, not {hz}")
-        self._period = 1.0 / hz
-        self._regrid = True
+        self._regrid_hz = hz
         self._rate_t0, self._measured_hz = None, None
         self.plan = replace(self.plan, frequency_hz=hz)
         self._wake()
@@ -155,20 +187,16 @@ class Collector:
         self._wake()
 
     def request_finish(self) -> None:
-        """Ask the collector to finish its open file (it is then ready to sync)."""
-        self._finish_requested = True
-        self._wake()
+        """Ask for the open file to be finished (it is then ready to sync); capture goes on in the next."""
+        self._files.retire()
 
     async def finish_open_file(self) -> None:
-        """Finish the open file, if any, and wait until the collector has done it."""
-        if self._writer is None:
-            return
-        done = self._finished
-        self.request_finish()
-        await done.wait()
+        """Finish the open file, if any, and wait until it (and every file retired before it) is finished."""
+        await self._files.finish_open_file()
 
     def statistics(self) -> CollectorStats:
         """Counters since this collector started."""
+        w = self._files.writer
         return CollectorStats(
             name=self.name,
             target_hz=self.plan.frequency_hz,
@@ -178,9 +206,9 @@ class Collector:
             late_ticks=self._late,
             missed_ticks=self._missed,
             max_lateness_s=self._max_lateness,
-            files_finished=self._files_finished,
+            files_finished=self._files.files_finished,
             bytes_written=self._bytes,
-            open_file=str(self._writer.path) if self._writer else None,
+            open_file=str(w.path) if w is not None else None,
             last_error=self._last_error,
             dropped=self._dropped,
         )
@@ -188,86 +216,113 @@ class Collector:
     # -- the actor -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Capture until cancelled, then finish the open file (shielded, time-bounded)."""
-        start, k = trio.current_time(), 0
-        task_status.started()
-        try:
-            while not self._stop_requested:
-                if self._regrid:  # new rate: a new grid through the last tick, from its next tick not in the past
-                    self._regrid = False
-                    if k > 0:
-                        start += (k - 1) * self._grid_period
-                    self._grid_period = self._period
-                    k = max(1 if k > 0 else 0, math.ceil((trio.current_time() - start) / self._period - 1e-9))
-                due = start + k * self._grid_period
-                await self._sleep_until(due)
-                now = trio.current_time()
-                if now < due or self._regrid or self._stop_requested:  # woken early: a request or file age
-                    await self._maybe_finish(now)
-                    continue
-                lateness = now - due
-                if lateness >= self._grid_period:  # whole periods passed: those ticks are missed
-                    skipped = int(lateness // self._grid_period)
-                    self._missed += skipped
-                    k += skipped
-                    due = start + k * self._grid_period
-                    lateness = now - due
-                if lateness > max(LATE_FLOOR_S, LATE_SHARE * self._grid_period):
-                    self._late += 1
-                self._max_lateness = max(self._max_lateness, lateness)
-                if self.lateness_samples is not None:
-                    self.lateness_samples.append(lateness)
-                if self.faults is not None:  # a bug in the collector itself: the supervisor restarts it
-                    await self.faults.hit(self.name, "tick")
-                await self._capture_once(due)
-                await self._maybe_finish(trio.current_time())
-                await self._maybe_fsync()
-                k += 1
-        finally:
-            with trio.move_on_after(FINISH_TIMEOUT_S, shield=True) as scope:
-                await self._finish_file()
-            if scope.cancelled_caught:
-                log.error("could not finish capture file in time; it will be recovered at next start",
-                          extra={"actor": self.name})
-            if self._stop_requested:
-                self.stopped.set()
+        """Capture until cancelled or stopped, then finish every file (shielded, time-bounded)."""
+        self._files.faults = self.faults
+        async with trio.open_nursery() as background:
+            await background.start(self._files.run)
+            metronome = self._metronome
+            if metronome is None:
+                metronome = Metronome()
+                await background.start(metronome.run)
+            self._sleeper = metronome.sleeper()
+            self._start, self._k = trio.current_time(), 0
+            self._start_ns = self._wall.ns_at(self._start)
+            task_status.started()
+            try:
+                while not self._stop_requested:
+                    # One cancel scope for many calls: it is the resource timeout (see _capture_once),
+                    # entered again only after it fired.
+                    with trio.CancelScope() as self._call_scope:
+                        await self._capture_loop()
+                    if self._call_scope.cancelled_caught and self._in_call:
+                        self._in_call = False
+                        self._count_failure(f"timed out after {self._settings.resource_timeout_s:g} s")
+                        self._k += 1
+            finally:
+                with trio.move_on_after(FINISH_TIMEOUT_S, shield=True) as scope:
+                    await self._files.close()
+                if scope.cancelled_caught:
+                    log.error("could not finish capture file in time; it will be recovered at next start",
+                              extra={"actor": self.name})
+                background.cancel_scope.cancel()
+        if self._stop_requested:
+            self.stopped.set()
 
-    async def _sleep_until(self, due: float) -> None:
-        deadline = due
-        if self._writer is not None and math.isfinite(self._settings.max_file_age_s):
-            deadline = min(deadline, self._writer.opened_at + self._settings.max_file_age_s)
-        if self._finish_requested or self._regrid or self._stop_requested:
-            return
-        # One cancel scope, cancelled early by _wake(): cheaper per tick than an Event plus a timeout.
-        self._sleep_scope = trio.CancelScope(deadline=deadline)
-        with self._sleep_scope:
-            await trio.sleep_forever()
-        self._sleep_scope = None
+    async def _capture_loop(self) -> None:
+        """Sleep until the next tick is due, then capture every due tick (a burst)."""
+        clock = trio.lowlevel.current_clock()
+        sleeper = self._sleeper
+        slice_end = -math.inf
+        while not self._stop_requested:
+            if self._regrid_hz is not None:
+                self._regrid(clock.current_time())
+            k = self._k
+            due = self._start + k * self._ns_num / self._ns_den / 1e9
+            now = clock.current_time()
+            if now < due:
+                await sleeper.until(due)
+                slice_end = clock.current_time() + BURST_SLICE_S
+                continue  # woken at the due time, or early by a request: look again
+            overdue = now - due
+            if overdue > self._catch_up:  # too far behind to catch up: those ticks are missed
+                skipped = math.ceil((overdue - self._catch_up) / self._period)
+                self._missed += skipped
+                self._k = k = k + skipped
+                due = self._start + k * self._ns_num / self._ns_den / 1e9
+                overdue = now - due
+            if overdue > self._late_after:
+                self._late += 1
+            if overdue > self._max_lateness:
+                self._max_lateness = overdue
+            if self.lateness_samples is not None:
+                self.lateness_samples.append(overdue)
+            if self.faults is not None:  # a bug in the collector itself: the supervisor restarts it
+                await self.faults.hit(self.name, "tick")
+            await self._capture_once(self._start_ns + k * self._ns_num // self._ns_den, now)
+            self._k = k + 1
+            if now > slice_end:  # a long burst: let other collectors take their ticks
+                await trio.lowlevel.checkpoint()
+                slice_end = clock.current_time() + BURST_SLICE_S
+
+    def _regrid(self, now: float) -> None:
+        """A new rate: a new grid through the last tick taken, from its next tick not in the past."""
+        hz, self._regrid_hz = self._regrid_hz, None
+        assert hz is not None
+        if self._k > 0:
+            last = self._k - 1
+            self._start_ns += last * self._ns_num // self._ns_den
+            self._start += last * self._ns_num / self._ns_den / 1e9
+        self._set_grid(hz)
+        self._k = max(1 if self._k > 0 else 0, math.ceil((now - self._start) / self._period - 1e-9))
 
     def _wake(self) -> None:
-        if self._sleep_scope is not None:
-            self._sleep_scope.cancel()
+        if self._sleeper is not None:
+            self._sleeper.wake()
 
-    async def _capture_once(self, due: float) -> None:
-        requested_ns = self._wall.ns_at(due)
+    async def _capture_once(self, requested_ns: int, now: float) -> None:
+        """Take one reading for the tick requested at `requested_ns` and write it."""
+        timeout = self._settings.resource_timeout_s
+        scope = self._call_scope
+        if scope is not None and not now + timeout <= scope.deadline <= now + timeout * (1 + TIMEOUT_SLACK):
+            scope.deadline = now + timeout * (1 + TIMEOUT_SLACK)
+        self._in_call = True
         try:
-            # A bare CancelScope rather than fail_after: this runs at every tick of every collector.
-            with trio.CancelScope(deadline=trio.current_time() + self._settings.resource_timeout_s) as timeout:
-                if self.faults is not None:
-                    await self.faults.hit(self.name, "before_call")
-                result = await self._resource.capture(self.plan.method, self.plan.params)
-                if self.faults is not None:
-                    result = await self.faults.hit(self.name, "after_call", result)
+            if self.faults is not None:
+                await self.faults.hit(self.name, "before_call")
+            result = await self._resource.capture(self.plan.method, self.plan.params)
+            if self.faults is not None:
+                result = await self.faults.hit(self.name, "after_call", result)
         except Exception as exc:  # a resource error is data about the robot, not a bug in us
+            self._in_call = False
             self._count_failure(f"{type(exc).__name__}: {exc}")
             return
-        if timeout.cancelled_caught:
-            self._count_failure(f"timed out after {self._settings.resource_timeout_s:g} s")
-            return
+        self._in_call = False
         received_ns = self._wall.now_ns()
-        self._errors.ok(self.name, "capture works again", actor=self.name)
+        if self._failing:
+            self._failing = False
+            self._errors.ok(self.name, "capture works again", actor=self.name)
         if self.plan.kind is DataKind.TABULAR:
-            if not isinstance(result, dict):
+            if type(result) is not dict and not isinstance(result, dict):
                 self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
                 return
             record = CaptureRecord(requested_ns, received_ns, result)
@@ -285,14 +340,13 @@ class Collector:
                 if await self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata),
                                      img.mime_type) is None:
                     return  # dropped: the disk refused it
-            if self._settings.max_binary_file_bytes <= 0:
-                await self._finish_file()
+            if self._size_limit <= 0:  # one capture per file
+                self._files.retire()
         self._captured += 1
-        self._measure_rate()
+        self._measure_rate(now)
 
-    def _measure_rate(self) -> None:
+    def _measure_rate(self, now: float) -> None:
         """Captures per second over the last completed window of at least RATE_WINDOW_S."""
-        now = trio.current_time()
         if self._rate_t0 is None:
             self._rate_t0, self._rate_c0 = now, self._captured
         elif now - self._rate_t0 >= RATE_WINDOW_S:
@@ -300,15 +354,21 @@ class Collector:
             self._rate_t0, self._rate_c0 = now, self._captured
 
     async def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
-        """Append `record` to the open file (opening one if needed); None when the disk refused it."""
+        """Append `record` to the open file (taking the spare, or opening one, if needed); None when
+        the disk refused it. The file is retired once it is full."""
+        files = self._files
         try:
             if self.faults is not None:
                 self.faults.hit_sync(self.name, "before_write")
-            if self._writer is None:
-                self._writer = await self._open_writer(mime_type)
-            self._bytes += self._writer.append(record)
+            w = files.writer
+            if w is None or (mime_type and w.header.mime_type != mime_type):
+                if w is not None:
+                    files.retire()
+                await files.wait_for_disk()
+                w = files.take(mime_type) or await files.open(mime_type)
+            self._bytes += w.append(record)
             if self.ledger is not None:
-                self.ledger[self._writer.header.file_id] += 1
+                self.ledger[w.header.file_id] += 1
         except RecordRefused as exc:  # a reading no reader (the cloud included) would accept
             self._count_failure(str(exc))
             return None
@@ -318,45 +378,26 @@ class Collector:
             return None
         if self.faults is not None:  # a crash right after a record reached the file
             self.faults.hit_sync(self.name, "after_write")
-        self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
-        return self._writer.header
-
-    async def _open_writer(self, mime_type: str) -> CaptureWriter:
-        """A new capture file, created (header written and fsynced) in a worker thread so that a
-        slow disk does not delay this or any other collector's ticks."""
-        opened = trio.current_time()
-        create = partial(CaptureWriter.create, self._settings.capture_dir, self._header(mime_type),
-                         fsync_interval_s=math.inf,  # fsync happens off the event loop, in _maybe_fsync
-                         clock=lambda: opened)  # only its opening time matters with no interval fsync
-        return await run_blocking(create)
+        if self._disk_failing:
+            self._disk_failing = False
+            self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
+        size, limit = w.size_bytes, self._size_limit
+        if (limit > 0 and size >= limit) or w.record_count >= MAX_RECORDS_PER_FILE:
+            files.retire()
+        elif size >= files.spare_at:
+            files.want_spare()
+        return w.header
 
     def _disk_failed(self, exc: OSError) -> None:
         """Log a refused write once per change of state, and retire the open file if it is unusable."""
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         self._last_error = f"write failed: {exc}"
+        self._disk_failing = True
         self._disk_errors.fail("disk", f"capture file write failed ({reason}); readings are dropped until "
                                "writes work again", actor=self.name, error=str(exc))
-        w = self._writer
+        w = self._files.writer
         if w is not None and (w.record_count == 0 or w.statistics().state != "open"):
-            self._writer = None
-            self._retire(w)
-
-    def _retire(self, w: CaptureWriter) -> None:
-        """Close a writer that cannot go on: drop it if it holds no record, else keep its good prefix
-        as a `.capture` file now (or leave the `.prog` for recovery at the next start)."""
-        w.close_unfinished()
-        try:
-            if w.record_count == 0:
-                w.path.unlink(missing_ok=True)
-            elif w.path.exists():
-                recover_prog(w.path)
-                self._files_finished += 1
-        except OSError as exc:
-            log.error("could not close a capture file after a disk error; it is recovered at the next start",
-                      extra={"actor": self.name, "path": str(w.path), "error": str(exc)})
-        finally:
-            self._finished.set()
-            self._finished = trio.Event()
+            self._files.retire()
 
     def _header(self, mime_type: str) -> CaptureHeader:
         r = self.plan.resource
@@ -379,51 +420,8 @@ class Collector:
             created_ns=self._wall.now_ns(),
         )
 
-    async def _maybe_finish(self, now: float) -> None:
-        w = self._writer
-        if w is None:
-            self._finish_requested = False
-            return
-        limit = self._settings.max_file_bytes if self.plan.kind is DataKind.TABULAR else self._settings.max_binary_file_bytes
-        if (
-            self._finish_requested
-            or (limit > 0 and w.size_bytes >= limit)
-            or w.record_count >= MAX_RECORDS_PER_FILE
-            or now - w.opened_at >= self._settings.max_file_age_s
-        ):
-            await self._finish_file()
-
-    async def _maybe_fsync(self) -> None:
-        w = self._writer
-        now = trio.current_time()
-        if w is not None and now - self._last_fsync >= self._settings.fsync_interval_s:
-            self._last_fsync = now
-            try:
-                await run_blocking(w.sync)
-            except OSError as exc:  # the kernel may have dropped pages: the writer is broken now
-                self._disk_failed(exc)
-
-    async def _finish_file(self) -> None:
-        """Finish the open file (fsync, rename to .capture) in a worker thread: a slow disk must not
-        hold up this or any other collector's next tick."""
-        self._finish_requested = False
-        w, self._writer = self._writer, None
-        if w is None:
-            return
-        try:
-            path = await run_blocking(w.finish)
-        except OSError as exc:
-            self._disk_errors.fail("finish", "could not finish a capture file", actor=self.name, error=str(exc))
-            self._retire(w)
-            return
-        finally:
-            self._finished.set()
-            self._finished = trio.Event()
-        self._disk_errors.ok("finish", "capture files finish again", actor=self.name)
-        self._files_finished += 1
-        log.debug("capture file finished", extra={"actor": self.name, "path": str(path), "records": w.record_count})
-
     def _count_failure(self, reason: str) -> None:
         self._failed += 1
         self._last_error = reason
+        self._failing = True
         self._errors.fail(self.name, "capture failed", actor=self.name, error=reason)

@@ -219,7 +219,8 @@ class Simulation:
                 c = read_capture(path)
             except Exception:
                 continue
-            out[c.header.file_id] += len(c.records)
+            if c.records:  # a file opened ahead holds none yet
+                out[c.header.file_id] += len(c.records)
         return out
 
     async def cloud_records(self) -> Counter[str]:

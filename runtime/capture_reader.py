@@ -89,12 +89,14 @@ class CaptureContents:
 @dataclass(frozen=True)
 class Recovery:
     """What recover_prog did with one `.prog` file: the `.capture` it became (None when it was
-    set aside as `.corrupt`), how many records it kept, and the damage that was cut off."""
+    set aside as `.corrupt` or removed as empty), how many records it kept, and the damage that
+    was cut off. `empty` is True for a whole file with a header and no record, which is removed."""
 
     original: Path
     result: Path | None
     records: int
     damage: Damage | None
+    empty: bool = False
 
 
 CaptureItem = Union[CaptureHeader, CaptureRecord, Damage]
@@ -313,7 +315,8 @@ def recover_prog(path: Path) -> Recovery:
 
     The file is cut to its good length (dropping a torn, zero-filled or corrupt tail), fsynced
     and renamed. A file whose header is unreadable, including an empty one, is renamed to
-    `.corrupt` instead (result None); nothing is ever deleted. Must not run while a writer still
+    `.corrupt` instead (result None). A complete file with a header and no record holds nothing
+    (collectors open the next file ahead of need) and is removed; nothing else is ever deleted. Must not run while a writer still
     has the file open. Raises FileExistsError if the `.capture` name is taken, OSError on I/O errors.
     """
     path = Path(path)
@@ -334,6 +337,10 @@ def recover_prog(path: Path) -> Recovery:
         log.warning("unreadable capture file set aside", extra={"path": str(path), "moved_to": str(aside),
                                                                  "offset": exc.offset, "reason": exc.reason})
         return Recovery(path, None, 0, Damage(exc.offset, exc.reason))
+    if count == 0 and damage is None:
+        path.unlink()
+        fsync_dir(path.parent)
+        return Recovery(path, None, 0, None, empty=True)
     target = path.with_suffix(CAPTURE_SUFFIX)
     if target.exists():
         raise FileExistsError(f"{target}: exists already; {path} left as it is")

@@ -23,6 +23,7 @@ from capsync.runtime.capture_file import (
     FRAME,
     FRAME_HEADER_SIZE,
     HEADER_MARK,
+    INT64_MAX,
     MAX_HEADER_BYTES,
     MAX_RECORD_BYTES,
     MAX_RECORDS_PER_FILE,
@@ -222,7 +223,9 @@ class CaptureWriter:
         n = len(body)
         if n > MAX_RECORD_BYTES:
             raise RecordRefused(f"{self.path}: record of {n} bytes exceeds the {MAX_RECORD_BYTES}-byte record limit")
-        if (problem := capture_reader.record_problem(body, self._binary)) is not None:
+        plain = (0 <= req <= INT64_MAX and 0 <= rec <= INT64_MAX and _plain(payload, _PLAIN_DEPTH)
+                 and (meta is None or _plain(meta, _PLAIN_DEPTH)))
+        if not plain and (problem := capture_reader.record_problem(body, self._binary)) is not None:
             raise RecordRefused(f"{self.path}: record refused: {problem}")
         head = FRAME.pack(RECORD_MARK, n, n ^ _U32, zlib.crc32(body))
         total = n + FRAME_HEADER_SIZE
@@ -248,10 +251,12 @@ class CaptureWriter:
             self._refuse("sync")
         self._fsync(fd, full=False)
 
-    def finish(self) -> Path:
+    def finish(self, *, sync_dir: bool = True) -> Path:
         """fsync, close and atomically rename the file to `.capture`; returns the new path.
 
-        Calling it again returns the same path. After close_unfinished() it raises ValueError.
+        With `sync_dir` False the caller fsyncs the directory itself (capture_file.fsync_dir), e.g.
+        once for several files; the rename is durable only after that. Calling it again returns
+        the same path. After close_unfinished() it raises ValueError.
         """
         if self._final is not None:
             return self._final
@@ -265,7 +270,8 @@ class CaptureWriter:
         if final.exists():
             raise FileExistsError(f"{final}: exists already; {self.path} is left for recovery")
         os.rename(self.path, final)
-        fsync_dir(self.path.parent)
+        if sync_dir:
+            fsync_dir(self.path.parent)
         self._final = final
         return final
 
@@ -334,6 +340,37 @@ class CaptureWriter:
         if self._final is not None:
             raise ValueError(f"{self.path}: cannot {what} a finished capture file (now {self._final})")
         raise ValueError(f"{self.path}: cannot {what} a closed capture writer")
+
+
+#: Values that cbor2 encodes without a tag, so any reader decodes them as they are.
+_PLAIN_LEAVES = frozenset({str, bytes, float, bool, type(None)})
+#: Nesting the fast check accepts by itself; deeper values are checked by decoding (MAX_RECORD_DEPTH).
+_PLAIN_DEPTH = 32
+_INT_RANGE = range(-2**64, 2**64)  # CBOR's major types 0 and 1; beyond them cbor2 writes a bignum tag
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when `value` holds only maps, arrays, strings, bytes, floats, bools, None and 64-bit
+    ints, nested at most `depth` deep: such a record needs no decoding to know a reader accepts it
+    (the writer decodes the others with capture_reader.record_problem, which is ~3x the encode)."""
+    t = type(value)
+    if t in _PLAIN_LEAVES:
+        return True
+    if t is int:
+        return value in _INT_RANGE
+    if depth <= 0:
+        return False
+    if t is dict:
+        for k, v in value.items():
+            if not ((type(k) is str or _plain(k, depth - 1)) and (type(v) in _PLAIN_LEAVES or _plain(v, depth - 1))):
+                return False
+        return True
+    if t is list or t is tuple:
+        for v in value:
+            if not (type(v) in _PLAIN_LEAVES or _plain(v, depth - 1)):
+                return False
+        return True
+    return False
 
 
 def _write_fully(fd: int, data: bytes) -> None:

@@ -356,12 +356,21 @@ def test_recover_prog_keeps_exactly_the_good_prefix(scratch, records, cut, tail)
     overwrite(prog, data[:keep] + tail)
     expected = read_capture(prog)
     r = recover_prog(prog)
+    if not expected.records and expected.damage is None:  # a header and nothing else: holds nothing
+        assert r.empty and r.result is None and not prog.exists() and not prog.with_suffix(CAPTURE_SUFFIX).exists()
+        return
     assert not prog.exists() and r.result == prog.with_suffix(CAPTURE_SUFFIX)
     c = read_capture(r.result)
     assert c.damage is None and c.records == expected.records and r.records == len(expected.records)
     assert r.result.stat().st_size == expected.good_length
     assert r.damage == expected.damage
     assert r.result.read_bytes() == data[: expected.good_length]
+
+
+def test_recover_removes_a_file_opened_ahead_that_got_no_record(tmp_path):
+    prog, _, _ = write(tmp_path, [], finish=False)
+    r = recover_prog(prog)
+    assert r.empty and r.result is None and r.records == 0 and not list(prog.parent.iterdir())
 
 
 def test_recover_clean_prog_keeps_every_byte(tmp_path):
@@ -621,3 +630,29 @@ def test_public_names_are_importable_from_capture_file():
     for name in cf.__all__:
         assert getattr(cf, name) is not None, name
     assert cf.CaptureContents is CaptureContents and cf.CaptureWriter is CaptureWriter
+
+
+# --- the writer's fast check agrees with the reader -------------------------------------------------
+
+_any_value = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.text(max_size=5) | st.binary(max_size=5)
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.datetimes() | st.decimals(allow_nan=False) | st.frozensets(st.integers(0, 3), max_size=2),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3) | st.integers(0, 5), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(payload=st.dictionaries(st.text(max_size=4), _any_value, max_size=4), depth=st.integers(0, 80))
+def test_what_the_fast_check_passes_the_reader_accepts(payload, depth):
+    from capsync.runtime.capture_reader import record_problem
+
+    for _ in range(depth):  # deep nesting, on both sides of the fast check's own depth limit
+        payload = {"d": payload}
+    try:
+        body = cbor2.dumps((1, 2, payload, None))
+    except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError):
+        return  # the writer refuses what it cannot encode before either check
+    if capture_writer._plain(payload, capture_writer._PLAIN_DEPTH):
+        assert record_problem(body, False) is None

@@ -1,0 +1,149 @@
+"""High rates, bursts, slow disks and the shared timer, under Trio's virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from capsync.actors.collector import CATCH_UP_S, Collector
+from capsync.runtime.faults import FaultKind, FaultPlan
+from capsync.runtime.metronome import Metronome
+from tests.helpers import leftover_progs, records_by_method
+from tests.test_collector import _blocking_inline, _collector, _run_for  # noqa: F401 (the fixture is autouse)
+
+
+class Stalling:
+    """A sensor whose every `every`-th call takes `stall_s` (virtual) seconds: a loop that falls behind."""
+
+    type, name, model = "sensor", "r", "stalling"
+
+    def __init__(self, every: int, stall_s: float, times: int | None = None) -> None:
+        self.every, self.stall_s, self.times = every, stall_s, times
+        self.calls = self.stalls = 0
+
+    async def capture(self, method: str, params: dict) -> dict:
+        self.calls += 1
+        if self.calls % self.every == 0 and (self.times is None or self.stalls < self.times):
+            self.stalls += 1
+            await trio.sleep(self.stall_s)
+        return {"n": self.calls}
+
+    async def close(self) -> None:
+        pass
+
+
+#: _run_for stops 1 ms early; at 1 kHz that is a tick: stop half-way between two ticks instead.
+HALF_A_TICK = 0.0005
+
+
+def _stalling_collector(tmp_path, hz: float, resource: Stalling, **settings) -> Collector:
+    c = _collector(tmp_path, "sensor", "Readings", hz, **settings)
+    return Collector(c.plan, resource, c._settings, c._wall)
+
+
+def _gaps(recs) -> set[int]:
+    return {b.requested_ns - a.requested_ns for a, b in zip(recs, recs[1:])}
+
+
+async def test_ticks_a_stall_delays_are_caught_up_in_a_burst_on_the_grid(tmp_path, autojump_clock):
+    # 1 kHz; every 100th call stalls 30 ms: the 30 ticks that came due meanwhile are taken at once.
+    resource = Stalling(every=100, stall_s=0.030, times=10)  # all in the first second
+    c = _stalling_collector(tmp_path, 1000, resource)
+    await _run_for(c, 2.0 + HALF_A_TICK)
+    (recs,) = records_by_method(tmp_path).values()
+    stats = c.statistics()
+    assert stats.missed_ticks == 0 and resource.stalls >= 10
+    assert len(recs) == stats.captured == 2000  # ticks at 0.000 .. 1.999 s: none missed
+    assert _gaps(recs) == {1_000_000}  # requested exactly on the grid, burst or not
+    lag = [r.received_ns - r.requested_ns for r in recs]
+    assert max(lag) >= 29_000_000  # a burst reading says when it was really taken
+    assert min(lag) >= 0
+
+
+async def test_a_stall_beyond_the_catch_up_window_misses_the_oldest_ticks(tmp_path, autojump_clock):
+    resource = Stalling(every=200, stall_s=0.5, times=1)  # one half-second stall, at 1 kHz
+    c = _stalling_collector(tmp_path, 1000, resource)
+    await _run_for(c, 2.0 + HALF_A_TICK)
+    (recs,) = records_by_method(tmp_path).values()
+    stats = c.statistics()
+    expected_missed = round((0.5 - CATCH_UP_S) * 1000)  # the ticks more than CATCH_UP_S overdue
+    assert abs(stats.missed_ticks - expected_missed) <= 1
+    assert len(recs) + stats.missed_ticks == 2000
+    assert _gaps(recs) == {1_000_000, (stats.missed_ticks + 1) * 1_000_000}  # one hole, on the grid
+
+
+async def test_ten_kilohertz_takes_every_tick_exactly_on_the_grid(tmp_path, autojump_clock):
+    c = _collector(tmp_path, "sensor", "Readings", 10_000, max_file_bytes=1 << 20)
+    await _run_for(c, 1.001 + HALF_A_TICK / 10)  # stops at 1.00005 s: ticks 0.0000 .. 1.0000
+    (recs,) = records_by_method(tmp_path).values()
+    assert len(recs) == 10_001 and _gaps(recs) == {100_000}
+    assert c.statistics().missed_ticks == 0
+
+
+async def test_a_slow_disk_never_delays_a_tick(tmp_path, autojump_clock):
+    # Files switch every few readings and finishing each batch of them takes 0.2 s: capture goes on.
+    plan = FaultPlan()
+    plan.add("collector *", "finish", FaultKind.HANG, seconds=0.2, times=None)
+    c = _collector(tmp_path, "sensor", "Readings", 100, max_file_bytes=600)
+    c.faults = plan
+    await _run_for(c, 5.0)
+    stats = c.statistics()
+    (recs,) = records_by_method(tmp_path).values()
+    assert plan.fired("finish") >= 10 and stats.files_finished >= 50
+    assert stats.late_ticks == 0 and stats.missed_ticks == 0 and stats.max_lateness_s == 0
+    assert len(recs) == 500 and _gaps(recs) == {10_000_000}
+    assert not leftover_progs(tmp_path)  # shutdown waited for every pending finish
+
+
+async def test_shutdown_waits_for_pending_finishes(tmp_path, autojump_clock):
+    plan = FaultPlan()
+    plan.add("collector *", "finish", FaultKind.HANG, seconds=1.0, times=None)
+    c = _collector(tmp_path, "sensor", "Readings", 50, max_file_bytes=400)
+    c.faults = plan
+    async with trio.open_nursery() as n:
+        await n.start(c.run)
+        await trio.sleep(2.0)
+        assert c.statistics().files_finished < c.statistics().captured // 3  # most are still pending
+        n.cancel_scope.cancel()
+    (recs,) = records_by_method(tmp_path).values()
+    assert len(recs) == c.statistics().captured and not leftover_progs(tmp_path)
+
+
+async def test_collectors_due_together_share_one_timer_wakeup(autojump_clock):
+    m = Metronome()
+    woke: list[float] = []
+
+    async def sleeper(offset: float) -> None:
+        s = m.sleeper()
+        for k in range(1, 11):
+            await s.until(k * 0.1 + offset)
+            woke.append(trio.current_time())
+
+    async with trio.open_nursery() as n:
+        await n.start(m.run)
+        async with trio.open_nursery() as tasks:
+            for _ in range(50):
+                tasks.start_soon(sleeper, 0.0)
+            tasks.start_soon(sleeper, 0.05)
+        n.cancel_scope.cancel()
+    assert len(woke) == 510
+    assert m.wakeups <= 21  # 10 shared instants for the 50, 10 for the other one, and the last cancel
+
+
+async def test_an_early_wake_returns_before_the_due_time(autojump_clock):
+    m = Metronome()
+    s = m.sleeper()
+    returned: list[float] = []
+
+    async def sleep_long() -> None:
+        await s.until(100.0)
+        returned.append(trio.current_time())
+
+    async with trio.open_nursery() as n:
+        await n.start(m.run)
+        n.start_soon(sleep_long)
+        await trio.sleep(1.0)
+        s.wake()
+        await trio.sleep(0.5)
+        n.cancel_scope.cancel()
+    assert returned == [pytest.approx(1.0)]
