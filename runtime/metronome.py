@@ -21,15 +21,12 @@ import trio
 
 
 class Alarm:
-    """One parked sleeper: its due time and its task; `task` is None once it was woken or left."""
+    """One parked sleeper's task; `task` is None once it was woken or left."""
 
-    __slots__ = ("due", "seq", "task")
+    __slots__ = ("task",)
 
-    def __init__(self, due: float, seq: int, task: trio.lowlevel.Task) -> None:
-        self.due, self.seq, self.task = due, seq, task
-
-    def __lt__(self, other: Alarm) -> bool:
-        return (self.due, self.seq) < (other.due, other.seq)
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task: trio.lowlevel.Task | None = task
 
 
 class Metronome:
@@ -39,7 +36,7 @@ class Metronome:
     """
 
     def __init__(self) -> None:
-        self._heap: list[Alarm] = []
+        self._heap: list[tuple[float, int, Alarm]] = []  # (due, sequence number, alarm): compared in C
         self._seq = count()
         self._timer: trio.CancelScope | None = None
         self.wakeups = 0  # timer wakeups, for benchmarks and tests
@@ -50,14 +47,14 @@ class Metronome:
         heap = self._heap
         while True:
             now = trio.current_time()
-            while heap and heap[0].due <= now:
-                alarm = heapq.heappop(heap)
+            while heap and heap[0][0] <= now:
+                alarm = heapq.heappop(heap)[2]
                 if alarm.task is not None:
                     task, alarm.task = alarm.task, None
                     trio.lowlevel.reschedule(task)
-            while heap and heap[0].task is None:  # woken early or left: drop before sleeping on it
+            while heap and heap[0][2].task is None:  # woken early or left: drop before sleeping on it
                 heapq.heappop(heap)
-            self._timer = trio.CancelScope(deadline=heap[0].due if heap else math.inf)
+            self._timer = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
             try:
                 with self._timer:
                     await trio.sleep_forever()
@@ -69,11 +66,11 @@ class Metronome:
         """A place for one task in this metronome's heap."""
         return Sleeper(self)
 
-    def _park(self, alarm: Alarm) -> None:
-        heapq.heappush(self._heap, alarm)
+    def _park(self, due: float, alarm: Alarm) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), alarm))
         timer = self._timer
-        if timer is not None and alarm.due < timer.deadline:
-            timer.deadline = alarm.due
+        if timer is not None and due < timer.deadline:
+            timer.deadline = due
 
 
 class Sleeper:
@@ -88,9 +85,8 @@ class Sleeper:
     async def until(self, due: float) -> None:
         """Park the calling task until `due` (Trio time) or until wake(). Cancellation (and only
         that) raises; the caller checks the time to tell the due time from a wake()."""
-        m = self._metronome
-        alarm = self._alarm = Alarm(due, next(m._seq), trio.lowlevel.current_task())
-        m._park(alarm)
+        alarm = self._alarm = Alarm(trio.lowlevel.current_task())
+        self._metronome._park(due, alarm)
 
         def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
             alarm.task = None
