@@ -186,10 +186,6 @@ class Collector:
         self._stop_requested = True
         self._wake()
 
-    def request_finish(self) -> None:
-        """Ask for the open file to be finished (it is then ready to sync); capture goes on in the next."""
-        self._files.retire()
-
     async def finish_open_file(self) -> None:
         """Finish the open file, if any, and wait until it (and every file retired before it) is finished."""
         await self._files.finish_open_file()

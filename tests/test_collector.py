@@ -148,8 +148,7 @@ async def test_finish_request_rotates_the_file(tmp_path, autojump_clock):
     async with trio.open_nursery() as n:
         await n.start(c.run)
         await trio.sleep(1.05)
-        c.request_finish()
-        await trio.sleep(0.01)
+        await c.finish_open_file()
         assert len(capture_files(tmp_path)) == 1
         assert c.statistics().open_file is None
         n.cancel_scope.cancel()
