@@ -50,7 +50,7 @@ from capsync.cloud.store import (
     summaries,
 )
 from capsync.cloud.timefmt import iso_from_ns
-from capsync.runtime.blocking import run_blocking
+from capsync.runtime.blocking import durable_writes, run_blocking
 from capsync.runtime.sync_protocol import FileKind
 
 T = TypeVar("T")
@@ -101,7 +101,8 @@ class SqliteStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # FULL: a commit is acknowledged only once durable. OFF inside without_fsync() (the simulation).
+        self._db.execute("PRAGMA synchronous=FULL" if durable_writes() else "PRAGMA synchronous=OFF")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
         self._db.executescript(STAGING)

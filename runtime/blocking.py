@@ -41,8 +41,9 @@ _durable = contextvars.ContextVar("capsync_durable_writes", default=True)
 
 
 def durable_writes() -> bool:
-    """False inside `without_fsync()`: capture files then skip fsync (the simulation does; it
-    never loses power, and thousands of fsyncs would cost more real time than everything else)."""
+    """False inside `without_fsync()`: capture files, and the cloud's file bytes and database, then
+    skip fsync (the simulation does; it never loses power, and thousands of fsyncs would cost
+    more real time than everything else)."""
     return _durable.get()
 
 
