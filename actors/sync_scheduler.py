@@ -9,7 +9,7 @@ pass is skipped (the files not tried keep their schedule), and that is logged on
 state; once an upload succeeds again, files that were waiting only for the cloud are due at once.
 A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported. The backlog
 in `statistics()` is the index's: it goes down as each file syncs or is set aside, and up as
-each pass finds new ready files. Capture never waits for sync.
+each pass finds new ready files (a long pass refreshes the index every interval meanwhile). Capture never waits for sync.
 """
 
 from __future__ import annotations
@@ -211,23 +211,28 @@ class SyncScheduler:
         outage = trio.Event()
         pass_error: list[str] = []
         async with trio.open_nursery() as nursery:
-            for entry in self._index.oldest_first():
-                path = self._index.path_of(entry)
-                retry = self._retries.get(path)
-                if retry is not None and retry.not_before > now:
-                    continue
-                await self._limiter.acquire_on_behalf_of(entry)
-                if outage.is_set():
-                    self._limiter.release_on_behalf_of(entry)
-                    break
-                st = await run_blocking(lstat_of, path)
-                f = self._index.sync_file(entry, st, self._wall_time())
-                if f is None:  # vanished, or changed and not quiet yet: the index has followed
-                    counts["gone"] += 1
-                    self._limiter.release_on_behalf_of(entry)
-                    continue
-                self._in_flight.add(f.path)
-                nursery.start_soon(self._upload_one, entry, f, capture_dirs, counts, outage, pass_error)
+            rescans = trio.CancelScope()
+            nursery.start_soon(self._refresh_during_pass, rescans)
+            try:
+                for entry in self._index.oldest_first():
+                    path = self._index.path_of(entry)
+                    retry = self._retries.get(path)
+                    if retry is not None and retry.not_before > now:
+                        continue
+                    await self._limiter.acquire_on_behalf_of(entry)
+                    if outage.is_set():
+                        self._limiter.release_on_behalf_of(entry)
+                        break
+                    st = await run_blocking(lstat_of, path)
+                    f = self._index.sync_file(entry, st, self._wall_time())
+                    if f is None:  # vanished, or changed and not quiet yet: the index has followed
+                        counts["gone"] += 1
+                        self._limiter.release_on_behalf_of(entry)
+                        continue
+                    self._in_flight.add(f.path)
+                    nursery.start_soon(self._upload_one, entry, f, capture_dirs, counts, outage, pass_error)
+            finally:
+                rescans.cancel()
         result = PassResult(
             started_ns=started_ns,
             duration_s=trio.current_time() - t0,
@@ -241,6 +246,14 @@ class SyncScheduler:
         if result.uploaded or result.failed:
             log.info("sync pass", extra={"result": result.summary})
         return result
+
+    async def _refresh_during_pass(self, scope: trio.CancelScope) -> None:
+        """While a long pass (a big backlog) dispatches, refresh the index every interval, so the
+        backlog figure counts files finished meanwhile; they are uploaded from the next pass on."""
+        with scope:
+            while True:
+                await trio.sleep(self.interval_s)
+                await run_blocking(self._index.refresh, self._capture_dirs(), self._sync_paths, self._wall_time())
 
     async def _upload_one(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], counts: dict,
                           outage: trio.Event, pass_error: list[str]) -> None:

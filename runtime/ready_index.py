@@ -17,8 +17,8 @@ once synced). Only names not seen before are stat'd. Two rules keep that exact:
 Per ready file the index holds one tuple (mtime_ns, directory, name, size), kept in a dict per
 directory and in one heap (oldest first) over all of them; no Path or SyncFile is built until a
 file is about to be uploaded. Removed entries leave stale heap slots that are skipped, and the
-heap is rebuilt once they outnumber the live ones. Not thread-safe: one refresh at a time, and
-no other call while it runs (the scheduler awaits it).
+heap is rebuilt once they outnumber the live ones. A refresh may run in a worker thread while
+uploads go on (see ReadyIndex).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,11 +94,16 @@ class ReadyIndex:
     `refresh` brings it up to date; `oldest_first` walks the ready files; `sync_file` turns an
     entry into an up-to-date SyncFile just before upload; `discard` drops an entry once its
     file is synced or set aside. `files` and `bytes` are the backlog, exact after each call.
+
+    One refresh at a time, which may run in a worker thread while the other calls go on in
+    another: a refresh reads the disk without the index's lock and takes it only to apply what
+    it found, one directory at a time, so no call waits for more than that.
     """
 
     def __init__(self, quiet_s: float = QUIET_S, fs_time: Callable[[], float] = time.time) -> None:
         self.quiet_s = quiet_s
         self._fs_time = fs_time  # comparable with file system timestamps: the real wall clock
+        self._lock = threading.Lock()
         self._roots: dict[tuple[FileKind, str], _Root] = {}
         self._heap: list[Entry] = []
         self._stale = 0
@@ -110,30 +116,23 @@ class ReadyIndex:
         """Bring the index up to date with the disk; `now_s` is the wall time for the 10 s quiet rule."""
         wanted = {(FileKind.CAPTURE, str(p)): Path(p) for p in capture_dirs}
         wanted.update({(FileKind.FILE, str(p)): Path(p) for p in sync_paths})
-        for key in [k for k in self._roots if k not in wanted]:
-            root = self._roots.pop(key)
-            if root.top is not None:
-                self._drop(root.top)
+        with self._lock:
+            for key in [k for k in self._roots if k not in wanted]:
+                root = self._roots.pop(key)
+                if root.top is not None:
+                    self._drop(root.top)
+            roots = [self._roots.setdefault(key, _Root(path, key[0])) for key, path in wanted.items()]
         stats = RefreshStats()
-        new: list[Entry] = []
-        for key, path in wanted.items():
-            root = self._roots.get(key)
-            if root is None:
-                root = self._roots[key] = _Root(path, key[0])
-            self._refresh_root(root, now_s, stats, new)
-        if len(new) > 64:
-            self._heap.extend(new)
-            heapq.heapify(self._heap)
-        else:
-            for e in new:
-                heapq.heappush(self._heap, e)
-        if self._stale > 1024 and self._stale > len(self._heap) // 2:
-            self._heap = [e for e in self._heap if e[1].files.get(e[2]) is e]
-            heapq.heapify(self._heap)
-            self._stale = 0
+        for root in roots:
+            self._refresh_root(root, now_s, stats)
+        with self._lock:
+            if self._stale > 1024 and self._stale > len(self._heap) // 2:
+                self._heap = [e for e in self._heap if e[1].files.get(e[2]) is e]
+                heapq.heapify(self._heap)
+                self._stale = 0
         return stats
 
-    def _refresh_root(self, root: _Root, now_s: float, stats: RefreshStats, new: list[Entry]) -> None:
+    def _refresh_root(self, root: _Root, now_s: float, stats: RefreshStats) -> None:
         if root.top is None:
             root.top = _Dir(str(root.path), root)
         stack = [root.top]
@@ -145,19 +144,20 @@ class ReadyIndex:
             except OSError:
                 st = None
             if st is None or not stat.S_ISDIR(st.st_mode):
-                self._drop(d)
-                if d.parent is None:
-                    root.top = None
-                elif d.parent.subdirs.get(os.path.basename(d.path)) is d:
-                    del d.parent.subdirs[os.path.basename(d.path)]
+                with self._lock:
+                    self._drop(d)
+                    if d.parent is None:
+                        root.top = None
+                    elif d.parent.subdirs.get(os.path.basename(d.path)) is d:
+                        del d.parent.subdirs[os.path.basename(d.path)]
                 continue
             if d.needs_listing(st.st_mtime_ns):
-                self._list(d, st.st_mtime_ns, now_s, stats, new)
+                self._list(d, st.st_mtime_ns, now_s, stats)
             elif d.waiting:
-                self._check_waiting(d, now_s, stats, new)
+                self._check_waiting(d, now_s, stats)
             stack.extend(d.subdirs.values())
 
-    def _list(self, d: _Dir, mtime_ns: int, now_s: float, stats: RefreshStats, new: list[Entry]) -> None:
+    def _list(self, d: _Dir, mtime_ns: int, now_s: float, stats: RefreshStats) -> None:
         """Read `d`'s entries: stat new names, forget vanished ones, note new subdirectories."""
         stats.dirs_listed += 1
         listed_at = self._fs_time()
@@ -168,7 +168,8 @@ class ReadyIndex:
         track = bool(files or waiting)  # on a first listing nothing can have vanished
         seen: set[str] = set()
         seen_dirs: set[str] = set()
-        added = added_bytes = statted = 0
+        found: list[Entry] = []
+        not_quiet: list[str] = []
         try:
             with os.scandir(d.path) as it:
                 for e in it:  # (the hot loop of a first look at a big backlog: kept lean)
@@ -189,65 +190,80 @@ class ReadyIndex:
                             seen.add(name)
                             if name in files or name in waiting:
                                 continue
-                        statted += 1
                         st = e.stat(follow_symlinks=False)
                     except OSError:
                         continue  # vanished while we looked
                     if capture or now_s - st.st_mtime >= quiet_s:
-                        entry = (st.st_mtime_ns, d, name, st.st_size)
-                        files[name] = entry
-                        new.append(entry)
-                        added += 1
-                        added_bytes += st.st_size
+                        found.append((st.st_mtime_ns, d, name, st.st_size))
                     else:
-                        waiting[name] = None
+                        not_quiet.append(name)
         except OSError:  # gone or unreadable now: the next refresh looks again
             d.mtime_ns = None
             return
-        finally:
-            self.files += added
-            self.bytes += added_bytes
-            stats.files_statted += statted
-        d.mtime_ns, d.listed_at = mtime_ns, listed_at
-        if track:
-            for name in [n for n in files if n not in seen]:
-                self._remove(files.pop(name))
-            for name in [n for n in waiting if n not in seen]:
-                del waiting[name]
-        for name in seen_dirs:
-            if name not in d.subdirs:
-                d.subdirs[name] = _Dir(os.path.join(d.path, name), root, d)
-        for name in [n for n in d.subdirs if n not in seen_dirs]:
-            self._drop(d.subdirs.pop(name))
+        stats.files_statted += len(found) + len(not_quiet)
+        with self._lock:
+            self._add_all(found)
+            for name in not_quiet:
+                if name not in files:
+                    waiting[name] = None
+            if track:
+                for name in [n for n in files if n not in seen]:
+                    self._remove(files.pop(name))
+                for name in [n for n in waiting if n not in seen]:
+                    del waiting[name]
+            for name in seen_dirs:
+                if name not in d.subdirs:
+                    d.subdirs[name] = _Dir(os.path.join(d.path, name), root, d)
+            for name in [n for n in d.subdirs if n not in seen_dirs]:
+                self._drop(d.subdirs.pop(name))
+            d.mtime_ns, d.listed_at = mtime_ns, listed_at
         if waiting:
-            self._check_waiting(d, now_s, stats, new)
+            self._check_waiting(d, now_s, stats)
 
-    def _check_waiting(self, d: _Dir, now_s: float, stats: RefreshStats, new: list[Entry]) -> None:
+    def _check_waiting(self, d: _Dir, now_s: float, stats: RefreshStats) -> None:
         """Stat the files of `d` that were not quiet yet; those that are now become ready."""
-        for name in list(d.waiting):
-            stats.files_statted += 1
-            try:
-                st = os.stat(os.path.join(d.path, name), follow_symlinks=False)
-            except OSError:
-                del d.waiting[name]
-                continue
-            if now_s - st.st_mtime >= self.quiet_s:
-                del d.waiting[name]
-                new.append(self._add(d, name, st.st_mtime_ns, st.st_size))
+        looked = [(name, lstat_of(os.path.join(d.path, name))) for name in list(d.waiting)]
+        stats.files_statted += len(looked)
+        with self._lock:
+            quiet = []
+            for name, st in looked:
+                if name not in d.waiting:
+                    continue
+                if st is None:
+                    del d.waiting[name]
+                elif now_s - st.st_mtime >= self.quiet_s:
+                    del d.waiting[name]
+                    quiet.append((st.st_mtime_ns, d, name, st.st_size))
+            self._add_all(quiet)
 
-    # -- bookkeeping ---------------------------------------------------------------------
+    # -- bookkeeping (with the lock held) ------------------------------------------------
 
-    def _add(self, d: _Dir, name: str, mtime_ns: int, size: int) -> Entry:
-        e = (mtime_ns, d, name, size)
-        d.files[name] = e
-        self.files += 1
-        self.bytes += size
-        return e
+    def _add_all(self, entries: list[Entry]) -> None:
+        """Index `entries` (skipping names indexed meanwhile) and put them on the heap."""
+        added = []
+        for e in entries:
+            files = e[1].files
+            if e[2] not in files:
+                files[e[2]] = e
+                self.files += 1
+                self.bytes += e[3]
+                added.append(e)
+        if len(added) > 64:
+            self._heap.extend(added)
+            heapq.heapify(self._heap)
+        else:
+            for e in added:
+                heapq.heappush(self._heap, e)
 
     def _remove(self, e: Entry) -> None:
         self.files -= 1
         self.bytes -= e[3]
         self._stale += 1
+
+    def _discard(self, e: Entry) -> None:
+        if e[1].files.get(e[2]) is e:
+            del e[1].files[e[2]]
+            self._remove(e)
 
     def _drop(self, d: _Dir) -> None:
         """Forget `d` and everything under it."""
@@ -291,16 +307,18 @@ class ReadyIndex:
     def holds(self, path: str) -> bool:
         """True if the ready file at `path` is in the index."""
         head, name = os.path.split(path)
-        for root in self._roots.values():
-            d = self._dir_at(head, root)
-            if d is not None and name in d.files:
-                return True
+        with self._lock:
+            for root in self._roots.values():
+                d = self._dir_at(head, root)
+                if d is not None and name in d.files:
+                    return True
         return False
 
     def oldest_first(self) -> Iterator[Entry]:
         """Every ready file, oldest (by mtime) first, as indexed now; entries discarded meanwhile
         are skipped. Walks a copy of the heap, so the index may change while this runs."""
-        heap = self._heap.copy()
+        with self._lock:
+            heap = self._heap.copy()
         while heap:
             e = heapq.heappop(heap)
             if self.is_live(e):
@@ -309,27 +327,26 @@ class ReadyIndex:
     def sync_file(self, e: Entry, st: os.stat_result | None, now_s: float) -> SyncFile | None:
         """`e` as a SyncFile from `st`, a fresh `lstat_of` its file, or None if it is no longer
         ready (vanished, or an additional-path file changed less than 10 s ago); the index follows
-        what `st` says. (The stat is separate so it can run in a worker thread while this runs
-        where every other call does.)"""
-        if not self.is_live(e):
-            return None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            self.discard(e)
-            return None
+        what `st` says. (The stat is separate so it can run in a worker thread.)"""
         d, name = e[1], e[2]
-        if (st.st_mtime_ns, st.st_size) != (e[0], e[3]):
-            self.discard(e)
-            if d.root.kind is FileKind.FILE and now_s - st.st_mtime < self.quiet_s:
-                d.waiting[name] = None
+        with self._lock:
+            if not self.is_live(e):
                 return None
-            heapq.heappush(self._heap, self._add(d, name, st.st_mtime_ns, st.st_size))
+            if st is None or not stat.S_ISREG(st.st_mode):
+                self._discard(e)
+                return None
+            if (st.st_mtime_ns, st.st_size) != (e[0], e[3]):
+                self._discard(e)
+                if d.root.kind is FileKind.FILE and now_s - st.st_mtime < self.quiet_s:
+                    d.waiting[name] = None
+                    return None
+                self._add_all([(st.st_mtime_ns, d, name, st.st_size)])
         return SyncFile(Path(d.path, name), d.root.path, d.root.kind, st.st_size, st.st_mtime_ns)
 
     def discard(self, e: Entry) -> None:
         """Drop `e` (its file was synced, set aside or is gone); no-op if it is not in the index."""
-        if self.is_live(e):
-            del e[1].files[e[2]]
-            self._remove(e)
+        with self._lock:
+            self._discard(e)
 
 
 def lstat_of(path: str) -> os.stat_result | None:

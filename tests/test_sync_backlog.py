@@ -221,3 +221,32 @@ async def test_the_backlog_goes_down_as_files_sync_and_up_as_new_ones_finish(tmp
     stats = sched.statistics()
     assert (stats.files_synced, stats.set_aside, stats.backlog_bytes) == (10, 1, 0)
     assert (root / FAILED_DIR / bogus.relative_to(root)).exists()
+
+
+async def test_a_long_pass_counts_files_finished_meanwhile_and_uploads_them_next(tmp_path, autojump_clock):
+    root = tmp_path / "capture"
+    _tree(root, dirs=1, per_dir=8)
+    order = []
+
+    async def slow_upload(client, f, *, faults=None):
+        await trio.sleep(1.0)
+        f.path.unlink()
+        order.append(f.path.name)
+        return UploadResult("id", f.path, f.size, f.size, 1)
+
+    sched = SyncScheduler(_Cloud(), capture_dirs=lambda: [root], sync_paths=[], interval_s=2.0, max_uploads=1)
+    sched.upload = slow_upload
+    late = root / "sensor" / "s0" / "Readings" / "20250102T000000.000000Z_late.capture"
+    with inline_blocking():
+        async with trio.open_nursery() as n:
+            await n.start(sched.run)
+            await trio.sleep(2.5)
+            before = sched.statistics().backlog_files  # 8 found, 2 synced
+            late.write_bytes(b"z" * 10)
+            await trio.sleep(2.0)  # the pass refreshes its index every interval (2 s) while it runs
+            during = sched.statistics()
+            await trio.sleep(10.0)
+            n.cancel_scope.cancel()
+    assert before == 6
+    assert during.backlog_files == 6 - 2 + 1 and during.passes == 0  # counted within the same pass
+    assert order[-1] == late.name and len(order) == 9  # and uploaded after the older ones, by the next pass
