@@ -8,7 +8,8 @@ once synced). Only names not seen before are stat'd. Two rules keep that exact:
 
 - A file created in the same timestamp tick as a listing leaves the directory's mtime as it
   was. So a directory whose mtime was within MTIME_SLACK_S of the time it was listed is listed
-  again at the next refresh, until it has been listed at a time well past its mtime.
+  again at the next refresh, until it has been listed at a time well past its mtime. (And every
+  directory is read again every RELIST_S, for file systems that do not keep directory mtimes.)
 - A file under an additional_sync_path that has not been quiet for 10 s yet is remembered as
   waiting and stat'd again at each refresh until it is (files change in place without touching
   their directory). Just before upload, `sync_file` stats the file once more, so a file that
@@ -40,6 +41,10 @@ from capsync.runtime.sync_protocol import FileKind
 #: the next refresh: a file created in the same timestamp tick would not have changed the mtime.
 #: Covers file systems with coarse timestamps (2 s on FAT) as well as nanosecond ones.
 MTIME_SLACK_S = 2.0
+
+#: Every directory is read again at least this often, changed or not: a safety net for file systems
+#: that do not keep directory mtimes (some network and FUSE ones). Known names are not stat'd again.
+RELIST_S = 600.0
 
 #: One ready file: (mtime_ns, its directory, its name, size in bytes). Ordered oldest first.
 Entry = tuple  # (int, "_Dir", str, int); a plain tuple keeps 100,000 of them small
@@ -74,9 +79,10 @@ class _Dir:
     def __lt__(self, other: _Dir) -> bool:  # ties of mtime in the heap fall back to the path
         return self.path < other.path
 
-    def needs_listing(self, mtime_ns: int) -> bool:
+    def needs_listing(self, mtime_ns: int, fs_now: float) -> bool:
         """True if this directory changed, or might have changed unseen, since it was listed."""
-        return mtime_ns != self.mtime_ns or mtime_ns >= (self.listed_at - MTIME_SLACK_S) * 1e9
+        return (mtime_ns != self.mtime_ns or mtime_ns >= (self.listed_at - MTIME_SLACK_S) * 1e9
+                or fs_now - self.listed_at >= RELIST_S)
 
 
 @dataclass
@@ -123,8 +129,9 @@ class ReadyIndex:
                     self._drop(root.top)
             roots = [self._roots.setdefault(key, _Root(path, key[0])) for key, path in wanted.items()]
         stats = RefreshStats()
+        fs_now = self._fs_time()
         for root in roots:
-            self._refresh_root(root, now_s, stats)
+            self._refresh_root(root, now_s, fs_now, stats)
         with self._lock:
             if self._stale > 1024 and self._stale > len(self._heap) // 2:
                 self._heap = [e for e in self._heap if e[1].files.get(e[2]) is e]
@@ -132,7 +139,7 @@ class ReadyIndex:
                 self._stale = 0
         return stats
 
-    def _refresh_root(self, root: _Root, now_s: float, stats: RefreshStats) -> None:
+    def _refresh_root(self, root: _Root, now_s: float, fs_now: float, stats: RefreshStats) -> None:
         if root.top is None:
             root.top = _Dir(str(root.path), root)
         stack = [root.top]
@@ -151,7 +158,7 @@ class ReadyIndex:
                     elif d.parent.subdirs.get(os.path.basename(d.path)) is d:
                         del d.parent.subdirs[os.path.basename(d.path)]
                 continue
-            if d.needs_listing(st.st_mtime_ns):
+            if d.needs_listing(st.st_mtime_ns, fs_now):
                 self._list(d, st.st_mtime_ns, now_s, stats)
             elif d.waiting:
                 self._check_waiting(d, now_s, stats)

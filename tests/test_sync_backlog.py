@@ -15,7 +15,7 @@ from capsync.actors.uploader import UploadResult
 from capsync.runtime import capture_reader
 from capsync.runtime.blocking import inline_blocking
 from capsync.runtime.cloud_client import UploadRejected
-from capsync.runtime.ready_index import ReadyIndex, lstat_of
+from capsync.runtime.ready_index import RELIST_S, ReadyIndex, lstat_of
 from capsync.runtime.sync_files import FAILED_DIR
 
 HOUR_AGO = time.time() - 3600
@@ -99,6 +99,13 @@ def test_a_file_finished_in_the_same_mtime_tick_as_a_listing_is_not_missed(tmp_p
     clock[0] += 10
     assert index.refresh([tmp_path / "capture"], [], time.time()).dirs_listed == 1
     assert index.refresh([tmp_path / "capture"], [], time.time()).dirs_listed == 0
+    # ... until the safety net: every dir is read again every RELIST_S, for file systems without dir mtimes
+    (d / "c.capture").write_bytes(b"ccc")
+    os.utime(d, ns=(tick_ns, tick_ns))
+    assert index.refresh([tmp_path / "capture"], [], time.time()).dirs_listed == 0
+    clock[0] += RELIST_S
+    assert index.refresh([tmp_path / "capture"], [], time.time()).dirs_listed == 4
+    assert (index.files, index.bytes) == (3, 6)
 
 
 def test_oldest_first_across_dirs_and_vanished_files_leave_the_backlog(tmp_path):
