@@ -1,12 +1,15 @@
-"""The sync scheduler: every `sync_interval_mins` (or on request), uploads every ready file.
+"""The sync scheduler: at start, every `sync_interval_mins` and on request, uploads every ready file.
 
-A pass first asks the collectors to finish their open files, then finds the ready files (oldest
-first) and uploads them, at most `maximum_num_sync_threads` at a time and never two at once for
+A pass first asks the collectors to finish their open files, then brings its index of ready
+files up to date (runtime/ready_index.py: only directories that changed are read again, so a
+pass over a big backlog costs what changed since the last one) and uploads them oldest first, at most `maximum_num_sync_threads` at a time and never two at once for
 one file. Each file that fails backs off on its own: about 1 s, doubling, capped at one hour
 (then hourly), without holding up other files. When the cloud is unreachable the rest of the
 pass is skipped (the files not tried keep their schedule), and that is logged once per change of
-state; once an upload succeeds again, files that were waiting only for the cloud are due at once. A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported.
-Capture never waits for sync.
+state; once an upload succeeds again, files that were waiting only for the cloud are due at once.
+A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported. The backlog
+in `statistics()` is the index's: it goes down as each file syncs or is set aside, and up as
+each pass finds new ready files (a long pass refreshes the index every interval meanwhile). Capture never waits for sync.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from capsync.runtime.backoff import Backoff
 from capsync.runtime.capture_file import CaptureFormatError
 from capsync.runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
 from capsync.runtime.logs import StateChangeLog
-from capsync.runtime.sync_files import SyncFile, find_ready_files, set_aside
+from capsync.runtime.ready_index import Entry, ReadyIndex, lstat_of
+from capsync.runtime.sync_files import SyncFile, set_aside
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.faults import FaultPlan
 
@@ -120,7 +124,8 @@ class SyncScheduler:
         self.upload = upload_file
         self._selective_log = StateChangeLog(log)
         self._wall_time = wall_time
-        self._retries: dict[Path, _Retry] = {}
+        self._index = ReadyIndex()
+        self._retries: dict[str, _Retry] = {}  # by file path
         self._in_flight: set[Path] = set()
         self._cloud_log = StateChangeLog(log)
         self._cloud_error: str | None = None
@@ -129,7 +134,6 @@ class SyncScheduler:
         self._passes = self._synced = self._bytes = self._set_aside = self._unverified = 0
         self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
-        self._backlog = (0, 0)
 
     def is_uploading(self, path: Path) -> bool:
         """True while `path` is being uploaded."""
@@ -151,9 +155,12 @@ class SyncScheduler:
         """Run a pass every `interval_s` (and whenever asked) until cancelled."""
         task_status.started()
         try:
+            first = True  # a pass at start: a robot back online starts on its backlog at once
             while True:
-                with trio.move_on_after(self.interval_s):
-                    await self._trigger.wait()
+                if not first:
+                    with trio.move_on_after(self.interval_s):
+                        await self._trigger.wait()
+                first = False
                 self._trigger = trio.Event()
                 done, self._pass_done = self._pass_done, trio.Event()
                 self._last = await self._pass()
@@ -163,11 +170,11 @@ class SyncScheduler:
                 await self._client.aclose()
 
     def statistics(self) -> SyncStats:
-        """Counters since start, and the backlog seen by the last pass."""
+        """Counters since start, and the backlog: ready files not synced yet, as of now."""
         return SyncStats(
             cloud_url=self._client.base_url,
-            backlog_files=self._backlog[0],
-            backlog_bytes=self._backlog[1],
+            backlog_files=self._index.files,
+            backlog_bytes=self._index.bytes,
             in_flight=len(self._in_flight),
             files_synced=self._synced,
             bytes_sent=self._bytes,
@@ -188,34 +195,51 @@ class SyncScheduler:
             self._skipped += 1
             self._passes += 1
             log.debug("sync pass skipped", extra={"reason": skip})
-            return PassResult(started_ns, 0.0, 0, 0, 0, self._backlog[0], self._cloud_error, skipped=skip)
+            await run_blocking(self._index.refresh, self._capture_dirs(), self._sync_paths, self._wall_time())
+            return PassResult(started_ns, 0.0, 0, 0, 0, self._index.files, self._cloud_error, skipped=skip)
         if self._finish_open_files is not None:
             with trio.move_on_after(FINISH_WAIT_S):
                 await self._finish_open_files()
         capture_dirs = self._capture_dirs()
-        ready = await run_blocking(find_ready_files, capture_dirs, self._sync_paths, self._wall_time())
-        self._backlog = (len(ready), sum(f.size for f in ready))
-        self._retries = {p: r for p, r in self._retries.items() if p.exists()}
+        scan = await run_blocking(self._index.refresh, capture_dirs, self._sync_paths, self._wall_time())
+        log.debug("sync pass found the ready files", extra={"backlog": self._index.files, "dirs_listed":
+                                                             scan.dirs_listed, "files_statted": scan.files_statted})
+        self._retries = {p: r for p, r in self._retries.items() if self._index.holds(p)}
+        ready = self._index.files
         now = trio.current_time()
-        due = [f for f in ready if f.path not in self._in_flight and self._retries.get(f.path, _Retry()).not_before <= now]
-        counts = {"uploaded": 0, "bytes": 0, "failed": 0}
+        counts = {"uploaded": 0, "bytes": 0, "failed": 0, "gone": 0}
         outage = trio.Event()
         pass_error: list[str] = []
         async with trio.open_nursery() as nursery:
-            for f in due:
-                await self._limiter.acquire_on_behalf_of(f.path)
-                if outage.is_set():
-                    self._limiter.release_on_behalf_of(f.path)
-                    break
-                self._in_flight.add(f.path)
-                nursery.start_soon(self._upload_one, f, capture_dirs, counts, outage, pass_error)
+            rescans = trio.CancelScope()
+            nursery.start_soon(self._refresh_during_pass, rescans)
+            try:
+                for entry in self._index.oldest_first():
+                    path = self._index.path_of(entry)
+                    retry = self._retries.get(path)
+                    if retry is not None and retry.not_before > now:
+                        continue
+                    await self._limiter.acquire_on_behalf_of(entry)
+                    if outage.is_set():
+                        self._limiter.release_on_behalf_of(entry)
+                        break
+                    st = await run_blocking(lstat_of, path)
+                    f = self._index.sync_file(entry, st, self._wall_time())
+                    if f is None:  # vanished, or changed and not quiet yet: the index has followed
+                        counts["gone"] += 1
+                        self._limiter.release_on_behalf_of(entry)
+                        continue
+                    self._in_flight.add(f.path)
+                    nursery.start_soon(self._upload_one, entry, f, capture_dirs, counts, outage, pass_error)
+            finally:
+                rescans.cancel()
         result = PassResult(
             started_ns=started_ns,
             duration_s=trio.current_time() - t0,
             uploaded=counts["uploaded"],
             bytes_sent=counts["bytes"],
             failed=counts["failed"],
-            waiting=len(ready) - counts["uploaded"] - counts["failed"],
+            waiting=max(0, ready - counts["uploaded"] - counts["failed"] - counts["gone"]),
             cloud_error=pass_error[0] if pass_error else None,
         )
         self._passes += 1
@@ -223,8 +247,16 @@ class SyncScheduler:
             log.info("sync pass", extra={"result": result.summary})
         return result
 
-    async def _upload_one(self, f: SyncFile, capture_dirs: list[Path], counts: dict, outage: trio.Event,
-                          pass_error: list[str]) -> None:
+    async def _refresh_during_pass(self, scope: trio.CancelScope) -> None:
+        """While a long pass (a big backlog) dispatches, refresh the index every interval, so the
+        backlog figure counts files finished meanwhile; they are uploaded from the next pass on."""
+        with scope:
+            while True:
+                await trio.sleep(self.interval_s)
+                await run_blocking(self._index.refresh, self._capture_dirs(), self._sync_paths, self._wall_time())
+
+    async def _upload_one(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], counts: dict,
+                          outage: trio.Event, pass_error: list[str]) -> None:
         try:
             result = await self.upload(self._client, f, faults=self.faults)
         except CloudUnavailable as exc:
@@ -243,10 +275,10 @@ class SyncScheduler:
                                   cloud=self._client.base_url, path=str(f.path), reason=exc.reason)
         except UploadRejected as exc:
             counts["failed"] += 1
-            self._reject(f, capture_dirs, str(exc))
+            self._reject(entry, f, capture_dirs, str(exc))
         except CaptureFormatError as exc:  # not a capture file at all: the cloud would refuse it too
             counts["failed"] += 1
-            self._reject(f, capture_dirs, str(exc))
+            self._reject(entry, f, capture_dirs, str(exc))
         except (OSError, ValueError) as exc:  # local trouble with this file: retry it later
             counts["failed"] += 1
             self._note_failure(f, f"{type(exc).__name__}: {exc}")
@@ -256,7 +288,8 @@ class SyncScheduler:
             counts["bytes"] += result.bytes_sent
             self._synced += 1
             self._bytes += result.bytes_sent
-            self._retries.pop(f.path, None)
+            self._index.discard(entry)
+            self._retries.pop(str(f.path), None)
             self._commit_log.ok("commit", "the cloud's commit answers match the local files again")
             if self._cloud_error is not None:  # the cloud is back: files that waited for it are due now
                 for r in self._retries.values():
@@ -266,7 +299,7 @@ class SyncScheduler:
             self._cloud_log.ok("cloud", "cloud reachable again", cloud=self._client.base_url)
         finally:
             self._in_flight.discard(f.path)
-            self._limiter.release_on_behalf_of(f.path)
+            self._limiter.release_on_behalf_of(entry)
 
     async def _selective_skip(self) -> str | None:
         """Why the selective syncer says not to sync now, or None to go ahead."""
@@ -282,21 +315,22 @@ class SyncScheduler:
         return None if go else "the selective syncer says should_sync is false"
 
     def _note_failure(self, f: SyncFile, error: str, *, cloud_down: bool = False) -> None:
-        r = self._retries.setdefault(f.path, _Retry())
+        r = self._retries.setdefault(str(f.path), _Retry())
         r.cloud_down = cloud_down
         delay = FILE_BACKOFF.delay(r.attempts)
         r.attempts += 1
         r.not_before = trio.current_time() + delay
         r.errors = (r.errors + [error])[-3:]
 
-    def _reject(self, f: SyncFile, capture_dirs: list[Path], error: str) -> None:
+    def _reject(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], error: str) -> None:
         home = f.root if f.root in capture_dirs else (capture_dirs[0] if capture_dirs else None)
         if home is None:
             self._note_failure(f, error)
             return
         dest = set_aside(f, home)
+        self._index.discard(entry)
         self._set_aside += 1
-        self._retries.pop(f.path, None)
+        self._retries.pop(str(f.path), None)
         log.error("cloud refused file for good; moved aside", extra={"path": str(f.path), "moved_to": str(dest),
                                                                      "error": error})
 

@@ -353,17 +353,31 @@ def recover_prog(path: Path) -> Recovery:
     return Recovery(path, target, count, damage)
 
 
+def _progs_under(top: str) -> Iterator[Path]:
+    """Every `.prog` file under `top`, not following symlinks. Reads names only (no stat per
+    file), so a backlog of many finished files costs little at start-up."""
+    stack = [top]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.name.endswith(PROG_SUFFIX):
+                        if e.is_file(follow_symlinks=False):
+                            yield Path(e.path)
+                    elif e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except OSError:  # gone or unreadable: os.walk skipped these too
+            continue
+
+
 def recover_dir(capture_dir: Path) -> list[Recovery]:
     """recover_prog every `.prog` file under `capture_dir` (recursively, in path order).
 
     Run at start-up, before any writer opens. A file that fails with an OS error is logged and
     left in place for the next start; the others are still recovered.
     """
-    progs = []
-    for root, _dirs, files in os.walk(capture_dir):
-        progs.extend(Path(root) / name for name in files if name.endswith(PROG_SUFFIX))
     out = []
-    for prog in sorted(progs):
+    for prog in sorted(_progs_under(str(capture_dir))):
         try:
             out.append(recover_prog(prog))
         except OSError as exc:

@@ -1,9 +1,10 @@
-"""Finding the files that are ready to sync, and describing each one for an upload.
+"""What makes a file ready to sync, and describing each one for an upload.
 
 Ready means: a finished `.capture` file in a capture dir (never a `.prog`, never anything in
 the `failed/` folder), or any regular file under an `additional_sync_paths` dir that has not
 been modified for `quiet_s` seconds (10, as documented), so a file still being written is left
-alone. Symlinks are not followed.
+alone. Symlinks are not followed. runtime/ready_index.py finds them, keeping what it found
+across sync passes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from capsync.runtime.capture_file import CAPTURE_SUFFIX, iter_capture
+from capsync.runtime.capture_file import iter_capture
 from capsync.runtime.capture_writer import make_private_dirs
 from capsync.runtime.sync_protocol import FileKind
 
@@ -116,20 +117,11 @@ def regular_files(root: Path, skip_dir: str | None = None) -> Iterator[os.DirEnt
 
 def find_ready_files(capture_dirs: Iterable[Path], sync_paths: Iterable[Path], now_s: float,
                      quiet_s: float = QUIET_S) -> list[SyncFile]:
-    """Every file ready to sync, oldest (by modification time) first."""
-    found: list[SyncFile] = []
-    for root in capture_dirs:
-        for e in regular_files(root, skip_dir=FAILED_DIR):
-            if e.name.endswith(CAPTURE_SUFFIX):
-                st = e.stat(follow_symlinks=False)
-                found.append(SyncFile(Path(e.path), root, FileKind.CAPTURE, st.st_size, st.st_mtime_ns))
-    for root in sync_paths:
-        for e in regular_files(root):
-            st = e.stat(follow_symlinks=False)
-            if now_s - st.st_mtime >= quiet_s and not e.name.startswith("."):
-                found.append(SyncFile(Path(e.path), root, FileKind.FILE, st.st_size, st.st_mtime_ns))
-    found.sort(key=lambda f: (f.mtime_ns, str(f.path)))
-    return found
+    """Every file ready to sync, oldest (by modification time) first: one full look (the sync
+    scheduler keeps a ReadyIndex across passes instead; see runtime/ready_index.py)."""
+    from capsync.runtime.ready_index import find_ready_files as find  # the index builds on this module
+
+    return find(capture_dirs, sync_paths, now_s, quiet_s)
 
 
 def set_aside(f: SyncFile, capture_dir: Path) -> Path:

@@ -61,10 +61,12 @@ async def test_selective_syncer_false_skips_passes_and_the_backlog_waits(tmp_pat
         await n.start(agent.run)
         await trio.sleep(0.3)
         await agent.finish_open_files()
+        before = agent.statistics().sync.skipped_by_selective_syncer  # the pass at start was skipped too
         skipped = await agent.sync.sync_now()
         assert skipped.skipped and skipped.uploaded == 0
-        assert capture_files(tmp_path / "cap")  # the backlog waits
-        assert agent.statistics().sync.skipped_by_selective_syncer == 1
+        assert capture_files(tmp_path / "cap")  # the backlog waits, and status shows it
+        assert agent.statistics().sync.skipped_by_selective_syncer == before + 1
+        assert agent.statistics().sync.backlog_files == skipped.waiting == len(capture_files(tmp_path / "cap"))
         flag.write_text("true")
         done = await agent.sync.sync_now()
         assert done.skipped is None and done.uploaded >= 1
