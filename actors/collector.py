@@ -321,20 +321,18 @@ class Collector:
             if type(result) is not dict and not isinstance(result, dict):
                 self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
                 return
-            record = CaptureRecord(requested_ns, received_ns, result)
-            header = await self._write(record, "")
+            header = await self._write(requested_ns, received_ns, result, None, "")
             if header is None:
                 return  # dropped: the disk refused it
             if self._on_tabular is not None:
-                self._on_tabular(header, record)
+                self._on_tabular(header, CaptureRecord(requested_ns, received_ns, result))
         else:
             images = result if isinstance(result, list) else [result]
             if not images or not all(isinstance(b, Binary) for b in images):
                 self._count_failure("resource returned no binary data")
                 return
             for img in images:
-                if await self._write(CaptureRecord(requested_ns, received_ns, img.data, img.metadata),
-                                     img.mime_type) is None:
+                if await self._write(requested_ns, received_ns, img.data, img.metadata, img.mime_type) is None:
                     return  # dropped: the disk refused it
             if self._size_limit <= 0:  # one capture per file
                 self._files.retire()
@@ -349,9 +347,10 @@ class Collector:
             self._measured_hz = (self._captured - self._rate_c0) / (now - self._rate_t0)
             self._rate_t0, self._rate_c0 = now, self._captured
 
-    async def _write(self, record: CaptureRecord, mime_type: str) -> CaptureHeader | None:
-        """Append `record` to the open file (taking the spare, or opening one, if needed); None when
-        the disk refused it. The file is retired once it is full."""
+    async def _write(self, requested_ns: int, received_ns: int, payload: object, metadata: dict | None,
+                     mime_type: str) -> CaptureHeader | None:
+        """Append the record to the open file (taking the spare, or opening one, if needed); None
+        when the disk refused it. The file is retired once it is full."""
         files = self._files
         try:
             if self.faults is not None:
@@ -362,7 +361,7 @@ class Collector:
                     files.retire()
                 await files.wait_for_disk()
                 w = files.take(mime_type) or await files.open(mime_type)
-            self._bytes += w.append(record)
+            self._bytes += w.append_values(requested_ns, received_ns, payload, metadata)
             if self.ledger is not None:
                 self.ledger[w.header.file_id] += 1
         except RecordRefused as exc:  # a reading no reader (the cloud included) would accept

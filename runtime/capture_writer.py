@@ -144,7 +144,8 @@ class CaptureWriter:
         try:
             os.fchmod(fd, FILE_MODE)
             _write_fully(fd, head)
-            os.fsync(fd)
+            if durable_writes():
+                os.fsync(fd)
             fsync_dir(path.parent)
         except BaseException:
             os.close(fd)
@@ -194,13 +195,18 @@ class CaptureWriter:
 
         Raises TypeError for a payload of the wrong kind (tabular needs a dict, binary bytes),
         RecordRefused (a TypeError) for a record a reader would refuse (capture_reader.record_problem)
-        or once the file holds MAX_RECORDS_PER_FILE records, ValueError when the writer is closed or broken, OSError when the disk refuses; in every
-        error case the file still ends at a frame boundary.
+        or once the file holds MAX_RECORDS_PER_FILE records, ValueError when the writer is closed
+        or broken, OSError when the disk refuses; in every error case the file still ends at a
+        frame boundary.
         """
+        return self.append_values(record.requested_ns, record.received_ns, record.payload, record.metadata)
+
+    def append_values(self, req: int, rec: int, payload: Any, meta: dict | None = None) -> int:
+        """append() of the record (req, rec, payload, meta), without building a CaptureRecord
+        first (collectors call this once per reading)."""
         fd = self._fd
         if fd < 0 or self._broken is not None:
             self._refuse("append to")
-        req, rec, payload, meta = record.requested_ns, record.received_ns, record.payload, record.metadata
         if type(req) is not int or type(rec) is not int:
             raise TypeError(f"{self.path}: requested_ns and received_ns must be int, "
                             f"got {type(req).__name__} and {type(rec).__name__}")
