@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from bson.errors import InvalidDocument
-from pymongo import MongoClient
-from pymongo.errors import BulkWriteError, PyMongoError
+
+if TYPE_CHECKING:  # pymongo is imported once a MongoDB URI is configured: it is 9 MB of an agent's RSS
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
 
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord
 from capsync.runtime.config import MongoCaptureConfig
@@ -84,6 +86,8 @@ def _target(config: MongoCaptureConfig | None) -> tuple[str, str, str]:
 def _write_batch(client: MongoClient, database: str, collection: str, batch: Batch
                  ) -> tuple[int, list[str], PyMongoError | None]:
     """Runs in a worker thread: encode and insert `batch`. Returns (written, encoding errors, write error)."""
+    from pymongo.errors import BulkWriteError, PyMongoError
+
     docs, bad = [], []
     for header, record in batch:
         try:
@@ -101,6 +105,13 @@ def _write_batch(client: MongoClient, database: str, collection: str, batch: Bat
     return len(docs), bad, None
 
 
+def _pymongo_client(uri: str, **options: Any) -> MongoClient:
+    """A pymongo client (pymongo is imported here, the first time a MongoDB URI is used)."""
+    from pymongo import MongoClient
+
+    return MongoClient(uri, **options)
+
+
 class MongoSink:
     """Writes the tabular readings `offer()`ed to it to MongoDB, as configured by `config`.
 
@@ -113,13 +124,13 @@ class MongoSink:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        client_factory: Callable[..., MongoClient] = MongoClient,
+        client_factory: Callable[..., MongoClient] | None = None,
         drain_s: float = DRAIN_S,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be >= 1")
         self.queue_size, self.batch_size, self.drain_s = queue_size, batch_size, drain_s
-        self._factory = client_factory
+        self._factory = client_factory or _pymongo_client
         self._want = _target(config)
         self._send, self._receive = trio.open_memory_channel[tuple[CaptureHeader, CaptureRecord]](queue_size)
         self._client: MongoClient | None = None
@@ -210,6 +221,8 @@ class MongoSink:
         if self._client is not None and self._client_target != want:
             await self._close_client()
         if self._client is None and want[0] and (self._bad_target is None or self._bad_target[0] != want):
+            from pymongo.errors import PyMongoError
+
             try:
                 self._client = await trio.to_thread.run_sync(self._open, want, abandon_on_cancel=True)
                 self._client_target = want

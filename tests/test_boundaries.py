@@ -134,3 +134,11 @@ def test_public_names_are_the_internal_objects():
 def test_an_unknown_public_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_name"):
         capsync.no_such_name  # noqa: B018
+
+
+def test_the_agent_loads_pymongo_only_for_mongodb_capture(tmp_path):
+    # pymongo is 9 MB of an idle agent's RSS; only an agent with a mongo_capture_config uses it.
+    code = "import capsync.actors.cli, sys; print('pymongo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

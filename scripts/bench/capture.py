@@ -134,6 +134,7 @@ async def run_bare(capture_dir: Path, readings: int) -> float:
 
 def measure_idle(tmp: Path, seconds: float) -> dict:
     """CPU share and RSS of a real `capsync run` process with 10 collectors at 1 Hz."""
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "idle.json"
     cfg = bench_config(tmp / "idle", 10, 1.0)
     cfg["network"] = {"bind_address": "127.0.0.1:0"}  # any free port: another agent may hold the default
