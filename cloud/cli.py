@@ -1,38 +1,33 @@
-"""The `capsync cloud ...` commands: run the cloud, register and manage parts (list, disable, enable,
-remove, rotate secrets: cloud/part_admin.py), apply retention.
+"""The `capsync cloud ...` command line: the parser of the commands that run the cloud, register and
+manage parts (list, disable, enable, remove, rotate secrets) and apply retention.
 
 `add_cloud_commands(subparsers)` adds them to the `capsync` parser (each sets `func`, which
-returns the exit code); `python -m capsync.cloud.cli` runs them alone. Exit codes: 0 success,
-1 runtime failure, 2 bad input (bad usage, existing part without --rotate).
+returns the exit code); `python -m capsync.cloud.cli` runs them alone. The commands themselves
+are in cloud/commands.py, imported only when one runs: an agent's `capsync run` builds this
+parser too, and must not carry the cloud's web server and database in its memory. Exit codes: 0
+success, 1 runtime failure, 2 bad input (bad usage, existing part without --rotate).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import trio
-
-from capsync.cloud.app import DB_NAME, apply_retention, create_app
 from capsync.cloud.limits import UploadLimits
-from capsync.cloud.auth import PART_ID_RE, new_secret
-from capsync.cloud.part_admin import PartAdmin
-from capsync.cloud.server import serve
-from capsync.cloud.sqlite_store import SqliteStore
-from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
-from capsync.cloud.timefmt import iso_from_ns
-from capsync.runtime.blocking import run_blocking
-from capsync.runtime.logs import configure_logging
-
-log = logging.getLogger("capsync.cloud.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The `func` of a command: cloud/commands.py's `name`, imported when the command runs."""
+    def run(args: argparse.Namespace) -> int:
+        from capsync.cloud import commands
+
+        return getattr(commands, name)(args)
+    run.__name__ = name
+    return run
 
 
 def add_cloud_commands(subparsers: Any) -> None:
@@ -62,21 +57,21 @@ def add_cloud_commands(subparsers: Any) -> None:
                    help="an upload that received no byte for this long is removed (0: never; default %(default)s)")
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=_command("cmd_serve"))
 
     a = sub.add_parser("add-part", help="register a part and print its new secret")
     a.add_argument("--data-dir", type=Path, required=True)
     a.add_argument("part_id", metavar="PART_ID")
     a.add_argument("--rotate", action="store_true", help="replace the secret of an existing part")
     a.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
-    a.set_defaults(func=cmd_add_part)
+    a.set_defaults(func=_command("cmd_add_part"))
 
     _add_part_commands(sub)
 
     r = sub.add_parser("retention", help="apply every file's retention_policy now, and print what was deleted")
     r.add_argument("--data-dir", type=Path, required=True)
     r.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
-    r.set_defaults(func=cmd_retention)
+    r.set_defaults(func=_command("cmd_retention"))
 
 
 def _add_part_commands(sub: Any) -> None:
@@ -84,20 +79,20 @@ def _add_part_commands(sub: Any) -> None:
     p = sub.add_parser("parts", help="list the parts: id, enabled, files, bytes, last upload (JSON lines)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
-    p.set_defaults(func=cmd_parts)
+    p.set_defaults(func=_command("cmd_parts"))
 
     d = sub.add_parser("disable-part", help="refuse a part's requests (403 with the reason) until enable-part")
     d.add_argument("--data-dir", type=Path, required=True)
     d.add_argument("part_id", metavar="PART_ID")
     d.add_argument("--reason", default="disabled by the operator", help="told to the part in every 403")
     d.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
-    d.set_defaults(func=cmd_disable_part)
+    d.set_defaults(func=_command("cmd_disable_part"))
 
     e = sub.add_parser("enable-part", help="serve a disabled part again")
     e.add_argument("--data-dir", type=Path, required=True)
     e.add_argument("part_id", metavar="PART_ID")
     e.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
-    e.set_defaults(func=cmd_enable_part)
+    e.set_defaults(func=_command("cmd_enable_part"))
 
     rm = sub.add_parser("remove-part", help="remove a part; say what becomes of its data")
     rm.add_argument("--data-dir", type=Path, required=True)
@@ -107,7 +102,7 @@ def _add_part_commands(sub: Any) -> None:
     choice.add_argument("--keep-data", action="store_true",
                         help="keep its data (it comes back if the part id is added again)")
     rm.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
-    rm.set_defaults(func=cmd_remove_part)
+    rm.set_defaults(func=_command("cmd_remove_part"))
 
     rs = sub.add_parser("rotate-secret", help="give a part a new secret (printed); the old one stops at once")
     rs.add_argument("--data-dir", type=Path, required=True)
@@ -115,173 +110,7 @@ def _add_part_commands(sub: Any) -> None:
     rs.add_argument("--grace", type=float, default=0.0, metavar="SECONDS",
                     help="let the old secret work this many seconds more (default 0: stops at once)")
     rs.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
-    rs.set_defaults(func=cmd_rotate_secret)
-
-
-def _with_admin(name: str, args: argparse.Namespace, action: Any) -> int:
-    """Run `action(PartAdmin)` on the command's store; errors as `capsync cloud NAME: ...` and an exit code."""
-    if getattr(args, "part_id", None) is not None and not PART_ID_RE.match(args.part_id):
-        print(f"capsync cloud {name}: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        store = open_store(args.data_dir, args.mongodb_uri)
-    except Exception as exc:  # a malformed URI
-        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        action(PartAdmin(store))
-    except UnknownPartError:
-        print(f"capsync cloud {name}: no part {args.part_id!r}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except StoreUnavailable as exc:
-        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        store.close_sync()
-    return EXIT_OK
-
-
-def cmd_parts(args: argparse.Namespace) -> int:
-    """`capsync cloud parts`: one JSON line per part (id, enabled, reason, files, bytes, last upload)."""
-    def show(admin: PartAdmin) -> None:
-        for p in admin.list_sync():
-            print(json.dumps({
-                "part_id": p.part_id, "enabled": p.enabled, "disabled_reason": p.disabled_reason, "files": p.files,
-                "bytes": p.bytes, "last_upload": None if p.last_upload_ns is None else iso_from_ns(p.last_upload_ns),
-            }), flush=True)
-
-    return _with_admin("parts", args, show)
-
-
-def cmd_disable_part(args: argparse.Namespace) -> int:
-    """`capsync cloud disable-part PART_ID [--reason TEXT]`: its requests get 403 with the reason."""
-    if not args.reason.strip() or len(args.reason) > 300:
-        print("capsync cloud disable-part: --reason is 1 to 300 characters", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return _with_admin("disable-part", args, lambda admin: admin.disable_sync(args.part_id, args.reason.strip()))
-
-
-def cmd_enable_part(args: argparse.Namespace) -> int:
-    """`capsync cloud enable-part PART_ID`: serve a disabled part again."""
-    return _with_admin("enable-part", args, lambda admin: admin.enable_sync(args.part_id))
-
-
-def cmd_remove_part(args: argparse.Namespace) -> int:
-    """`capsync cloud remove-part PART_ID --delete-data | --keep-data`."""
-    return _with_admin("remove-part", args, lambda admin: admin.remove_sync(
-        args.part_id, delete_data=args.delete_data, data_dir=args.data_dir))
-
-
-def cmd_rotate_secret(args: argparse.Namespace) -> int:
-    """`capsync cloud rotate-secret PART_ID [--grace SECONDS]`: print the part's new secret."""
-    if not 0 <= args.grace <= 30 * 86_400:
-        print("capsync cloud rotate-secret: --grace is 0 to 2592000 seconds (30 days)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    secret = new_secret()
-    code = _with_admin("rotate-secret", args, lambda admin: admin.rotate_sync(args.part_id, secret, grace_s=args.grace))
-    if code == EXIT_OK:
-        print(secret, flush=True)
-    return code
-
-
-def open_store(data_dir: Path, mongodb_uri: str | None) -> Any:
-    """The store a cloud command works on: MongoDB at `mongodb_uri` if given, else SQLite in `data_dir`."""
-    if mongodb_uri:
-        from capsync.cloud.mongo_store import MongoStore
-
-        return MongoStore(mongodb_uri)
-    return SqliteStore(data_dir / DB_NAME)
-
-
-def cmd_add_part(args: argparse.Namespace) -> int:
-    """`capsync cloud add-part --data-dir DIR PART_ID`: print a new secret for the part (stdout)."""
-    if not PART_ID_RE.match(args.part_id):
-        print(f"capsync cloud add-part: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    secret = new_secret()
-    try:
-        store = open_store(args.data_dir, args.mongodb_uri)
-    except Exception as exc:  # a malformed URI
-        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        store.add_part_sync(args.part_id, secret, rotate=args.rotate)
-    except PartExistsError:
-        print(f"capsync cloud add-part: part {args.part_id!r} exists; use --rotate to replace its secret",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except UnknownPartError:
-        print(f"capsync cloud add-part: no part {args.part_id!r} to rotate", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except StoreUnavailable as exc:
-        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        store.close_sync()
-    print(secret, flush=True)
-    return EXIT_OK
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """`capsync cloud serve --data-dir DIR`: print the URL it listens on, serve until SIGINT/SIGTERM."""
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("capsync cloud serve: --tls-cert and --tls-key go together", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    configure_logging(args.log_format, args.log_level)
-    os.umask(0o077)  # every file and folder the cloud makes is its owner's only, whatever the shell's umask
-    try:
-        trio.run(_serve_until_signal, args)
-    except StoreUnavailable as exc:
-        log.error("cannot reach the store", extra={"error": str(exc)})
-        return EXIT_FAILURE
-    except OSError as exc:
-        log.error("cannot serve", extra={"error": str(exc), "host": args.host, "port": args.port})
-        return EXIT_FAILURE
-    except Exception:
-        log.exception("cloud failed")
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def cmd_retention(args: argparse.Namespace) -> int:
-    """`capsync cloud retention --data-dir DIR`: apply retention now; print each deleted file as JSON."""
-    try:
-        store = open_store(args.data_dir, args.mongodb_uri)
-    except Exception as exc:
-        print(f"capsync cloud retention: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-    async def run() -> list:
-        app = create_app(args.data_dir, store)
-        try:
-            return await apply_retention(app.state.cloud)
-        finally:
-            await store.aclose()
-
-    try:
-        gone = trio.run(run)
-    except StoreUnavailable as exc:
-        print(f"capsync cloud retention: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    for f in gone:
-        print(json.dumps({"part_id": f.part_id, "file_id": f.file_id, "records": f.records, "bytes": f.size,
-                          "resource": f"{f.resource_type}/{f.resource_name}/{f.method}"}), flush=True)
-    return EXIT_OK
-
-
-async def _serve_until_signal(args: argparse.Namespace) -> None:
-    scheme = "https" if args.tls_cert else "http"
-    store = open_store(args.data_dir, args.mongodb_uri) if args.mongodb_uri else None
-    try:
-        if store is not None:
-            await run_blocking(store.prepare_sync)  # fail now, plainly, when MongoDB cannot be reached
-        await _serve(args, scheme, store)
-    finally:
-        if store is not None:
-            with trio.CancelScope(shield=True):
-                await store.aclose()
+    rs.set_defaults(func=_command("cmd_rotate_secret"))
 
 
 def _limits(args: argparse.Namespace) -> UploadLimits:
@@ -290,21 +119,6 @@ def _limits(args: argparse.Namespace) -> UploadLimits:
         max_stored_bytes=args.max_stored_bytes, min_free_bytes=args.min_free_bytes,
         upload_expiry_s=args.upload_expiry_days * 86_400,
     )
-
-
-async def _serve(args: argparse.Namespace, scheme: str, store: Any) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: serve(
-                args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                store=store, limits=_limits(args), task_status=task_status,
-            ))
-            host = f"[{args.host}]" if ":" in args.host else args.host
-            print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)
-            async for signum in signals:
-                log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                nursery.cancel_scope.cancel()
-                break
 
 
 def main(argv: list[str] | None = None) -> int:

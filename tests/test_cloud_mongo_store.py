@@ -242,7 +242,7 @@ async def test_an_unreachable_mongodb_is_503_not_500(mongo_env: CloudEnv) -> Non
 
 
 def test_cli_serves_and_adds_parts_on_mongodb(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("capsync.cloud.cli.configure_logging", lambda *a, **k: None)  # keep pytest's own log handlers
+    monkeypatch.setattr("capsync.cloud.commands.configure_logging", lambda *a, **k: None)  # keep pytest's own log handlers
     standin = QueryingMongoStandIn().start()
     uri = standin.uri.replace("/?", "/cli_db?")
     try:

@@ -1,0 +1,211 @@
+"""The `capsync cloud ...` commands (their parser is cloud/cli.py): run the cloud, register and
+manage parts (cloud/part_admin.py), apply retention. Each takes the parsed arguments and returns
+the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from capsync.cloud.app import DB_NAME, apply_retention, create_app
+from capsync.cloud.auth import PART_ID_RE, new_secret
+from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, _limits
+from capsync.cloud.part_admin import PartAdmin
+from capsync.cloud.server import serve
+from capsync.cloud.sqlite_store import SqliteStore
+from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
+from capsync.cloud.timefmt import iso_from_ns
+from capsync.runtime.blocking import run_blocking
+from capsync.runtime.logs import configure_logging
+
+log = logging.getLogger("capsync.cloud.cli")
+
+
+def _with_admin(name: str, args: argparse.Namespace, action: Any) -> int:
+    """Run `action(PartAdmin)` on the command's store; errors as `capsync cloud NAME: ...` and an exit code."""
+    if getattr(args, "part_id", None) is not None and not PART_ID_RE.match(args.part_id):
+        print(f"capsync cloud {name}: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        store = open_store(args.data_dir, args.mongodb_uri)
+    except Exception as exc:  # a malformed URI
+        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        action(PartAdmin(store))
+    except UnknownPartError:
+        print(f"capsync cloud {name}: no part {args.part_id!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        store.close_sync()
+    return EXIT_OK
+
+
+def cmd_parts(args: argparse.Namespace) -> int:
+    """`capsync cloud parts`: one JSON line per part (id, enabled, reason, files, bytes, last upload)."""
+    def show(admin: PartAdmin) -> None:
+        for p in admin.list_sync():
+            print(json.dumps({
+                "part_id": p.part_id, "enabled": p.enabled, "disabled_reason": p.disabled_reason, "files": p.files,
+                "bytes": p.bytes, "last_upload": None if p.last_upload_ns is None else iso_from_ns(p.last_upload_ns),
+            }), flush=True)
+
+    return _with_admin("parts", args, show)
+
+
+def cmd_disable_part(args: argparse.Namespace) -> int:
+    """`capsync cloud disable-part PART_ID [--reason TEXT]`: its requests get 403 with the reason."""
+    if not args.reason.strip() or len(args.reason) > 300:
+        print("capsync cloud disable-part: --reason is 1 to 300 characters", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return _with_admin("disable-part", args, lambda admin: admin.disable_sync(args.part_id, args.reason.strip()))
+
+
+def cmd_enable_part(args: argparse.Namespace) -> int:
+    """`capsync cloud enable-part PART_ID`: serve a disabled part again."""
+    return _with_admin("enable-part", args, lambda admin: admin.enable_sync(args.part_id))
+
+
+def cmd_remove_part(args: argparse.Namespace) -> int:
+    """`capsync cloud remove-part PART_ID --delete-data | --keep-data`."""
+    return _with_admin("remove-part", args, lambda admin: admin.remove_sync(
+        args.part_id, delete_data=args.delete_data, data_dir=args.data_dir))
+
+
+def cmd_rotate_secret(args: argparse.Namespace) -> int:
+    """`capsync cloud rotate-secret PART_ID [--grace SECONDS]`: print the part's new secret."""
+    if not 0 <= args.grace <= 30 * 86_400:
+        print("capsync cloud rotate-secret: --grace is 0 to 2592000 seconds (30 days)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    secret = new_secret()
+    code = _with_admin("rotate-secret", args, lambda admin: admin.rotate_sync(args.part_id, secret, grace_s=args.grace))
+    if code == EXIT_OK:
+        print(secret, flush=True)
+    return code
+
+
+def open_store(data_dir: Path, mongodb_uri: str | None) -> Any:
+    """The store a cloud command works on: MongoDB at `mongodb_uri` if given, else SQLite in `data_dir`."""
+    if mongodb_uri:
+        from capsync.cloud.mongo_store import MongoStore
+
+        return MongoStore(mongodb_uri)
+    return SqliteStore(data_dir / DB_NAME)
+
+
+def cmd_add_part(args: argparse.Namespace) -> int:
+    """`capsync cloud add-part --data-dir DIR PART_ID`: print a new secret for the part (stdout)."""
+    if not PART_ID_RE.match(args.part_id):
+        print(f"capsync cloud add-part: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    secret = new_secret()
+    try:
+        store = open_store(args.data_dir, args.mongodb_uri)
+    except Exception as exc:  # a malformed URI
+        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        store.add_part_sync(args.part_id, secret, rotate=args.rotate)
+    except PartExistsError:
+        print(f"capsync cloud add-part: part {args.part_id!r} exists; use --rotate to replace its secret",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UnknownPartError:
+        print(f"capsync cloud add-part: no part {args.part_id!r} to rotate", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        store.close_sync()
+    print(secret, flush=True)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`capsync cloud serve --data-dir DIR`: print the URL it listens on, serve until SIGINT/SIGTERM."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("capsync cloud serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure_logging(args.log_format, args.log_level)
+    os.umask(0o077)  # every file and folder the cloud makes is its owner's only, whatever the shell's umask
+    try:
+        trio.run(_serve_until_signal, args)
+    except StoreUnavailable as exc:
+        log.error("cannot reach the store", extra={"error": str(exc)})
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot serve", extra={"error": str(exc), "host": args.host, "port": args.port})
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("cloud failed")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """`capsync cloud retention --data-dir DIR`: apply retention now; print each deleted file as JSON."""
+    try:
+        store = open_store(args.data_dir, args.mongodb_uri)
+    except Exception as exc:
+        print(f"capsync cloud retention: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def run() -> list:
+        app = create_app(args.data_dir, store)
+        try:
+            return await apply_retention(app.state.cloud)
+        finally:
+            await store.aclose()
+
+    try:
+        gone = trio.run(run)
+    except StoreUnavailable as exc:
+        print(f"capsync cloud retention: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for f in gone:
+        print(json.dumps({"part_id": f.part_id, "file_id": f.file_id, "records": f.records, "bytes": f.size,
+                          "resource": f"{f.resource_type}/{f.resource_name}/{f.method}"}), flush=True)
+    return EXIT_OK
+
+
+async def _serve_until_signal(args: argparse.Namespace) -> None:
+    scheme = "https" if args.tls_cert else "http"
+    store = open_store(args.data_dir, args.mongodb_uri) if args.mongodb_uri else None
+    try:
+        if store is not None:
+            await run_blocking(store.prepare_sync)  # fail now, plainly, when MongoDB cannot be reached
+        await _serve(args, scheme, store)
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _serve(args: argparse.Namespace, scheme: str, store: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: serve(
+                args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                store=store, limits=_limits(args), task_status=task_status,
+            ))
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)
+            async for signum in signals:
+                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                nursery.cancel_scope.cancel()
+                break
