@@ -2,14 +2,16 @@
 
 A pass first asks the collectors to finish their open files, then brings its index of ready
 files up to date (runtime/ready_index.py: only directories that changed are read again, so a
-pass over a big backlog costs what changed since the last one) and uploads them oldest first, at most `maximum_num_sync_threads` at a time and never two at once for
-one file. Each file that fails backs off on its own: about 1 s, doubling, capped at one hour
-(then hourly), without holding up other files. When the cloud is unreachable the rest of the
-pass is skipped (the files not tried keep their schedule), and that is logged once per change of
-state; once an upload succeeds again, files that were waiting only for the cloud are due at once.
-A file the cloud refuses for good is moved to `<capture_dir>/failed/` and reported. The backlog
-in `statistics()` is the index's: it goes down as each file syncs or is set aside, and up as
-each pass finds new ready files (a long pass refreshes the index every interval meanwhile). Capture never waits for sync.
+pass over a big backlog costs what changed since the last one) and uploads them oldest first,
+at most `maximum_num_sync_threads` at a time and never two at once for one file. Each file that
+fails backs off on its own: about 1 s, doubling, capped at one hour (then hourly), without
+holding up other files. When the cloud is unreachable the rest of the pass is skipped (the files
+not tried keep their schedule), and that is logged once per change of state; once an upload
+succeeds again, files that were waiting only for the cloud are due at once. A file the cloud
+refuses for good is moved to `<capture_dir>/failed/` and reported. The backlog in
+`statistics()` is the index's: it goes down as each file syncs or is set aside, and up as each
+pass finds new ready files (a long pass refreshes the index every interval meanwhile). Capture
+never waits for sync.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class SyncScheduler:
         self._passes = self._synced = self._bytes = self._set_aside = self._unverified = 0
         self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
+        self._started = False
 
     def is_uploading(self, path: Path) -> bool:
         """True while `path` is being uploaded."""
@@ -155,7 +158,9 @@ class SyncScheduler:
         """Run a pass every `interval_s` (and whenever asked) until cancelled."""
         task_status.started()
         try:
-            first = True  # a pass at start: a robot back online starts on its backlog at once
+            # A pass at once at the first start: a robot back online starts on its backlog. After a
+            # crash, wait the interval as usual, so a crash loop is not a tight one.
+            first, self._started = not self._started, True
             while True:
                 if not first:
                     with trio.move_on_after(self.interval_s):
@@ -220,17 +225,21 @@ class SyncScheduler:
                     if retry is not None and retry.not_before > now:
                         continue
                     await self._limiter.acquire_on_behalf_of(entry)
-                    if outage.is_set():
-                        self._limiter.release_on_behalf_of(entry)
-                        break
-                    st = await run_blocking(lstat_of, path)
-                    f = self._index.sync_file(entry, st, self._wall_time())
-                    if f is None:  # vanished, or changed and not quiet yet: the index has followed
-                        counts["gone"] += 1
-                        self._limiter.release_on_behalf_of(entry)
-                        continue
-                    self._in_flight.add(f.path)
-                    nursery.start_soon(self._upload_one, entry, f, capture_dirs, counts, outage, pass_error)
+                    handed_over = False  # to the upload task, which releases the slot when done
+                    try:
+                        if outage.is_set():
+                            break
+                        st = await run_blocking(lstat_of, path)
+                        f = self._index.sync_file(entry, st, self._wall_time())
+                        if f is None:  # vanished, or changed and not quiet yet: the index has followed
+                            counts["gone"] += 1
+                            continue
+                        self._in_flight.add(f.path)
+                        nursery.start_soon(self._upload_one, entry, f, capture_dirs, counts, outage, pass_error)
+                        handed_over = True
+                    finally:  # also when a crash elsewhere cancels this loop at the stat
+                        if not handed_over:
+                            self._limiter.release_on_behalf_of(entry)
             finally:
                 rescans.cancel()
         result = PassResult(

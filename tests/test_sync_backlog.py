@@ -257,3 +257,39 @@ async def test_a_long_pass_counts_files_finished_meanwhile_and_uploads_them_next
     assert before == 6
     assert during.backlog_files == 6 - 2 + 1 and during.passes == 0  # counted within the same pass
     assert order[-1] == late.name and len(order) == 9  # and uploaded after the older ones, by the next pass
+
+
+async def test_a_crash_during_a_pass_leaks_no_upload_slot(tmp_path, autojump_clock):
+    root = tmp_path / "capture"
+    _tree(root, dirs=1, per_dir=6)
+    running, most = [0], [0]
+    crash = [True]
+
+    async def upload(client, f, *, faults=None):
+        if crash[0]:  # an uploader bug: crashes the scheduler while it is starting the next upload
+            crash[0] = False
+            raise RuntimeError("uploader bug")
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await trio.sleep(1.0)
+        running[0] -= 1
+        f.path.unlink()
+        return UploadResult("id", f.path, f.size, f.size, 1)
+
+    sched = SyncScheduler(_Cloud(), capture_dirs=lambda: [root], sync_paths=[], interval_s=3600.0, max_uploads=2)
+    sched.upload = upload
+    crashed = False
+    with inline_blocking():
+        try:
+            await sched.run()
+        except* RuntimeError:
+            crashed = True
+        async with trio.open_nursery() as n:  # restarted, as its supervisor would
+            await n.start(sched.run)
+            await trio.sleep(10)
+            after_restart = sched.statistics().files_synced  # a crash loop is not a tight one
+            await sched.sync_now()
+            n.cancel_scope.cancel()
+    assert crashed and after_restart == 0
+    assert most[0] == 2  # both slots are there after the crash
+    assert sched.statistics().files_synced == 6 and not list(root.rglob("*.capture"))
