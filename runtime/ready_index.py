@@ -130,6 +130,7 @@ class ReadyIndex:
         self._lock = threading.Lock()
         self._roots: dict[tuple[FileKind, str], _Root] = {}
         self._heap: list[Entry] = []
+        self._unheaped: list[Entry] | None = None  # found by the refresh under way, for the heap at its end
         self._stale = 0
         self.files = 0
         self.bytes = 0
@@ -148,8 +149,14 @@ class ReadyIndex:
             roots = [self._roots.setdefault(key, _Root(path, key[0])) for key, path in wanted.items()]
         stats = RefreshStats()
         fs_now = self._fs_time()
-        for root in roots:
-            self._refresh_root(root, now_s, fs_now, stats)
+        self._unheaped = []
+        try:
+            for root in roots:
+                self._refresh_root(root, now_s, fs_now, stats)
+        finally:
+            with self._lock:
+                self._push(self._unheaped)
+                self._unheaped = None
         with self._lock:
             if self._stale > 1024 and self._stale > len(self._heap) // 2:
                 self._heap = [e for e in self._heap if e[1].files.get(e[2]) is e]
@@ -229,7 +236,7 @@ class ReadyIndex:
             return
         stats.files_statted += len(found) + len(not_quiet)
         with self._lock:
-            self._add_all(found)
+            self._add_all(found, fresh=not track)
             for name in not_quiet:
                 if name not in files:
                     waiting[name] = name
@@ -265,21 +272,33 @@ class ReadyIndex:
 
     # -- bookkeeping (with the lock held) ------------------------------------------------
 
-    def _add_all(self, entries: list[Entry]) -> None:
-        """Index `entries` (skipping names indexed meanwhile) and put them on the heap."""
-        added = []
-        for e in entries:
-            files = e[1].files
-            if e[2] not in files:
-                files[e[2]] = e
-                self.files += 1
-                self.bytes += e[0] & _SIZE_MASK
-                added.append(e)
-        if len(added) > 64:
-            self._heap.extend(added)
+    def _add_all(self, entries: list[Entry], *, fresh: bool = False) -> None:
+        """Index `entries` (skipping names indexed meanwhile). A refresh puts them on the heap
+        once at its end (one heapify, not one per directory); anything else right away.
+        `fresh`: all of one directory that held nothing, so no name can be there already."""
+        if fresh and entries:
+            entries[0][1].files.update([(e[2], e) for e in entries])
+            added = entries
+        else:
+            added = []
+            for e in entries:
+                files = e[1].files
+                if e[2] not in files:
+                    files[e[2]] = e
+                    added.append(e)
+        self.files += len(added)
+        self.bytes += sum([e[0] & _SIZE_MASK for e in added])
+        if self._unheaped is not None:
+            self._unheaped.extend(added)
+        else:
+            self._push(added)
+
+    def _push(self, entries: list[Entry]) -> None:
+        if len(entries) > 64 and len(entries) > len(self._heap) // 8:
+            self._heap.extend(entries)
             heapq.heapify(self._heap)
         else:
-            for e in added:
+            for e in entries:
                 heapq.heappush(self._heap, e)
 
     def _remove(self, e: Entry) -> None:
