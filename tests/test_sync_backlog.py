@@ -167,7 +167,7 @@ def test_the_index_holds_a_small_entry_per_file(tmp_path):
     finally:
         tracemalloc.stop()
     assert index.files == 6000
-    assert held / index.files < 400, f"{held / index.files:.0f} bytes per indexed file"
+    assert held / index.files < 300, f"{held / index.files:.0f} bytes per indexed file"
 
 
 def test_recovery_at_start_reads_names_and_stats_no_finished_file(tmp_path, monkeypatch):
