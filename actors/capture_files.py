@@ -117,10 +117,7 @@ class CaptureFiles:
     async def finish_open_file(self) -> None:
         """Retire the open file (if any) and wait until every retired file is finished."""
         self.retire()
-        while self.pending:
-            idle = self._idle
-            self._poke.set()
-            await idle.wait()
+        await self._wait_while(lambda: self.pending)
 
     @property
     def pending(self) -> int:
@@ -129,7 +126,12 @@ class CaptureFiles:
 
     async def wait_for_disk(self) -> None:
         """Wait while MAX_PENDING files wait to be finished (the disk is slower than capture)."""
-        while len(self._retired) >= MAX_PENDING:
+        if len(self._retired) >= MAX_PENDING:
+            await self._wait_while(lambda: len(self._retired) >= MAX_PENDING)
+
+    async def _wait_while(self, busy: Callable[[], object]) -> None:
+        """Wake the background task and wait, each time it goes idle, until `busy()` is false."""
+        while busy():
             idle = self._idle
             self._poke.set()
             await idle.wait()
@@ -211,10 +213,7 @@ class CaptureFiles:
             spare = await run_blocking(self._create, self._new_header(mime))
         except OSError:
             return  # the disk refuses: the collector meets the same error when it opens a file itself
-        if self._spare is not None:  # made meanwhile by close(); cannot happen otherwise
-            self._retired.append(spare)
-        else:
-            self._spare, self._spare_mime = spare, mime
+        self._spare, self._spare_mime = spare, mime
 
     async def _sync(self, w: CaptureWriter) -> None:
         try:
@@ -239,9 +238,7 @@ class CaptureFiles:
         """Finish the open file and every retired one, remove the spare, and wait for a finish in
         progress. Runs in the collector's task (the background task may be cancelled already)."""
         self._closing = True
-        while self._busy:  # the background task finishes what it has begun, then stops
-            idle = self._idle
-            await idle.wait()
+        await self._wait_while(lambda: self._busy)  # the background task finishes what it has begun, then stops
         self.retire()
         if self._spare is not None:
             self._retired.append(self._spare)

@@ -253,7 +253,7 @@ class Collector:
             if self._regrid_hz is not None:
                 self._regrid(clock.current_time())
             k = self._k
-            due = self._start + k * self._ns_num / self._ns_den / 1e9
+            due = self._due(k)
             now = clock.current_time()
             if now < due:
                 await sleeper.until(due)
@@ -264,7 +264,7 @@ class Collector:
                 skipped = math.ceil((overdue - self._catch_up) / self._period)
                 self._missed += skipped
                 self._k = k = k + skipped
-                due = self._start + k * self._ns_num / self._ns_den / 1e9
+                due = self._due(k)
                 overdue = now - due
             if overdue > self._late_after:
                 self._late += 1
@@ -279,6 +279,10 @@ class Collector:
             if now > slice_end:  # a long burst: let other collectors take their ticks
                 await trio.lowlevel.checkpoint()
                 slice_end = clock.current_time() + BURST_SLICE_S
+
+    def _due(self, k: int) -> float:
+        """Trio time at which tick `k` is due."""
+        return self._start + k * self._ns_num / self._ns_den / 1e9
 
     def _regrid(self, now: float) -> None:
         """A new rate: a new grid through the last tick taken, from its next tick not in the past."""

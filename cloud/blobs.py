@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from capsync.runtime.blocking import durable_writes
+from capsync.runtime.capture_file import fsync_dir
 
 
 class OffsetMismatch(Exception):
@@ -31,16 +32,6 @@ def _fsync(fd: int) -> None:
     """fsync, except inside runtime.blocking.without_fsync() (the simulation never loses power)."""
     if durable_writes():
         os.fsync(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    if not durable_writes():
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Blobs:
@@ -75,7 +66,7 @@ class Blobs:
             _fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def append(self, part_id: str, file_id: str, offset: int, data: bytes) -> int:
         """Write `data` at `offset`, which must be the bytes held; fsync; return the new size.
@@ -121,7 +112,7 @@ class Blobs:
         tmp.unlink(missing_ok=True)
         os.link(src, tmp)
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         return dst
 
     def discard(self, part_id: str, file_id: str) -> None:
