@@ -48,6 +48,7 @@ from capsync.cloud.mql import confine, to_json
 from capsync.cloud.sql import MAX_RESULT_BYTES, RowCollector, run_readonly
 from capsync.cloud.store import (
     BinaryItem,
+    Commit,
     CommittedFile,
     PartExistsError,
     PartUsage,
@@ -255,6 +256,11 @@ class MongoStore:
         """Store a committed file with its rows (and, with `staged`, those staged for it), exactly once
         (see the module doc); False if it was already."""
         return await self._run(self._commit_sync, file, tabular, binary, staged)
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[bool]:
+        """Commit each file in turn: without transactions there is no shared one to join, and each
+        commit is already exactly-once on its own (see the module doc)."""
+        return [await self.commit(c.file, c.tabular, c.binary, staged=c.staged) for c in commits]
 
     async def list_files(self, part_id: str, *, after: str | None = None, limit: int = 100) -> list[CommittedFile]:
         """Committed files of a part in file id order, after file id `after`."""

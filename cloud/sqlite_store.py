@@ -37,6 +37,7 @@ from capsync.cloud.sqlite_schema import (
 )
 from capsync.cloud.store import (
     BinaryItem,
+    Commit,
     CommittedFile,
     PartExistsError,
     PartUsage,
@@ -247,33 +248,39 @@ class SqliteStore:
 
         await self._run(self._tx, tx)
 
-    def _commit_sync(self, f: CommittedFile, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem],
-                     staged: bool = False) -> bool:
-        trows, brows = [_tabular_values(r) for r in tabular], [_binary_values(b) for b in binary]  # outside the lock
-
-        def tx(db: sqlite3.Connection) -> bool:
-            key = (f.part_id, f.file_id)
-            if db.execute("SELECT 1 FROM files WHERE part_id = ? AND file_id = ?", key).fetchone():
-                db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
-                for table in ("staged_tabular", "staged_binary"):
-                    db.execute(f"DELETE FROM {table} WHERE part_id = ? AND file_id = ?", key)
-                return False
-            db.execute(
-                f"INSERT INTO files ({FILE_COLS}) VALUES ({placeholders(FILE_COLS)})",
-                (
-                    f.part_id, f.file_id, f.kind.value, f.size, f.sha256, f.records, f.name, f.mime_type,
-                    f.resource_type, f.resource_name, f.method, f.data_kind, dumps(f.params), dumps(list(f.tags)),
-                    f.created_ns, f.committed_ns, iso_from_ns(f.committed_ns), dumps(f.metadata),
-                ),
-            )
-            db.executemany(f"INSERT OR IGNORE INTO tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})", trows)
-            db.executemany(f"INSERT OR IGNORE INTO binary_items ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})", brows)
-            for table, staging in (("tabular", "staged_tabular"), ("binary_items", "staged_binary")):
-                if staged:  # one statement inside SQLite: no Python work per row under the lock
-                    db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {staging} WHERE part_id = ? AND file_id = ?", key)
-                db.execute(f"DELETE FROM {staging} WHERE part_id = ? AND file_id = ?", key)
+    @staticmethod
+    def _insert_commit(db: sqlite3.Connection, c: Commit, trows: list[tuple], brows: list[tuple]) -> bool:
+        """Inside a transaction: store one file's commit; False (nothing inserted) if already committed."""
+        f = c.file
+        key = (f.part_id, f.file_id)
+        if db.execute("SELECT 1 FROM files WHERE part_id = ? AND file_id = ?", key).fetchone():
             db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
-            return True
+            for table in ("staged_tabular", "staged_binary"):
+                db.execute(f"DELETE FROM {table} WHERE part_id = ? AND file_id = ?", key)
+            return False
+        db.execute(
+            f"INSERT INTO files ({FILE_COLS}) VALUES ({placeholders(FILE_COLS)})",
+            (
+                f.part_id, f.file_id, f.kind.value, f.size, f.sha256, f.records, f.name, f.mime_type,
+                f.resource_type, f.resource_name, f.method, f.data_kind, dumps(f.params), dumps(list(f.tags)),
+                f.created_ns, f.committed_ns, iso_from_ns(f.committed_ns), dumps(f.metadata),
+            ),
+        )
+        db.executemany(f"INSERT OR IGNORE INTO tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})", trows)
+        db.executemany(f"INSERT OR IGNORE INTO binary_items ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})", brows)
+        for table, staging in (("tabular", "staged_tabular"), ("binary_items", "staged_binary")):
+            if c.staged:  # one statement inside SQLite: no Python work per row under the lock
+                db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {staging} WHERE part_id = ? AND file_id = ?", key)
+            db.execute(f"DELETE FROM {staging} WHERE part_id = ? AND file_id = ?", key)
+        db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
+        return True
+
+    def _commit_many_sync(self, commits: Sequence[Commit]) -> list[bool]:
+        # Rows are encoded outside the lock; the one transaction (and its one WAL fsync) covers every file.
+        values = [([_tabular_values(r) for r in c.tabular], [_binary_values(b) for b in c.binary]) for c in commits]
+
+        def tx(db: sqlite3.Connection) -> list[bool]:
+            return [self._insert_commit(db, c, *v) for c, v in zip(commits, values)]
 
         return self._locked(self._tx, tx)
 
@@ -281,7 +288,11 @@ class SqliteStore:
                      *, staged: bool = False) -> bool:
         """Atomically store a committed file with its rows (and, with `staged`, the rows staged for it);
         False (nothing inserted) if already committed."""
-        return await run_blocking(self._commit_sync, file, tabular, binary, staged)
+        return (await self.commit_many([Commit(file, tabular, binary, staged)]))[0]
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[bool]:
+        """Commit every file of `commits` in one transaction (group commit); see `Store.commit_many`."""
+        return await run_blocking(self._commit_many_sync, commits) if commits else []
 
     async def list_files(self, part_id: str, *, after: str | None = None, limit: int = 100) -> list[CommittedFile]:
         """Committed files of a part in file id order, after file id `after`."""

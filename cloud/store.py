@@ -114,6 +114,17 @@ class BinaryItem:
 
 
 @dataclass(frozen=True)
+class Commit:
+    """One file's commit as `Store.commit_many` takes it: the file row, its rows, and whether rows
+    were staged for it (`Store.stage_rows`)."""
+
+    file: CommittedFile
+    tabular: Sequence[TabularRow] = ()
+    binary: Sequence[BinaryItem] = ()
+    staged: bool = False
+
+
+@dataclass(frozen=True)
 class Query:
     """Filters of a tabular or binary query. Times are ns since the epoch; start inclusive, end exclusive."""
 
@@ -246,6 +257,12 @@ class Store(Protocol):
 
         With `staged`, the rows staged for the file (`stage_rows`) become visible with it, atomically.
         """
+        ...
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[bool]:
+        """Commit several files at once (group commit): one transaction and one round of fsyncs where
+        the backend allows, all or nothing; each is idempotent exactly as `commit`. Returns, for each,
+        whether it was new."""
         ...
 
     async def stage_rows(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
