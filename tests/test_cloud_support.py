@@ -7,6 +7,8 @@ bottom check the builders themselves.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from starlette.applications import Starlette
 
 from capsync.cloud.app import DB_NAME, create_app
 from capsync.cloud.sqlite_store import SqliteStore
+from capsync.cloud.store import Store
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
 
 #: scrypt cost for tests: real hashing, but cheap enough for dozens of parts.
@@ -30,8 +33,14 @@ class CloudEnv:
     """An app, its store and data dir, with parts A and B registered."""
 
     app: Starlette
-    store: SqliteStore
+    store: Store
     data_dir: Path
+    backend: str = "sqlite"
+
+    @property
+    def blobs(self) -> Any:
+        """The app's file bytes (cloud/blobs.py)."""
+        return self.app.state.cloud.blobs
 
     def client(self, part: str = PART_A, secret: str | None = None, *, anonymous: bool = False) -> httpx.AsyncClient:
         """An httpx client talking to the app in-process as `part` (without credentials if `anonymous`)."""
@@ -55,6 +64,35 @@ def make_env(data_dir: Path) -> CloudEnv:
 def env(tmp_path: Path) -> CloudEnv:
     """A fresh in-process cloud with parts A and B."""
     return make_env(tmp_path / "cloud")
+
+
+@contextmanager
+def _sqlite_env(tmp_path: Path) -> Iterator[CloudEnv]:
+    yield make_env(tmp_path / "cloud")
+
+
+@contextmanager
+def _mongo_standin_env(tmp_path: Path) -> Iterator[CloudEnv]:
+    from tests.test_cloud_mongo_store import open_mongo_env
+
+    with open_mongo_env("standin", tmp_path) as e:
+        e.backend = "mongodb-standin"
+        yield e
+
+
+#: Every store/blobs combination the cloud runs on: name -> context manager over a tmp dir that
+#: yields a CloudEnv with parts A and B (it skips the test when its service cannot start here).
+#: Modules whose promises hold on every backend (exactly-once, retention, queries) run over all of
+#: them with `@pytest.fixture(params=BACKENDS)` and `open_env`.
+BACKENDS: dict[str, Callable[[Path], AbstractContextManager[CloudEnv]]] = {
+    "sqlite": _sqlite_env,
+    "mongodb-standin": _mongo_standin_env,
+}
+
+
+def open_env(backend: str, tmp_path: Path) -> AbstractContextManager[CloudEnv]:
+    """A fresh cloud with parts A and B on `backend` (a key of BACKENDS)."""
+    return BACKENDS[backend](tmp_path)
 
 
 def tabular_capture(

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from capsync.runtime.sync_protocol import ErrorBody, FileStatus
-from tests.test_cloud_support import CloudEnv, binary_capture, declaration, env, tabular_capture, upload  # noqa: F401
+from tests.test_cloud_support import BACKENDS, CloudEnv, binary_capture, declaration, open_env, tabular_capture, upload
+
+
+@pytest.fixture(params=BACKENDS)
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
+    """The protocol's promises hold on every backend the cloud runs on."""
+    with open_env(request.param, tmp_path) as e:
+        yield e
 
 
 async def test_full_upload_commits_and_the_query_returns_exactly_the_records(env: CloudEnv, tmp_path: Path) -> None:
