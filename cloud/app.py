@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capsync.cloud import browser, query, quotas, uploads, user_queries
+from capsync.cloud import browser, query, quotas, uploads, user_queries, whole_upload
 from capsync.cloud.auth import CredentialCache
 from capsync.cloud.blobs import Blobs
 from capsync.cloud.http import Cloud, error_response
@@ -93,6 +93,7 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
         Route(f"{p}/health", health, methods=["GET"]),
         Route(f"{p}/files", query.files, methods=["GET"]),
         Route(f"{p}/files/{{file_id}}", uploads.file_resource, methods=["GET", "POST"]),
+        Route(f"{p}/files/{{file_id}}", whole_upload.put_file, methods=["PUT"]),
         Route(f"{p}/files/{{file_id}}/data", uploads.file_data, methods=["PUT"]),
         Route(f"{p}/files/{{file_id}}/commit", uploads.file_commit, methods=["POST"]),
         Route(f"{p}/tabular", query.tabular, methods=["GET"]),

@@ -22,8 +22,10 @@ from starlette.responses import JSONResponse, Response
 
 from capsync.cloud.auth import CredentialCache, RejectionLog, SignInThrottled, parse_basic
 from capsync.cloud.blobs import Blobs
+from capsync.cloud.group_commit import GroupCommitter
 from capsync.cloud.limits import UploadLimits
 from capsync.cloud.store import Store, StoreUnavailable
+from capsync.cloud.usage_cache import UsageCache
 from capsync.runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
 
 log = logging.getLogger("capsync.cloud")
@@ -85,7 +87,8 @@ class KeyedLocks:
 
 @dataclass
 class Cloud:
-    """What every request handler needs: the store, the bytes on disk, credentials and file locks."""
+    """What every request handler needs: the store, the bytes on disk, credentials, file locks, and
+    the group committer."""
 
     store: Store
     blobs: Blobs
@@ -95,6 +98,14 @@ class Cloud:
     rejections: RejectionLog = field(default_factory=lambda: RejectionLog(log))
     #: Part records for sign-in (capsync.cloud.part_admin.PartAdmin); None checks secrets only.
     parts: Any = None
+    #: Every commit goes through it, so that commits arriving together share one transaction.
+    committer: GroupCommitter = field(init=False)
+    #: Recent part usage, for the quotas of one-request uploads.
+    usage: UsageCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = GroupCommitter(self.store)
+        self.usage = UsageCache(self.store, self.blobs.data_dir)
 
     async def authenticate(self, request: Request) -> str:
         """The part id of a request with valid Basic credentials; 401 otherwise."""

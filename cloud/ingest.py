@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
-from capsync.runtime.capture_file import CaptureFormatError, CaptureHeader, CaptureRecord, DataKind, Damage, iter_capture
+from capsync.runtime.capture_file import (
+    CaptureFormatError, CaptureHeader, CaptureRecord, DataKind, Damage, iter_capture, iter_capture_bytes,
+)
 from capsync.runtime.sync_protocol import FileKind
 
 #: Deepest nesting of a payload the cloud stores; deeper ones are rejected, not crashed on.
@@ -101,7 +103,8 @@ BATCH_ROWS = 2000
 
 
 class CaptureIngest:
-    """A capture file at `path` read as batches of rows, checked against the upload it arrived as.
+    """A capture file (at a path, or in memory as bytes) read as batches of rows, checked against the
+    upload it arrived as.
 
     Blocking (run it in a worker thread). Opening reads the header; `next_batch()` parses up to
     `batch` more records; after the last batch, `file` is the file row. Raises Rejected when the
@@ -109,9 +112,9 @@ class CaptureIngest:
     Only one batch of rows is ever in memory. `close()` releases the file.
     """
 
-    def __init__(self, upload: Upload, path: Path, size: int, committed_ns: int) -> None:
+    def __init__(self, upload: Upload, source: Path | bytes, size: int, committed_ns: int) -> None:
         self._upload, self._size, self._committed_ns = upload, size, committed_ns
-        self._items = iter_capture(path)
+        self._items = iter_capture_bytes(source) if isinstance(source, bytes) else iter_capture(source)
         self._index = 0
         self._done = False
         try:
@@ -188,10 +191,10 @@ class CaptureIngest:
         self._items.close()  # type: ignore[attr-defined]
 
 
-def capture_file(upload: Upload, path: Path, size: int, committed_ns: int) -> Ingest:
-    """Every row of the capture file at `path` at once (for small files and tests; the cloud's
-    commit streams with CaptureIngest). Raises Rejected as CaptureIngest does."""
-    reader = CaptureIngest(upload, path, size, committed_ns)
+def capture_file(upload: Upload, source: Path | bytes, size: int, committed_ns: int) -> Ingest:
+    """Every row of a capture file at once (small files, tests; a big file's commit streams with
+    CaptureIngest). Raises Rejected as CaptureIngest does."""
+    reader = CaptureIngest(upload, source, size, committed_ns)
     tabular: list[TabularRow] = []
     binary: list[BinaryItem] = []
     try:

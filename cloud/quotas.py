@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from capsync.cloud.http import ApiError, Cloud
-from capsync.cloud.limits import UploadLimits  # noqa: F401  (re-exported: the limits live with their checks)
+from capsync.cloud.limits import UploadLimits  # (also re-exported: the limits live with their checks)
 from capsync.cloud.store import Upload
 from capsync.runtime.blocking import run_blocking
 
@@ -41,11 +41,24 @@ async def check_declaration(cloud: Cloud, part_id: str, file_id: str, size: int)
 
     An upload of the same file being replaced does not count against the new one.
     """
-    lim = cloud.limits
     usage = await cloud.store.part_usage(part_id)
     old = await cloud.store.get_upload(part_id, file_id)
-    uploads = usage.uploads - (old is not None)
-    inflight = usage.upload_bytes - (old.size if old is not None else 0)
+    free = None
+    if cloud.limits.min_free_bytes:
+        free = (await run_blocking(shutil.disk_usage, cloud.blobs.data_dir)).free
+    _check(cloud.limits, part_id, usage.uploads - (old is not None), usage.upload_bytes - (old.size if old else 0),
+           usage.stored_bytes, size, free)
+
+
+async def check_whole_upload(cloud: Cloud, part_id: str, size: int) -> None:
+    """`check_declaration` for a one-request upload, against recent usage (capsync.cloud.usage_cache)."""
+    usage = await cloud.usage.usage(part_id)
+    free = await cloud.usage.free_bytes() if cloud.limits.min_free_bytes else None
+    _check(cloud.limits, part_id, usage.uploads, usage.upload_bytes, usage.stored_bytes, size, free)
+
+
+def _check(lim: UploadLimits, part_id: str, uploads: int, inflight: int, stored: int, size: int,
+           free: int | None) -> None:
     if lim.max_inflight_uploads and uploads + 1 > lim.max_inflight_uploads:
         raise _refuse(429, "too many uploads in flight",
                       f"part {part_id!r} has {uploads} uploads declared and not committed; at most "
@@ -55,17 +68,15 @@ async def check_declaration(cloud: Cloud, part_id: str, file_id: str, size: int)
                       f"part {part_id!r} has {inflight} bytes declared in uploads not committed, this one adds "
                       f"{size}; at most {lim.max_inflight_bytes}. Commit them or let them expire",
                       "--max-inflight-bytes N")
-    if lim.max_stored_bytes and usage.stored_bytes + inflight + size > lim.max_stored_bytes:
+    if lim.max_stored_bytes and stored + inflight + size > lim.max_stored_bytes:
         raise _refuse(507, "part storage quota exceeded",
-                      f"part {part_id!r} stores {usage.stored_bytes} bytes with {inflight} in flight, this upload "
+                      f"part {part_id!r} stores {stored} bytes with {inflight} in flight, this upload "
                       f"adds {size}; its quota is {lim.max_stored_bytes} bytes. Retention frees space",
                       "--max-stored-bytes N")
-    if lim.min_free_bytes:
-        free = (await run_blocking(shutil.disk_usage, cloud.blobs.data_dir)).free
-        if free - size < lim.min_free_bytes:
-            raise _refuse(507, "insufficient storage",
-                          f"the cloud's disk has {free} bytes free; this upload of {size} bytes would leave less "
-                          f"than the {lim.min_free_bytes} bytes it keeps free", "--min-free-bytes N")
+    if free is not None and free - size < lim.min_free_bytes:
+        raise _refuse(507, "insufficient storage",
+                      f"the cloud's disk has {free} bytes free; this upload of {size} bytes would leave less "
+                      f"than the {lim.min_free_bytes} bytes it keeps free", "--min-free-bytes N")
 
 
 def _last_write_ns(path: Path) -> int | None:

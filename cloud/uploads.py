@@ -29,7 +29,7 @@ from capsync.cloud.http import (
     read_body,
     read_json_body,
 )
-from capsync.cloud.store import CommittedFile, Upload
+from capsync.cloud.store import Commit, CommittedFile, Upload
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.sync_protocol import (
     MAX_CHUNK_BYTES,
@@ -47,12 +47,14 @@ log = logging.getLogger("capsync.cloud.uploads")
 _OFFSET_RE = re.compile(r"[0-9]{1,19}")
 
 
-def _committed(f: CommittedFile) -> FileStatus:
+def committed_status(f: CommittedFile) -> FileStatus:
+    """The status of a committed file."""
     return FileStatus(file_id=f.file_id, state=FileState.COMMITTED, offset=f.size, size=f.size, records=f.records,
                       sha256=f.sha256)
 
 
-def _unknown(file_id: str) -> FileStatus:
+def unknown_status(file_id: str) -> FileStatus:
+    """The status of a file the cloud knows nothing of."""
     return FileStatus(file_id=file_id, state=FileState.UNKNOWN)
 
 
@@ -60,7 +62,8 @@ def _partial(u: Upload, held: int) -> FileStatus:
     return FileStatus(file_id=u.file_id, state=FileState.PARTIAL, offset=held, size=u.size)
 
 
-def _ok(request: Request, status: FileStatus) -> Response:
+def ok(request: Request, status: FileStatus) -> Response:
+    """200 with `status`, in the protocol revision the request speaks."""
     return JSONResponse(status.for_revision(protocol_version(request.headers.get(PROTOCOL_HEADER))))
 
 
@@ -69,10 +72,10 @@ async def lookup(cloud: Cloud, part_id: str, file_id: str) -> tuple[FileStatus, 
     and the declared upload when it is partial."""
     f = await cloud.store.get_file(part_id, file_id)
     if f is not None:
-        return _committed(f), None
+        return committed_status(f), None
     u = await cloud.store.get_upload(part_id, file_id)
     if u is None:
-        return _unknown(file_id), None
+        return unknown_status(file_id), None
     held = await run_blocking(cloud.blobs.held, part_id, file_id)
     return _partial(u, held), u
 
@@ -84,15 +87,15 @@ async def file_resource(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
     if request.method in ("GET", "HEAD"):
-        return _ok(request, (await lookup(cloud, part_id, file_id))[0])
+        return ok(request, (await lookup(cloud, part_id, file_id))[0])
     body = await read_json_body(request, MAX_JSON_BYTES)
     try:
         start = UploadStart.model_validate_json(body)
     except ValidationError as exc:
-        raise ApiError(400, "invalid upload declaration", _summarize(exc)) from None
-    _check_declaration(start)
+        raise ApiError(400, "invalid upload declaration", summarize(exc)) from None
+    check_servable(start)
     async with cloud.locks.hold((part_id, file_id)):
-        return _ok(request, await _start(cloud, part_id, file_id, start))
+        return ok(request, await _start(cloud, part_id, file_id, start))
 
 
 def _declaring(part_id: str) -> tuple[str, str, None]:
@@ -104,7 +107,7 @@ async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -
     f = await cloud.store.get_file(part_id, file_id)
     if f is not None:
         await run_blocking(cloud.blobs.discard, part_id, file_id)  # left by a crash after commit
-        return _committed(f)
+        return committed_status(f)
     u = await cloud.store.get_upload(part_id, file_id)
     fields = {"part": part_id, "file_id": file_id, "kind": start.kind.value, "size": start.size}
     if u is not None and (u.kind, u.size, u.sha256) == (start.kind, start.size, start.sha256):
@@ -125,7 +128,7 @@ async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _check_declaration(start: UploadStart) -> None:
+def check_servable(start: UploadStart) -> None:
     """400 for a name or media type the cloud could not serve back (control characters, CR/LF)."""
     if start.mime_type and not ingest.valid_mime(start.mime_type):
         raise ApiError(400, "invalid upload declaration",
@@ -134,7 +137,8 @@ def _check_declaration(start: UploadStart) -> None:
         raise ApiError(400, "invalid upload declaration", "name: must not contain control characters (no CR/LF)")
 
 
-def _summarize(exc: ValidationError) -> str:
+def summarize(exc: ValidationError) -> str:
+    """The first few problems of a validation error, each with its field, for a 400's detail."""
     parts = []
     for e in exc.errors()[:5]:
         loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
@@ -165,7 +169,7 @@ async def file_data(request: Request) -> Response:
         except OffsetMismatch as exc:
             raise ApiError(409, "stale offset", f"the cloud holds {exc.held} bytes", status=_partial(u, exc.held)) from None
     log.debug("chunk stored", extra={"part": part_id, "file_id": file_id, "offset": offset, "bytes": len(data)})
-    return _ok(request, _partial(u, new))
+    return ok(request, _partial(u, new))
 
 
 async def _check_offset(cloud: Cloud, part_id: str, file_id: str, offset: int, length: int | None) -> Upload:
@@ -190,7 +194,7 @@ async def file_commit(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
     async with cloud.locks.hold((part_id, file_id)):
-        return _ok(request, await _commit(cloud, part_id, file_id))
+        return ok(request, await _commit(cloud, part_id, file_id))
 
 
 async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
@@ -210,7 +214,7 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
         await _discard(cloud, u)
         log.warning("checksum mismatch; upload discarded", extra={**fields, "declared": u.sha256, "actual": digest})
         raise ApiError(422, "checksum mismatch", f"declared sha256 {u.sha256}, received bytes hash to {digest}; "
-                       "the upload was discarded, send the file again", status=_unknown(file_id))
+                       "the upload was discarded, send the file again", status=unknown_status(file_id))
     now = time.time_ns()
     try:
         if u.kind is FileKind.CAPTURE:
@@ -223,15 +227,15 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
         await _discard(cloud, u)
         log.warning("capture file rejected; upload discarded", extra={**fields, "reason": str(exc)})
         raise ApiError(422, "capture file rejected", f"{exc}; the upload was discarded",
-                       status=_unknown(file_id)) from None
+                       status=unknown_status(file_id)) from None
     with trio.CancelScope(shield=True):  # a half-done commit must not be left by a client going away
         await run_blocking(cloud.blobs.publish, part_id, file_id)
-        inserted = await cloud.store.commit(committed, tabular, binary, staged=u.kind is FileKind.CAPTURE)
+        inserted = await cloud.committer.commit(Commit(committed, tabular, binary, staged=u.kind is FileKind.CAPTURE))
         await run_blocking(cloud.blobs.discard, part_id, file_id)
     log.info("file committed", extra={**fields, "records": committed.records, "new": inserted})
     f = await cloud.store.get_file(part_id, file_id)
     assert f is not None
-    return _committed(f)
+    return committed_status(f)
 
 
 async def _stage_capture(cloud: Cloud, u: Upload, now: int) -> CommittedFile:

@@ -256,7 +256,7 @@ def fsync_dir(path: Path) -> None:
 _WRITER_NAMES = ("CaptureWriter", "WriterStatistics")
 _READER_NAMES = (
     "CaptureContents", "CaptureFormatError", "Damage", "Recovery", "contents_as_json_lines",
-    "iter_capture", "read_capture", "recover_dir", "recover_prog",
+    "iter_capture", "iter_capture_bytes", "read_capture", "recover_dir", "recover_prog",
 )
 
 __all__ = [
@@ -269,7 +269,7 @@ __all__ = [
 if TYPE_CHECKING:
     from capsync.runtime.capture_reader import (  # noqa: F401
         CaptureContents, CaptureFormatError, Damage, Recovery, contents_as_json_lines,
-        iter_capture, read_capture, recover_dir, recover_prog,
+        iter_capture, iter_capture_bytes, read_capture, recover_dir, recover_prog,
     )
     from capsync.runtime.capture_writer import CaptureWriter, WriterStatistics  # noqa: F401
 

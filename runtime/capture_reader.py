@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -235,30 +236,34 @@ def _walk(path: Path) -> Iterator[tuple[int, int, CaptureItem]]:
     """(start, end, item) for the header, each good record and, last, any Damage (end = size)."""
     path = Path(path)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        header, pos = _read_header(path, f, size)
-        yield 0, pos, header
-        binary = header.kind is DataKind.BINARY
-        count = 0
-        while pos < size:
-            if count == MAX_RECORDS_PER_FILE:
-                yield pos, size, Damage(pos, f"more than {MAX_RECORDS_PER_FILE} records in one file")
-                return
-            got = _read_frame(f, pos, size, RECORD_MARK, MAX_RECORD_BYTES)
-            if isinstance(got, str):
-                yield pos, size, Damage(pos, got)
-                return
-            count += 1
-            try:
-                rec = _record(_decode(got, MAX_RECORD_BYTES), binary)
-            except ValueError as exc:
-                rec = f"undecodable record: {exc}"
-            if isinstance(rec, str):
-                yield pos, size, Damage(pos, rec)
-                return
-            end = pos + FRAME_HEADER_SIZE + len(got)
-            yield pos, end, rec
-            pos = end
+        yield from _walk_open(path, f, os.fstat(f.fileno()).st_size)
+
+
+def _walk_open(path: Path | str, f: IO[bytes], size: int) -> Iterator[tuple[int, int, CaptureItem]]:
+    """`_walk` over the `size` bytes of `f`, open at offset 0 (`path` names it in errors)."""
+    header, pos = _read_header(path, f, size)
+    yield 0, pos, header
+    binary = header.kind is DataKind.BINARY
+    count = 0
+    while pos < size:
+        if count == MAX_RECORDS_PER_FILE:
+            yield pos, size, Damage(pos, f"more than {MAX_RECORDS_PER_FILE} records in one file")
+            return
+        got = _read_frame(f, pos, size, RECORD_MARK, MAX_RECORD_BYTES)
+        if isinstance(got, str):
+            yield pos, size, Damage(pos, got)
+            return
+        count += 1
+        try:
+            rec = _record(_decode(got, MAX_RECORD_BYTES), binary)
+        except ValueError as exc:
+            rec = f"undecodable record: {exc}"
+        if isinstance(rec, str):
+            yield pos, size, Damage(pos, rec)
+            return
+        end = pos + FRAME_HEADER_SIZE + len(got)
+        yield pos, end, rec
+        pos = end
 
 
 # --- public reading ------------------------------------------------------------------------------
@@ -295,6 +300,12 @@ def iter_capture(path: Path) -> Iterator[CaptureItem]:
     first next()) when the header is unreadable.
     """
     for _start, _end, item in _walk(path):
+        yield item
+
+
+def iter_capture_bytes(data: bytes, name: str = "<upload>") -> Iterator[CaptureItem]:
+    """`iter_capture` over a capture file held in memory (`name` stands for it in errors)."""
+    for _start, _end, item in _walk_open(name, io.BytesIO(data), len(data)):
         yield item
 
 

@@ -32,7 +32,7 @@ async def test_another_part_commits_between_the_batches_of_a_big_file(qenv: Clou
     small_id, small = tabular_capture(tmp_path / "b", PART_B, n=3)
     calls: list[tuple[str, int]] = []
     seen_during: dict[str, object] = {}
-    real_stage, real_commit = store.stage_rows, store.commit
+    real_stage, real_commit_many = store.stage_rows, store.commit_many
 
     async def stage_rows(tabular, binary):
         part = (tabular or binary)[0].part_id
@@ -45,11 +45,11 @@ async def test_another_part_commits_between_the_batches_of_a_big_file(qenv: Clou
                 seen_during["a_rows"] = (await a.get("/v1/tabular")).json()["items"]
                 seen_during["a_status"] = (await a.get(f"/v1/files/{big_id}")).json()["state"]
 
-    async def commit(file, tabular, binary, *, staged=False):
-        calls.append((file.part_id, len(tabular) + len(binary)))
-        return await real_commit(file, tabular, binary, staged=staged)
+    async def commit_many(commits):
+        calls.extend((c.file.part_id, len(c.tabular) + len(c.binary)) for c in commits)
+        return await real_commit_many(commits)
 
-    store.stage_rows, store.commit = stage_rows, commit
+    store.stage_rows, store.commit_many = stage_rows, commit_many
     async with qenv.client(PART_A) as a:
         r = await upload(a, big_id, big, chunk=1 << 20)
         assert r.status_code == 200 and r.json()["records"] == RECORDS, r.text
