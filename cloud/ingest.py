@@ -65,6 +65,8 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     """
     if _depth > MAX_JSON_DEPTH:
         raise Rejected(f"a payload is nested deeper than {MAX_JSON_DEPTH} levels")
+    if value.__class__ is dict and _flat_and_plain(value):
+        return value  # the common sensor reading: nothing to convert, and no copy
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -80,6 +82,22 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return str(value)
+
+
+_PLAIN = (str, int, bool, type(None))
+
+
+def _flat_and_plain(d: dict) -> bool:
+    """Whether `d` has only str keys and finite numbers, strings, bools or None as values (JSON as it is)."""
+    for k, v in d.items():
+        if k.__class__ is not str:
+            return False
+        if v.__class__ is float:
+            if v - v != 0.0:  # inf or NaN
+                return False
+        elif v.__class__ not in _PLAIN:
+            return False
+    return True
 
 
 def plain_file(upload: Upload, size: int, committed_ns: int) -> Ingest:

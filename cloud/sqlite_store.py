@@ -70,8 +70,8 @@ SQL_CONCURRENCY = 4
 def _tabular_values(r: TabularRow) -> tuple[Any, ...]:
     return (
         r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
-        dumps(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
-        iso_from_ns(r.received_ns), dumps(list(r.tags)), dumps(r.payload), dumps(r.metadata),
+        _same_as_last(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
+        iso_from_ns(r.received_ns), _tags_json(tuple(r.tags)), dumps(r.payload), _metadata_json(r.metadata),
     )
 
 
@@ -79,9 +79,33 @@ def _binary_values(b: BinaryItem) -> tuple[Any, ...]:
     return (
         b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
         b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
-        iso_from_ns(b.received_ns), dumps(list(b.tags)), dumps(b.metadata), b.name,
+        iso_from_ns(b.received_ns), _tags_json(tuple(b.tags)), _metadata_json(b.metadata), b.name,
         int(b.from_capture),
     )
+
+
+# The rows of one file share their params and tags objects, and most records carry no metadata:
+# encoding those once per file instead of once per row is a good part of the cost of an ingest.
+_last_params: tuple[Any, str] = (None, "null")
+
+
+def _same_as_last(value: Any) -> str:
+    global _last_params
+    last = _last_params  # one read: another thread may replace it meanwhile, which is harmless
+    if last[0] is value:
+        return last[1]
+    text = dumps(value)
+    _last_params = (value, text)
+    return text
+
+
+@lru_cache(maxsize=1024)
+def _tags_json(tags: tuple[str, ...]) -> str:
+    return dumps(list(tags))
+
+
+def _metadata_json(value: Any) -> str:
+    return "{}" if not value and isinstance(value, dict) else dumps(value)
 
 
 @lru_cache(maxsize=4)

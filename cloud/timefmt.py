@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
@@ -15,11 +16,17 @@ _MAX_NS = 2**63 - 1
 def iso_from_ns(ns: int) -> str:
     """`ns` since the epoch as RFC 3339 UTC with nanoseconds, e.g. '2026-01-02T03:04:05.000000123Z'."""
     secs, rem = divmod(ns, 1_000_000_000)
+    base = _iso_seconds(secs)
+    return str(ns) if base is None else f"{base}.{rem:09d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _iso_seconds(secs: int) -> str | None:
+    # Cached: the rows of one file (and of one ingest round) fall within a few seconds.
     try:
-        base = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     except (OverflowError, OSError, ValueError):
-        return str(ns)
-    return f"{base}.{rem:09d}Z"
+        return None
 
 
 def parse_time(text: str) -> int:

@@ -34,8 +34,6 @@ log = logging.getLogger("capsync.cloud.uploads")
 
 #: Largest file the one-request path takes.
 MAX_WHOLE_BYTES = MAX_CHUNK_BYTES
-#: Below this many bytes, hashing inline is cheaper than a hop to a worker thread.
-_INLINE_HASH_BYTES = 256 * 1024
 
 
 def _declaration(request: Request) -> UploadStart:
@@ -78,24 +76,20 @@ async def put_file(request: Request) -> Response:
 async def _store(cloud: Cloud, part_id: str, file_id: str, start: UploadStart, data: bytes) -> CommittedFile:
     if len(data) != start.size:
         raise ApiError(400, "wrong body size", f"the body has {len(data)} bytes, size says {start.size}")
-    digest = (hashlib.sha256(data).hexdigest() if len(data) <= _INLINE_HASH_BYTES
-              else await run_blocking(lambda: hashlib.sha256(data).hexdigest()))
     fields = {"part": part_id, "file_id": file_id, "kind": start.kind.value, "size": start.size}
-    if digest != start.sha256:
-        log.warning("checksum mismatch; one-request upload refused", extra={**fields, "declared": start.sha256,
-                                                                          "actual": digest})
-        raise ApiError(422, "checksum mismatch", f"declared sha256 {start.sha256}, the body hashes to {digest}; "
-                       "send the file again", status=unknown_status(file_id))
     now = time.time_ns()
     u = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, start.size, now)
-    try:
-        rows = (await run_blocking(ingest.capture_file, u, data, u.size, now) if u.kind is FileKind.CAPTURE
-                else ingest.plain_file(u, u.size, now))
-    except ingest.Rejected as exc:
-        log.warning("capture file rejected", extra={**fields, "reason": str(exc)})
-        raise ApiError(422, "capture file rejected", str(exc), status=unknown_status(file_id)) from None
     with trio.CancelScope(shield=True):  # bytes then rows, both durable, before anyone hears "committed"
-        await run_blocking(_put, cloud, part_id, file_id, data)
+        try:
+            rows = await run_blocking(_check_and_write, cloud, u, data)
+        except _ChecksumMismatch as exc:
+            log.warning("checksum mismatch; one-request upload refused", extra={**fields, "declared": start.sha256,
+                                                                              "actual": exc.digest})
+            raise ApiError(422, "checksum mismatch", f"declared sha256 {start.sha256}, the body hashes to "
+                           f"{exc.digest}; send the file again", status=unknown_status(file_id)) from None
+        except ingest.Rejected as exc:
+            log.warning("capture file rejected", extra={**fields, "reason": str(exc)})
+            raise ApiError(422, "capture file rejected", str(exc), status=unknown_status(file_id)) from None
         new = await cloud.committer.commit(Commit(rows.file, rows.tabular, rows.binary))
     if new:
         cloud.usage.committed(part_id, u.size)
@@ -106,6 +100,19 @@ async def _store(cloud: Cloud, part_id: str, file_id: str, start: UploadStart, d
     return f
 
 
-def _put(cloud: Cloud, part_id: str, file_id: str, data: bytes) -> None:
-    cloud.blobs.put_committed(part_id, file_id, data)
-    cloud.blobs.discard(part_id, file_id)  # a resumable upload of the same file, given up for this one
+class _ChecksumMismatch(Exception):
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
+
+
+def _check_and_write(cloud: Cloud, u: Upload, data: bytes) -> ingest.Ingest:
+    """In one worker thread: check the sha256, parse, and write the bytes as the committed file."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != u.sha256:
+        raise _ChecksumMismatch(digest)
+    rows = (ingest.capture_file(u, data, u.size, u.created_ns) if u.kind is FileKind.CAPTURE
+            else ingest.plain_file(u, u.size, u.created_ns))
+    cloud.blobs.put_committed(u.part_id, u.file_id, data)
+    cloud.blobs.discard(u.part_id, u.file_id)  # a resumable upload of the same file, given up for this one
+    return rows
