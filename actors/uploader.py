@@ -1,7 +1,9 @@
 """The uploader: moves one file to the cloud, resuming where the cloud left off, exactly once.
 
-It declares the file (size, sha256), sends the bytes from the cloud's offset in chunks, asks the
-cloud to commit, and deletes the local file only once the cloud answers committed for exactly
+A file of at most one chunk goes in one request (declaration, bytes and commit together; see
+docs/sync-protocol.md), unless the cloud is older than that route. A bigger one is declared (size,
+sha256), its bytes are sent from the cloud's offset in chunks, and the cloud is asked to commit.
+The uploader deletes the local file only once the cloud answers committed for exactly
 the bytes on disk: the answer must state the size and sha256 the uploader computed from the file,
 and the file is hashed again just before the delete. Any other "committed" (a cloud that lies, an
 older cloud that does not say, a file that changed meanwhile) keeps the file and raises
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import trio
 
-from capsync.runtime.cloud_client import ChecksumMismatch, CloudClient, CloudUnavailable, StaleOffset
+from capsync.runtime.cloud_client import (
+    ChecksumMismatch, CloudClient, CloudUnavailable, OneRequestUnsupported, StaleOffset,
+)
 from capsync.runtime.faults import FaultPlan, InjectedNetworkError
 from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, read_at
 from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
@@ -73,10 +77,14 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
     size, digest = await run_blocking(fingerprint, f.path)
     file_id = await run_blocking(file_id_of, f, digest)
     start = UploadStart(kind=f.kind, size=size, sha256=digest, name=f.name, mime_type=f.mime_type)
+    actor = f"uploader {file_id}"
+    if size <= chunk_bytes and client.one_request:
+        done = await _upload_whole(client, f, file_id, start, faults)
+        if done is not None:
+            return done
     sent = 0
     fresh_starts = 0
     deleted = False
-    actor = f"uploader {file_id}"
     await _point(faults, actor, "before_request")
     status = await client.start(file_id, start)
     budget = _request_budget(size, chunk_bytes)
@@ -123,6 +131,30 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
         await _delete_verified(f.path, status, file_id, size, digest)
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
     return UploadResult(file_id, f.path, size, sent, status.records)
+
+
+async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: UploadStart,
+                        faults: FaultPlan | None) -> UploadResult | None:
+    """The one-request upload of a small file, then the verified delete; None when the resumable
+    upload must do it instead (an older cloud, or the bytes changed since they were hashed)."""
+    data = await run_blocking(read_at, f.path, 0, start.size + 1)
+    if len(data) != start.size:
+        return None  # changed since it was hashed: the resumable path notices and says so
+    actor = f"uploader {file_id}"
+    await _point(faults, actor, "before_request")
+    await _point(faults, actor, "before_chunk")
+    # Like a commit: once sent, see it through (and delete the file), or a stop now would leave a
+    # committed file on disk (harmless, but declared again at the next start).
+    with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
+        try:
+            status = await client.put_whole(file_id, start, data)
+        except (OneRequestUnsupported, ChecksumMismatch):
+            return None
+        await _delete_verified(f.path, status, file_id, start.size, start.sha256)
+    if grace.cancelled_caught:
+        raise CloudUnavailable(f"the one-request upload was not answered within {COMMIT_GRACE_S:g} s")
+    log.debug("file synced in one request", extra={"file_id": file_id, "path": str(f.path), "bytes": len(data)})
+    return UploadResult(file_id, f.path, start.size, len(data), status.records)
 
 
 def _request_budget(size: int, chunk_bytes: int) -> int:

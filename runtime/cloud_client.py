@@ -39,6 +39,10 @@ class CloudUnavailable(CloudError):
 class UploadRejected(CloudError):
     """The cloud refused this file for good (4xx): retrying the same bytes will not help."""
 
+    def __init__(self, reason: str, status_code: int = 400) -> None:
+        super().__init__(reason)
+        self.status_code = status_code
+
 
 class StaleOffset(CloudError):
     """The cloud holds a different number of bytes than we assumed; `status.offset` is right."""
@@ -50,6 +54,11 @@ class StaleOffset(CloudError):
 
 class ChecksumMismatch(CloudError):
     """The bytes the cloud received do not match the declared sha256; it discarded them."""
+
+
+class OneRequestUnsupported(CloudError):
+    """The cloud does not take this file in one request (a cloud older than the route, or a file
+    above its one-request limit): use the resumable upload."""
 
 
 class CloudClient:
@@ -73,6 +82,8 @@ class CloudClient:
         self._http: httpx.AsyncClient | None = None
         #: Bytes of file data sent (chunk bodies), for accounting and benchmarks.
         self.bytes_sent = 0
+        #: False once the cloud answered that it has no one-request upload route (an older cloud).
+        self.one_request = True
 
     async def aclose(self) -> None:
         """Close the connection pool; the next call opens a new one (a restarted scheduler reuses us)."""
@@ -94,6 +105,24 @@ class CloudClient:
             "PUT", file_route(file_id) + "/data", params={"offset": offset}, content=data,
             headers={"Content-Type": "application/octet-stream"},
         )
+        self.bytes_sent += len(data)
+        return status
+
+    async def put_whole(self, file_id: str, start: UploadStart, data: bytes) -> FileStatus:
+        """Upload a small file in one request (declaration, bytes and commit); raises
+        OneRequestUnsupported when this cloud cannot (and, for an older cloud, remembers it)."""
+        params = {k: str(v) for k, v in start.model_dump(mode="json").items() if v != ""}
+        try:
+            status = await self._call("PUT", file_route(file_id), params=params, content=data,
+                                      headers={"Content-Type": "application/octet-stream"})
+        except UploadRejected as exc:
+            if exc.status_code in (404, 405):
+                self.one_request = False
+                log.info("the cloud has no one-request upload; using the resumable upload for every file",
+                         extra={"cloud": self.base_url})
+            if exc.status_code in (404, 405, 413):
+                raise OneRequestUnsupported(str(exc)) from None
+            raise
         self.bytes_sent += len(data)
         return status
 
@@ -126,7 +155,7 @@ class CloudClient:
             reason += f" ({error.detail})"
         if resp.status_code in (401, 403, 408, 429) or resp.status_code >= 500:
             raise CloudUnavailable(reason)
-        raise UploadRejected(reason)
+        raise UploadRejected(reason, resp.status_code)
 
 
 def _error_body(resp: httpx.Response) -> ErrorBody | None:

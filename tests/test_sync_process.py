@@ -9,6 +9,7 @@ what is still local and with what the agent reported capturing, by file id and r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -219,7 +220,8 @@ def test_wrong_secret_is_refused_and_files_stay_local(tmp_path):
     assert acc.committed == 0 and acc.local == captured > 0 and acc.lost == 0, acc.summary()
 
 
-async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(tmp_path):
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 4096], ids=["one request", "resumable"])
+async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(tmp_path, chunk_bytes):
     """The in-process core of a race the process tests can hit: SIGTERM while a commit is in flight.
 
     The cloud finishes a commit even if the client goes away (it shields it), but the uploader is
@@ -234,7 +236,8 @@ async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(
     class SlowCommitAnswer(httpx.ASGITransport):  # the commit is done; its answer takes a moment
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             response = await super().handle_async_request(request)
-            if request.url.path.endswith("/commit"):
+            one_request = request.method == "PUT" and not request.url.path.endswith("/data")
+            if request.url.path.endswith("/commit") or one_request:
                 answering.set()
                 await trio.sleep(0.2)
             return response
@@ -246,7 +249,7 @@ async def test_shutdown_while_the_commit_is_answered_deletes_the_committed_file(
     f = SyncFile(path, path.parent, FileKind.FILE, st.st_size, st.st_mtime_ns)
     client = CloudClient(cloud.url, PART_ID, secret, transport=SlowCommitAnswer(app=cloud.app))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(upload_file, client, f)
+        nursery.start_soon(functools.partial(upload_file, client, f, chunk_bytes=chunk_bytes))
         await answering.wait()
         nursery.cancel_scope.cancel()  # the agent is told to stop
     async with cloud.client(PART_ID, secret) as c:

@@ -51,12 +51,47 @@ async def test_already_committed_file_is_deleted_without_sending(tmp_path, cloud
     _, client = cloud
     f, _ = _plain_file(tmp_path, 5000)
     content = f.path.read_bytes()
-    first = await upload_file(client, f)
+    first = await upload_file(client, f, chunk_bytes=4096)  # two chunks: the resumable path
     assert first.bytes_sent == 5000
     f.path.write_bytes(content)  # the same file again, e.g. a crash before the local delete
     os.utime(f.path, (1_000_000, 1_000_000))
-    again = await upload_file(client, f)
+    again = await upload_file(client, f, chunk_bytes=4096)
     assert again.bytes_sent == 0 and again.file_id == first.file_id and not f.path.exists()
+
+
+async def test_a_small_file_goes_in_one_request_and_a_retry_stores_it_once(tmp_path, cloud):
+    c, client = cloud
+    f, _ = _plain_file(tmp_path, 5000)
+    content = f.path.read_bytes()
+    requests: list[str] = []
+    client.start = _recording(client.start, "declare", requests)  # type: ignore[method-assign]
+    first = await upload_file(client, f)
+    assert requests == [] and first.bytes_sent == 5000 and not f.path.exists()
+    f.path.write_bytes(content)  # a crash before the local delete: the file is sent again (it is small)...
+    os.utime(f.path, (1_000_000, 1_000_000))
+    again = await upload_file(client, f)
+    assert again.file_id == first.file_id and not f.path.exists()
+    stats = await c.app.state.cloud.store.statistics()
+    assert (stats.files, stats.binary_items) == (1, 1)  # ...and stored once
+
+
+def _recording(fn, name: str, log: list[str]):
+    async def call(*args, **kw):
+        log.append(name)
+        return await fn(*args, **kw)
+    return call
+
+
+async def test_an_older_cloud_without_the_one_request_route_gets_the_resumable_upload(tmp_path, cloud):
+    c, client = cloud
+    from starlette.routing import Route
+
+    c.app.router.routes = [r for r in c.app.router.routes
+                           if not (isinstance(r, Route) and r.path == "/v1/files/{file_id}" and "PUT" in r.methods)]
+    f, file_id = _plain_file(tmp_path, 5000)
+    result = await upload_file(client, f)
+    assert result.bytes_sent == 5000 and not f.path.exists() and client.one_request is False
+    assert (await client.status(file_id)).state is FileState.COMMITTED
 
 
 async def test_checksum_mismatch_starts_the_file_over(tmp_path, cloud):

@@ -36,6 +36,8 @@ def _lying_cloud(answer) -> tuple[httpx.MockTransport, list[str]]:
         file_id = request.url.path.split("/")[3]
         if request.method == "POST" and not request.url.path.endswith("/commit"):
             declared[file_id] = json.loads(request.content)
+        elif request.method == "PUT" and not request.url.path.endswith("/data"):  # the one-request upload
+            declared[file_id] = {**request.url.params, "size": int(request.url.params["size"])}
         return httpx.Response(200, json={"file_id": file_id, **answer(declared.get(file_id), file_id)})
 
     return httpx.MockTransport(handle), seen
@@ -137,18 +139,18 @@ async def test_a_file_that_changes_after_the_commit_is_kept_and_uploaded_again(t
     path.write_bytes(b"old" * 1000)
     os.utime(path, (1_000_000, 1_000_000))
     (f,) = find_ready_files([], [extra], now_s=2_000_000)
-    real_commit = client.commit
+    real_put_whole = client.put_whole
 
-    async def commit_then_the_file_changes(file_id):
-        status = await real_commit(file_id)
+    async def commit_then_the_file_changes(*args):
+        status = await real_put_whole(*args)
         path.write_bytes(b"new" * 1000)  # written between the commit and the delete
         os.utime(path, (1_000_000, 1_000_000))
         return status
 
-    client.commit = commit_then_the_file_changes
+    client.put_whole = commit_then_the_file_changes
     with pytest.raises(UnverifiedCommit, match="changed after it was committed"):
         await upload_file(client, f)
-    client.commit = real_commit
+    client.put_whole = real_put_whole
     assert path.read_bytes() == b"new" * 1000
     (again,) = find_ready_files([], [extra], now_s=2_000_000)
     result = await upload_file(client, again)
