@@ -85,7 +85,7 @@ class PostgresStore:
     """`Store` in the PostgreSQL database at `url` (a libpq URL or conninfo), tables in `schema`."""
 
     def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA, scrypt_n: int = 2**14, pool_size: int = 8,
-                 connect_timeout_s: int = 5, pool_wait_s: float = 10.0) -> None:
+                 connect_timeout_s: int = 5, pool_wait_s: float = 5.0) -> None:
         if not SCHEMA_RE.fullmatch(schema):
             raise ValueError(f"schema {schema!r}: use 1-40 lowercase letters, digits and _, not starting with a digit")
         try:
@@ -108,6 +108,7 @@ class PostgresStore:
         self._logins = SqlLogins(schema)
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._down = False
         self._sql_slots: trio.Semaphore | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -148,11 +149,18 @@ class PostgresStore:
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(connection, *args)` on a pooled connection; connection failures become StoreUnavailable."""
         self._prepare()
+        if self._down:  # the last call lost the server: one quick probe, not a wait for the pool's reconnects
+            try:
+                psycopg.connect(self.url, **self._pool.kwargs).close()
+            except psycopg.OperationalError as exc:
+                raise self._unavailable(exc) from exc
+            self._down = False
         try:
             with self._pool.connection() as db:
                 return fn(db, *args)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             if _lost(exc):
+                self._down = True
                 raise self._unavailable(exc) from exc
             raise
 

@@ -73,7 +73,40 @@ class PostgresServer:
     root: Path
     port: int
     process: subprocess.Popen
+    bindir: Path = Path()
+    as_user: dict = field(default_factory=dict)
+    last_error: str = ""
     _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def launch(self) -> None:
+        """Start the server process on the cluster (again, after a stop that kept its files)."""
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
+                 "-k", self.socket_dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
+                 "-c", "shared_buffers=32MB"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True, **self.as_user)
+
+    def wait_ready(self, first_use=None) -> bool:
+        """Wait until the server takes connections (running `first_use(self)` once it does)."""
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if first_use is not None:
+                    first_use(self)
+                else:
+                    self.admin().close()
+                return True
+            except Exception as exc:  # not accepting connections yet
+                self.last_error = str(exc)
+                time.sleep(0.1)
+        return False
+
+    def kill_process(self) -> None:
+        """Stop the server at once (fast shutdown: every session is cut), keeping its files."""
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=20)
 
     @property
     def socket_dir(self) -> str:
@@ -167,27 +200,14 @@ def start() -> PostgresServer:
         raise RuntimeError(f"initdb failed: {exc} {out.decode(errors='replace')[-500:]}") from None
     last_error = ""
     for _ in range(5):  # a free port can be taken between finding it and binding it
-        port = _free_port()
-        log = open(root / "server.log", "ab")
-        proc = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(port), "-k", str(root / "sock"),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True, **as_user)
-        log.close()
-        srv = PostgresServer(root, port, proc)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                _setup(srv)
-                return srv
-            except Exception as exc:  # not accepting connections yet
-                last_error = str(exc)
-                time.sleep(0.1)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        last_error = (root / "server.log").read_text(errors="replace")[-500:] or last_error
+        srv = PostgresServer(root, _free_port(), None, bindir=bindir, as_user=as_user)  # type: ignore[arg-type]
+        srv.launch()
+        if srv.wait_ready(_setup):
+            return srv
+        if srv.process.poll() is None:
+            srv.process.kill()
+            srv.process.wait()
+        last_error = (root / "server.log").read_text(errors="replace")[-500:] or srv.last_error
     shutil.rmtree(root, ignore_errors=True)
     raise RuntimeError(f"PostgreSQL did not start: {last_error}")
 
