@@ -49,6 +49,12 @@ from capsync.cloud.store import QueryRefused, SqlResult, StoreUnavailable
 FETCH_ROWS = 32
 #: How a query may begin: SELECT and its relatives only (anything else is refused before it is sent).
 _QUERY_WORDS = {"select", "with", "values", "table", ""}
+#: PostgreSQL's other statements: refused as "read-only" (any other first word is a syntax error).
+_OTHER_STATEMENTS = set(
+    "insert update delete merge create drop alter truncate grant revoke copy set reset begin start commit "
+    "rollback end abort savepoint release vacuum analyze cluster reindex lock listen notify unlisten prepare "
+    "execute deallocate do call declare fetch move close discard load comment security refresh import "
+    "checkpoint reassign show".split())
 
 
 class SqlLogins:
@@ -151,8 +157,10 @@ def run_query(conninfo: str, role: str, password: str, schema: str, text: str, *
     word = _first_word(text)
     if word == "explain":
         raise QueryRefused("EXPLAIN is refused: only SELECT statements run")
-    if word not in _QUERY_WORDS:
+    if word in _OTHER_STATEMENTS:
         raise QueryRefused("the query is read-only: only SELECT statements run")
+    if word not in _QUERY_WORDS:
+        raise QueryRefused(f"invalid query: a query begins with SELECT, WITH, VALUES or TABLE, not {word!r}")
     timeout_ms = max(1, int(timeout_s * 1000))
     try:
         conn = psycopg.connect(
@@ -173,16 +181,17 @@ def run_query(conninfo: str, role: str, password: str, schema: str, text: str, *
 
 
 def _fetch(conn: psycopg.Connection, text: str, max_rows: int, timeout_s: float) -> SqlResult:
-    # A pipeline sends every statement over the extended protocol: one statement each, text untouched.
     user = sql.SQL(text)  # type: ignore[arg-type]  # the text is sent as it is, never formatted
     wrapped = sql.SQL("SELECT _q.* FROM (\n{}\n) AS _q WHERE row_fits(octet_length(_q::text), {}) LIMIT {}").format(
         user, sql.Literal(MAX_RESULT_BYTES), sql.Literal(max_rows + 1))
     try:
         conn.execute("BEGIN READ ONLY")
-        with conn.pipeline():
-            conn.execute(sql.SQL("DECLARE capsync_check NO SCROLL CURSOR FOR {}").format(user))  # one query alone
-            conn.execute("CLOSE capsync_check")
-            conn.execute(sql.SQL("DECLARE capsync_rows NO SCROLL CURSOR FOR {}").format(wrapped))
+        # binary=True sends over the extended protocol, which takes one statement only (DECLARE returns no
+        # rows, so the format changes nothing). The text must first parse on its own as one query, so
+        # that inside the wrapper it cannot close the parenthesis and change what the wrapper checks.
+        conn.execute(sql.SQL("DECLARE capsync_check NO SCROLL CURSOR FOR {}").format(user), binary=True)
+        conn.execute("CLOSE capsync_check")
+        conn.execute(sql.SQL("DECLARE capsync_rows NO SCROLL CURSOR FOR {}").format(wrapped), binary=True)
         rows = RowCollector(max_rows, MAX_RESULT_BYTES)
         columns: list[str] = []
         while True:
@@ -201,7 +210,7 @@ def _fetch(conn: psycopg.Connection, text: str, max_rows: int, timeout_s: float)
     except errors.ProgramLimitExceeded as exc:
         raise QueryRefused(_message(exc)) from None
     except errors.InsufficientPrivilege as exc:
-        raise QueryRefused(f"only the readings view can be read: {_message(exc)}") from None
+        raise QueryRefused(f"refused: {_message(exc)} (a query may only read the readings view)") from None
     except psycopg.OperationalError as exc:
         if conn.closed or exc.sqlstate is None or exc.sqlstate.startswith("08"):
             raise StoreUnavailable(f"PostgreSQL: the SQL connection failed: {_message(exc)}") from None
