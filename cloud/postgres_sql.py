@@ -107,7 +107,7 @@ class SqlLogins:
                         sql.Identifier(role), sql.Literal(password), sql.Identifier(group)))
         except errors.InsufficientPrivilege:
             raise QueryRefused("SQL is not available on this cloud: its PostgreSQL role may not create roles; "
-                               "the operator grants it once with `ALTER ROLE <role> CREATEROLE` (docs/cloud.md)") from None
+                               "the operator grants it with `ALTER ROLE <role> CREATEROLE` (docs/cloud.md, PostgreSQL store)") from None
         row = db.execute(find, (part_id,)).fetchone()
         return row[0], row[1]
 
