@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -115,8 +117,26 @@ async def apply_retention(cloud: Cloud, now_ns: int | None = None) -> list[Commi
     The rule (UTC days, size limits oldest first) is capsync.cloud.retention's. `now_ns` defaults to now;
     tests pass any time to apply retention on demand. Abandoned uploads are expired first
     (capsync.cloud.quotas.expire_abandoned).
+
+    Several cloud processes may share one store (PostgreSQL): a store that has `exclusive_sweep()`
+    (an async context manager yielding whether this process may sweep) is asked first, and while
+    another process sweeps this one skips the sweep and returns [].
     """
     now_ns = time.time_ns() if now_ns is None else now_ns
+    exclusive = getattr(cloud.store, "exclusive_sweep", None)
+    async with (exclusive() if exclusive is not None else _always()) as mine:
+        if not mine:
+            log.info("retention sweep skipped: another cloud process is sweeping this store")
+            return []
+        return await _sweep(cloud, now_ns)
+
+
+@asynccontextmanager
+async def _always() -> AsyncIterator[bool]:
+    yield True
+
+
+async def _sweep(cloud: Cloud, now_ns: int) -> list[CommittedFile]:
     await quotas.expire_abandoned(cloud, now_ns)  # abandoned uploads are swept on the same schedule
     gone = await cloud.store.expire(now_ns)
     for f in gone:

@@ -41,9 +41,9 @@ def add_cloud_commands(subparsers: Any) -> None:
     s.add_argument("--port", type=int, default=8787, help="0 picks a free port (printed on start)")
     s.add_argument("--tls-cert", type=Path, help="PEM certificate; with --tls-key, serve HTTPS")
     s.add_argument("--tls-key", type=Path, help="PEM private key")
-    s.add_argument("--mongodb-uri", metavar="URI",
-                   help="keep parts, uploads, files and tabular rows in MongoDB (database from the URI's path, "
-                        "default 'capsync') instead of SQLite; binary bytes stay under --data-dir")
+    _store_options(s, "keep parts, uploads, files and rows in this database instead of SQLite under --data-dir: "
+                      "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (several serve processes may share it) or "
+                      "mongodb://HOST/DB; binary bytes stay under --data-dir")
     d = UploadLimits()
     s.add_argument("--max-inflight-bytes", type=int, default=d.max_inflight_bytes, metavar="N",
                    help="bytes one part may have declared in uploads not yet committed (0: no limit; default %(default)s)")
@@ -63,35 +63,40 @@ def add_cloud_commands(subparsers: Any) -> None:
     a.add_argument("--data-dir", type=Path, required=True)
     a.add_argument("part_id", metavar="PART_ID")
     a.add_argument("--rotate", action="store_true", help="replace the secret of an existing part")
-    a.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
+    _store_options(a)
     a.set_defaults(func=_command("cmd_add_part"))
 
     _add_part_commands(sub)
 
     r = sub.add_parser("retention", help="apply every file's retention_policy now, and print what was deleted")
     r.add_argument("--data-dir", type=Path, required=True)
-    r.add_argument("--mongodb-uri", metavar="URI", help="the cloud runs on this MongoDB (as `serve --mongodb-uri`)")
+    _store_options(r)
     r.set_defaults(func=_command("cmd_retention"))
 
 
+def _store_options(parser: argparse.ArgumentParser, text: str = "the store the cloud runs on (as `serve --store`)") -> None:
+    """`--store URL` (cloud/store_url.py reads it) and `--mongodb-uri URI`, its older name for MongoDB."""
+    parser.add_argument("--store", metavar="URL", help=text)
+    parser.add_argument("--mongodb-uri", metavar="URI", help="the same as --store with a mongodb:// URL")
+
+
 def _add_part_commands(sub: Any) -> None:
-    uri_help = "the cloud runs on this MongoDB (as `serve --mongodb-uri`)"
     p = sub.add_parser("parts", help="list the parts: id, enabled, files, bytes, last upload (JSON lines)")
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    _store_options(p)
     p.set_defaults(func=_command("cmd_parts"))
 
     d = sub.add_parser("disable-part", help="refuse a part's requests (403 with the reason) until enable-part")
     d.add_argument("--data-dir", type=Path, required=True)
     d.add_argument("part_id", metavar="PART_ID")
     d.add_argument("--reason", default="disabled by the operator", help="told to the part in every 403")
-    d.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    _store_options(d)
     d.set_defaults(func=_command("cmd_disable_part"))
 
     e = sub.add_parser("enable-part", help="serve a disabled part again")
     e.add_argument("--data-dir", type=Path, required=True)
     e.add_argument("part_id", metavar="PART_ID")
-    e.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    _store_options(e)
     e.set_defaults(func=_command("cmd_enable_part"))
 
     rm = sub.add_parser("remove-part", help="remove a part; say what becomes of its data")
@@ -101,7 +106,7 @@ def _add_part_commands(sub: Any) -> None:
     choice.add_argument("--delete-data", action="store_true", help="delete its uploads, files, rows and bytes too")
     choice.add_argument("--keep-data", action="store_true",
                         help="keep its data (it comes back if the part id is added again)")
-    rm.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    _store_options(rm)
     rm.set_defaults(func=_command("cmd_remove_part"))
 
     rs = sub.add_parser("rotate-secret", help="give a part a new secret (printed); the old one stops at once")
@@ -109,7 +114,7 @@ def _add_part_commands(sub: Any) -> None:
     rs.add_argument("part_id", metavar="PART_ID")
     rs.add_argument("--grace", type=float, default=0.0, metavar="SECONDS",
                     help="let the old secret work this many seconds more (default 0: stops at once)")
-    rs.add_argument("--mongodb-uri", metavar="URI", help=uri_help)
+    _store_options(rs)
     rs.set_defaults(func=_command("cmd_rotate_secret"))
 
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import trio
 
-from capsync.cloud.app import DB_NAME, apply_retention, create_app
+from capsync.cloud.app import apply_retention, create_app
 from capsync.cloud.auth import PART_ID_RE, new_secret
 from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, _limits
 from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.server import serve
-from capsync.cloud.sqlite_store import SqliteStore
 from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
+from capsync.cloud.store_url import StoreUrlError, check as check_store_url, open_store as store_url_open, store_url
 from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.logs import configure_logging
@@ -37,8 +37,8 @@ def _with_admin(name: str, args: argparse.Namespace, action: Any) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        store = open_store(args.data_dir, args.mongodb_uri)
-    except Exception as exc:  # a malformed URI
+        store = open_store(args.data_dir, store_url(args))
+    except StoreUrlError as exc:
         print(f"capsync cloud {name}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
@@ -47,7 +47,7 @@ def _with_admin(name: str, args: argparse.Namespace, action: Any) -> int:
         print(f"capsync cloud {name}: no part {args.part_id!r}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except StoreUnavailable as exc:
-        print(f"capsync cloud {name}: {exc}", file=sys.stderr)
+        print(_unreachable(name, exc), file=sys.stderr)
         return EXIT_FAILURE
     finally:
         store.close_sync()
@@ -97,13 +97,14 @@ def cmd_rotate_secret(args: argparse.Namespace) -> int:
     return code
 
 
-def open_store(data_dir: Path, mongodb_uri: str | None) -> Any:
-    """The store a cloud command works on: MongoDB at `mongodb_uri` if given, else SQLite in `data_dir`."""
-    if mongodb_uri:
-        from capsync.cloud.mongo_store import MongoStore
+def open_store(data_dir: Path, url: str | None) -> Any:
+    """The store a cloud command works on: the one `url` (`--store`) names, else SQLite in `data_dir`
+    (cloud/store_url.py). Raises StoreUrlError for a bad URL."""
+    return store_url_open(url, data_dir)
 
-        return MongoStore(mongodb_uri)
-    return SqliteStore(data_dir / DB_NAME)
+
+def _unreachable(name: str, exc: StoreUnavailable) -> str:
+    return f"capsync cloud {name}: {exc}; check the --store URL and that the database server is up"
 
 
 def cmd_add_part(args: argparse.Namespace) -> int:
@@ -114,8 +115,8 @@ def cmd_add_part(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     secret = new_secret()
     try:
-        store = open_store(args.data_dir, args.mongodb_uri)
-    except Exception as exc:  # a malformed URI
+        store = open_store(args.data_dir, store_url(args))
+    except StoreUrlError as exc:
         print(f"capsync cloud add-part: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
@@ -128,7 +129,7 @@ def cmd_add_part(args: argparse.Namespace) -> int:
         print(f"capsync cloud add-part: no part {args.part_id!r} to rotate", file=sys.stderr)
         return EXIT_BAD_INPUT
     except StoreUnavailable as exc:
-        print(f"capsync cloud add-part: {exc}", file=sys.stderr)
+        print(_unreachable("add-part", exc), file=sys.stderr)
         return EXIT_FAILURE
     finally:
         store.close_sync()
@@ -144,9 +145,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     os.umask(0o077)  # every file and folder the cloud makes is its owner's only, whatever the shell's umask
     try:
+        check_store_url(store_url(args))
+    except StoreUrlError as exc:
+        print(f"capsync cloud serve: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
         trio.run(_serve_until_signal, args)
     except StoreUnavailable as exc:
-        log.error("cannot reach the store", extra={"error": str(exc)})
+        log.error("cannot reach the store; check --store and that the database server is up",
+                  extra={"error": str(exc)})
         return EXIT_FAILURE
     except OSError as exc:
         log.error("cannot serve", extra={"error": str(exc), "host": args.host, "port": args.port})
@@ -160,8 +167,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     """`capsync cloud retention --data-dir DIR`: apply retention now; print each deleted file as JSON."""
     try:
-        store = open_store(args.data_dir, args.mongodb_uri)
-    except Exception as exc:
+        store = open_store(args.data_dir, store_url(args))
+    except StoreUrlError as exc:
         print(f"capsync cloud retention: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -175,7 +182,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
     try:
         gone = trio.run(run)
     except StoreUnavailable as exc:
-        print(f"capsync cloud retention: {exc}", file=sys.stderr)
+        print(_unreachable("retention", exc), file=sys.stderr)
         return EXIT_FAILURE
     for f in gone:
         print(json.dumps({"part_id": f.part_id, "file_id": f.file_id, "records": f.records, "bytes": f.size,
@@ -185,10 +192,11 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 async def _serve_until_signal(args: argparse.Namespace) -> None:
     scheme = "https" if args.tls_cert else "http"
-    store = open_store(args.data_dir, args.mongodb_uri) if args.mongodb_uri else None
+    url = store_url(args)
+    store = open_store(args.data_dir, url) if url else None
     try:
         if store is not None:
-            await run_blocking(store.prepare_sync)  # fail now, plainly, when MongoDB cannot be reached
+            await run_blocking(store.prepare_sync)  # fail now, plainly, when the database cannot be reached
         await _serve(args, scheme, store)
     finally:
         if store is not None:

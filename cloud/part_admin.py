@@ -1,13 +1,14 @@
 """Managing parts: list them, disable and enable, remove (with or without their data), rotate secrets.
 
-`PartAdmin(store)` works on either store (SQLite or MongoDB). The CLI (`capsync cloud parts`,
+`PartAdmin(store)` works on every store (SQLite, MongoDB, PostgreSQL). The CLI (`capsync cloud parts`,
 `disable-part`, `enable-part`, `remove-part`, `rotate-secret`) calls its blocking methods; the server
 calls `lookup` on every signed-in request, a cheap read, so that a part disabled or a secret rotated
 by the CLI (another process) takes effect at once, not when a cached sign-in expires.
 
 What it keeps beside the store's `parts` rows: on SQLite a `part_admin` table (part id, the previous
 secret hash and until when it still works, the reason a part is disabled); on MongoDB the same
-fields in the part's document.
+fields in the part's document; on PostgreSQL a `part_admin` table too, through the store's
+`admin_*_sync` methods (cloud/postgres_store.py).
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ class PartAdmin:
     def __init__(self, store: Any) -> None:
         self.store = store
         self._mongo = hasattr(store, "parts") and hasattr(store, "readings")
-        #: Stores other than SQLite and MongoDB (test doubles) only check current secrets.
-        self.supported = self._mongo or hasattr(store, "_db")
-        if self.supported and not self._mongo:
+        self._native = hasattr(store, "admin_lookup_sync")  # the store implements part administration itself
+        #: Stores other than these (test doubles) only check current secrets.
+        self.supported = self._mongo or self._native or hasattr(store, "_db")
+        if self.supported and not self._mongo and not self._native:
             store._locked(store._db.execute, _ADMIN_TABLE)
 
     # -- reading ------------------------------------------------------------------------------
@@ -80,6 +82,9 @@ class PartAdmin:
         """The part's record, or None when there is no such part (blocking)."""
         if not self.supported:
             return None
+        if self._native:
+            row = self.store.admin_lookup_sync(part_id)
+            return None if row is None else PartRecord(part_id, *row)
         if self._mongo:
             d = self.store._call(self.store.parts.find_one, {"_id": part_id})
             if d is None:
@@ -106,6 +111,8 @@ class PartAdmin:
 
     def list_sync(self) -> list[PartInfo]:
         """Every part with its file count, stored bytes and last upload, in part id order (blocking)."""
+        if self._native:
+            return [PartInfo(r[0], r[1] is None, r[1], r[2], r[3], r[4]) for r in self.store.admin_list_sync()]
         if self._mongo:
             def read() -> list[PartInfo]:
                 totals: dict[str, list[int]] = {}
@@ -137,6 +144,9 @@ class PartAdmin:
 
     def _set_admin(self, part_id: str, **fields: Any) -> None:
         """Set part_admin fields of an existing part (UnknownPartError otherwise)."""
+        if self._native:
+            self.store.admin_set_sync(part_id, fields)
+            return
         if self._mongo:
             def update() -> None:
                 if self.store.parts.update_one({"_id": part_id}, {"$set": fields}).matched_count == 0:
@@ -176,7 +186,9 @@ class PartAdmin:
         """Remove the part: it can no longer sign in. With `delete_data`, its uploads, files, rows and
         stored bytes (under `data_dir`) go too; without, they stay (and come back if the id is added again)."""
         self._require(part_id)
-        if self._mongo:
+        if self._native:
+            self.store.admin_remove_sync(part_id, delete_data=delete_data)
+        elif self._mongo:
             def remove() -> None:
                 self.store.parts.delete_one({"_id": part_id})
                 if delete_data:

@@ -1,8 +1,13 @@
 """What the cloud keeps about parts, uploads and committed data, independent of where it keeps it.
 
 `Store` is the interface the HTTP app talks to. `capsync.cloud.sqlite_store.SqliteStore` is the default
-implementation; a MongoDB store implements the same methods. Every method is async so an
+implementation; the MongoDB and PostgreSQL stores implement the same methods. Every method is async so an
 implementation may run blocking drivers in a worker thread.
+
+A store that several cloud processes share (PostgreSQL) may also offer `exclusive_sweep()`, an
+async context manager yielding whether this process may run the retention sweep now;
+`capsync.cloud.app.apply_retention` skips the sweep when it yields False. It is optional: the
+other stores have one process each.
 
 The records here are plain frozen dataclasses. Every key includes the part id: file ids are
 chosen by agents, so each part has its own namespace and no part can see another's rows.

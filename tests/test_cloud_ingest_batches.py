@@ -1,6 +1,6 @@
 """A big capture file is committed in bounded batches: one part's big commit never holds the store
 for the whole file, another part commits between its batches, and staged rows stay invisible
-until the commit (or vanish when the file is rejected). On SQLite and the MongoDB stand-in."""
+until the commit (or vanish when the file is rejected). On SQLite, the MongoDB stand-in and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def _staged_rows(env: CloudEnv) -> int:
     store = env.store
     if hasattr(store, "_db"):  # SQLite
         return sum(store._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("staged_tabular", "staged_binary"))
+    if hasattr(store, "schema"):  # PostgreSQL
+        import psycopg
+
+        with psycopg.connect(store.url) as db:
+            return sum(db.execute(f"SELECT count(*) FROM {store.schema}.{t}").fetchone()[0]
+                       for t in ("staged_tabular", "staged_binary"))
     return store.readings.count_documents({"live": False}) + store.binary.count_documents({"live": False})
 
 

@@ -12,14 +12,19 @@ import trio
 
 from capsync.cloud.cli import main as cli_main
 from tests.test_cloud_mongo_store import open_mongo_env
-from tests.test_cloud_support import PART_A, PART_B, SECRET_A, SECRET_B, CloudEnv, make_env, tabular_capture, upload
+from tests.test_cloud_support import (
+    PART_A, PART_B, SECRET_A, SECRET_B, CloudEnv, make_env, open_env, tabular_capture, upload,
+)
 
 
-@pytest.fixture(params=["sqlite", "standin"])
+@pytest.fixture(params=["sqlite", "standin", "postgresql"])
 def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
-    """The cloud on SQLite or on the MongoDB stand-in, with parts A and B."""
+    """The cloud on SQLite, on the MongoDB stand-in or on PostgreSQL, with parts A and B."""
     if request.param == "sqlite":
         yield make_env(tmp_path / "cloud")
+    elif request.param == "postgresql":
+        with open_env("postgresql", tmp_path) as e:
+            yield e
     else:
         with open_mongo_env("standin", tmp_path) as e:
             yield e
@@ -29,7 +34,9 @@ def _cli(env: CloudEnv, capsys, *args: str) -> tuple[int, str, str]:
     """Run `capsync cloud ARGS` (its own store connection, as another process would have) on the env's store."""
     extra = ["--data-dir", str(env.data_dir)]
     uri = getattr(env.store, "uri", None)
-    if uri:
+    if env.backend == "postgresql":
+        extra += ["--store", f"{env.store.url}?schema={env.store.schema}"]
+    elif uri:
         base, _, query = uri.partition("?")
         extra += ["--mongodb-uri", f"{base.rstrip('/')}/{env.store.db.name}" + (f"?{query}" if query else "")]
     capsys.readouterr()

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from capsync.cloud.app import apply_retention
-from tests.test_cloud_support import (  # noqa: F401
-    PART_A, PART_B, SECRET_A, CloudEnv, binary_capture, declaration, env, tabular_capture, upload,
+from tests.test_cloud_support import (
+    BACKENDS, PART_A, PART_B, SECRET_A, CloudEnv, binary_capture, declaration, open_env, tabular_capture, upload,
 )
+
+
+@pytest.fixture(params=BACKENDS)
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
+    """Queries, pagination and part isolation hold on every backend the cloud runs on."""
+    with open_env(request.param, tmp_path) as e:
+        yield e
 
 
 async def _all_pages(c, path: str, **params) -> tuple[list[dict], int]:

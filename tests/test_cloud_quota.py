@@ -17,16 +17,19 @@ from capsync.cloud.app import apply_retention
 from capsync.cloud.cli import _limits, add_cloud_commands
 from capsync.cloud.limits import UploadLimits
 from tests.test_cloud_mongo_store import open_mongo_env
-from tests.test_cloud_support import PART_B, CloudEnv, declaration, make_env, tabular_capture, upload
+from tests.test_cloud_support import PART_B, CloudEnv, declaration, make_env, open_env, tabular_capture, upload
 
 DAY_NS = 86_400 * 10**9
 
 
-@pytest.fixture(params=["sqlite", "mongo-standin"])
+@pytest.fixture(params=["sqlite", "mongo-standin", "postgresql"])
 def qenv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
-    """A cloud with parts A and B on either store."""
+    """A cloud with parts A and B on each store."""
     if request.param == "sqlite":
         yield make_env(tmp_path / "cloud")
+    elif request.param == "postgresql":
+        with open_env("postgresql", tmp_path) as e:
+            yield e
     else:
         with open_mongo_env("standin", tmp_path) as e:
             yield e

@@ -20,18 +20,23 @@ from capsync.cloud.store import CommittedFile, Upload
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
 from capsync.runtime.sync_protocol import FileKind
 from tests.test_cloud_mongo_store import open_mongo_env
-from tests.test_cloud_support import PART_A, PART_B, TEST_SCRYPT_N, CloudEnv, declaration, make_env
+from tests.test_cloud_support import PART_A, PART_B, TEST_SCRYPT_N, CloudEnv, declaration, make_env, open_env
 
 DAY = retention.DAY_NS
 MIDNIGHT = 20_000 * DAY  # 2024-10-04T00:00:00Z, a UTC midnight
 MINUTE, HOUR = 60 * 10**9, 3600 * 10**9
 
 
-@pytest.fixture(params=["sqlite", "mongo-standin", "mongo-real"])
+@pytest.fixture(params=["sqlite", "mongo-standin", "mongo-real", "postgresql"])
 def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
-    """The in-process cloud on SQLite, on the MongoDB stand-in, or on a real MongoDB when configured."""
+    """The in-process cloud on SQLite, on the MongoDB stand-in, on a real MongoDB when configured, or on
+    PostgreSQL (tests/postgres_kit.py)."""
     if request.param == "sqlite":
         yield make_env(tmp_path / "cloud")
+        return
+    if request.param == "postgresql":
+        with open_env("postgresql", tmp_path) as e:
+            yield e
         return
     with open_mongo_env(request.param.split("-")[1], tmp_path) as e:
         yield e
