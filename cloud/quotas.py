@@ -7,9 +7,10 @@ One cloud serves many parts, so no part may fill the disk or the uploads table f
 - a part's stored bytes (committed, not expired by retention) plus what it has in flight are
   bounded: beyond that a declaration is a 507 naming the quota;
 - a declaration that would leave less than `min_free_bytes` free on the data dir's disk is a 507,
-  so a full disk refuses new uploads with a reason instead of failing every part's ingest;
+  so a full disk refuses new uploads with a reason instead of failing every part's ingest (on an
+  object store, which has no free space to ask about, this check is skipped);
 - an upload that received no byte for `upload_expiry_s` is abandoned: the sweep (run with
-  retention) forgets it and removes its bytes, as it removes `.part` files that no upload owns.
+  retention) forgets it and removes its bytes, as it removes partial bytes that no upload owns.
 
 Every limit is set on `capsync cloud serve` (see `capsync.cloud.limits.UploadLimits` for the defaults); 0 turns it off.
 """
@@ -17,10 +18,7 @@ Every limit is set on `capsync cloud serve` (see `capsync.cloud.limits.UploadLim
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-from pathlib import Path
 
 from capsync.cloud.http import ApiError, Cloud
 from capsync.cloud.limits import UploadLimits  # noqa: F401  (re-exported: the limits live with their checks)
@@ -60,24 +58,17 @@ async def check_declaration(cloud: Cloud, part_id: str, file_id: str, size: int)
                       f"part {part_id!r} stores {usage.stored_bytes} bytes with {inflight} in flight, this upload "
                       f"adds {size}; its quota is {lim.max_stored_bytes} bytes. Retention frees space",
                       "--max-stored-bytes N")
-    if lim.min_free_bytes:
-        free = (await run_blocking(shutil.disk_usage, cloud.blobs.data_dir)).free
-        if free - size < lim.min_free_bytes:
-            raise _refuse(507, "insufficient storage",
-                          f"the cloud's disk has {free} bytes free; this upload of {size} bytes would leave less "
-                          f"than the {lim.min_free_bytes} bytes it keeps free", "--min-free-bytes N")
-
-
-def _last_write_ns(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return None
+    # An object store has no free space to check (free_bytes is None): then only the quotas above hold.
+    free = await run_blocking(cloud.blobs.free_bytes) if lim.min_free_bytes else None
+    if free is not None and free - size < lim.min_free_bytes:
+        raise _refuse(507, "insufficient storage",
+                      f"the cloud's disk has {free} bytes free; this upload of {size} bytes would leave less "
+                      f"than the {lim.min_free_bytes} bytes it keeps free", "--min-free-bytes N")
 
 
 async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Upload]:
     """Forget every upload that received no byte for `upload_expiry_s`, remove its bytes, and remove
-    `.part` files as old that no upload owns; return the uploads expired."""
+    partial bytes as old that no upload owns; return the uploads expired."""
     if not cloud.limits.upload_expiry_s:
         return []
     now_ns = time.time_ns() if now_ns is None else now_ns
@@ -88,7 +79,7 @@ async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Uplo
             current = await cloud.store.get_upload(u.part_id, u.file_id)
             if current is None:
                 continue  # committed or discarded meanwhile
-            last = max(current.created_ns, await run_blocking(_last_write_ns, cloud.blobs.partial_path(u.part_id, u.file_id)) or 0)
+            last = max(current.created_ns, await run_blocking(cloud.blobs.last_write_ns, u.part_id, u.file_id) or 0)
             if last >= cutoff:
                 continue
             await cloud.store.delete_upload(u.part_id, u.file_id)
