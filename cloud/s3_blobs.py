@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -38,14 +37,12 @@ from capsync.cloud.blobs import READ_CHUNK, BlobsUnavailable, CommittedBlob, Off
 from capsync.cloud.s3_client import Conflict, S3Settings, call
 from capsync.cloud.s3_uri import parse_uri
 from capsync.cloud.s3_compose import compose
+from capsync.cloud.s3_scratch import ScratchCopies
 
 log = logging.getLogger("capsync.cloud.s3")
 
-#: Uploads whose state a process remembers, and scratch copies it keeps, at most (oldest dropped first).
+#: Uploads whose state a process remembers at most (the oldest is forgotten first).
 MAX_REMEMBERED = 4096
-MAX_COPIES = 8
-#: Scratch files older than this, left by a process that died, are removed when S3Blobs starts.
-STALE_SCRATCH_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -86,38 +83,27 @@ class _Progress:
         return self.chunks[-1].end if self.chunks else 0
 
 
-@dataclass
-class _Copy:
-    """A scratch file holding the chunks `fingerprint`, and their SHA-256."""
-
-    fingerprint: tuple[Chunk, ...]
-    path: Path
-    sha256: str
-    users: int = 0
-
-
 class S3Blobs:
     """Partial and committed file bytes in `bucket` under `prefix` (see the module doc).
 
     `settings` are the client's (None fields come from the standard AWS environment); `scratch_dir`
-    holds temporary local copies for parsing (default: the system's temp dir).
+    holds local copies for parsing (cloud/s3_scratch.py; default: the system's temp dir), at most
+    `scratch_bytes` of them idle.
     """
 
     def __init__(self, bucket: str, prefix: str = "", settings: S3Settings | None = None, *,
-                 scratch_dir: Path | None = None, client: Any = None) -> None:
+                 scratch_dir: Path | None = None, scratch_bytes: int = 1024**3, client: Any = None) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.settings = settings or S3Settings()
         self.s3 = client if client is not None else self.settings.client()
         self.where = f"s3://{bucket}/{self.prefix}"
-        self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else Path(tempfile.gettempdir())
-        self.scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.copies = ScratchCopies(Path(scratch_dir) if scratch_dir is not None else Path(tempfile.gettempdir()),
+                                    max_bytes=scratch_bytes)
         self._lock = threading.Lock()
         self._progress: OrderedDict[tuple[str, str], _Progress] = OrderedDict()
-        self._copies: OrderedDict[tuple[str, str], _Copy] = OrderedDict()
         self._verified: dict[tuple[str, str], tuple[Chunk, ...]] = {}
         self._conditional = True
-        self._remove_stale_scratch()
 
     @classmethod
     def from_uri(cls, uri: str, settings: S3Settings | None = None, *, scratch_dir: Path | None = None) -> S3Blobs:
@@ -191,10 +177,7 @@ class S3Blobs:
         with self._lock:
             self._progress.pop(key, None)
             self._verified.pop(key, None)
-            copy = self._copies.get(key)
-            if copy is not None and copy.users == 0:
-                del self._copies[key]
-                copy.path.unlink(missing_ok=True)
+        self.copies.drop(("upload", *key))
 
     # -- the Blobs interface ------------------------------------------------------------------------
 
@@ -279,7 +262,8 @@ class S3Blobs:
         if st is not None and st.hasher is not None and tuple(st.chunks) == chunks:
             digest = st.hasher.copy().hexdigest()
         else:
-            digest = self._copy(key, chunks, pin=False).sha256
+            with self.copies.use(("upload", *key), chunks, self._download(key, chunks)) as copy:
+                digest = copy.digest
         with self._lock:
             self._verified[key] = chunks
         return digest
@@ -288,42 +272,21 @@ class S3Blobs:
     def open_partial(self, part_id: str, file_id: str) -> Iterator[Path]:
         """A scratch file with the upload's chunks (downloaded at most once per commit)."""
         key = (part_id, file_id)
-        copy = self._copy(key, tuple(contiguous(self._chunks(part_id, file_id))), pin=True)
-        try:
+        chunks = tuple(contiguous(self._chunks(part_id, file_id)))
+        with self.copies.use(("upload", *key), chunks, self._download(key, chunks)) as copy:
             yield copy.path
-        finally:
-            with self._lock:
-                copy.users -= 1
 
-    def _copy(self, key: tuple[str, str], chunks: tuple[Chunk, ...], *, pin: bool) -> _Copy:
-        """The scratch copy of `chunks`, downloaded unless one is kept already."""
-        with self._lock:
-            have = self._copies.get(key)
-            if have is not None and have.fingerprint == chunks:
-                have.users += pin
-                return have
-        fd, name = tempfile.mkstemp(prefix="capsync-", suffix=".blob", dir=self.scratch_dir)
-        h = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for c in chunks:
-                    for piece in self.chunk_bytes(key, c):
-                        h.update(piece)
-                        f.write(piece)
-        except BaseException:
-            os.unlink(name)
-            raise
-        copy = _Copy(chunks, Path(name), h.hexdigest(), users=int(pin))
-        with self._lock:
-            old = self._copies.pop(key, None)
-            if old is not None and old.users == 0:
-                old.path.unlink(missing_ok=True)
-            self._copies[key] = copy
-            excess = len(self._copies) - MAX_COPIES
-            idle = [k for k, c in self._copies.items() if c.users == 0 and k != key]
-            for k in idle[:max(0, excess)]:
-                self._copies.pop(k).path.unlink(missing_ok=True)
-        return copy
+    def _download(self, key: tuple[str, str], chunks: tuple[Chunk, ...]) -> Any:
+        """A filler for ScratchCopies: write the chunks to the file, return their SHA-256."""
+        def fill(f: Any) -> str:
+            h = hashlib.sha256()
+            for c in chunks:
+                for piece in self.chunk_bytes(key, c):
+                    h.update(piece)
+                    f.write(piece)
+            return h.hexdigest()
+
+        return fill
 
     def chunk_bytes(self, key: tuple[str, str], c: Chunk) -> Iterator[bytes]:
         """The bytes of chunk `c` of upload `key`, streamed; BlobsUnavailable if it is no longer that chunk."""
@@ -338,12 +301,6 @@ class S3Blobs:
         finally:
             body.close()
 
-    def kept_copy(self, key: tuple[str, str], chunks: tuple[Chunk, ...]) -> Path | None:
-        """The scratch file holding exactly `chunks`, if this process keeps one."""
-        with self._lock:
-            have = self._copies.get(key)
-            return have.path if have is not None and have.fingerprint == chunks else None
-
     def publish(self, part_id: str, file_id: str) -> None:
         """Compose the chunks into the committed object (cloud/s3_compose.py); the chunks stay."""
         key = (part_id, file_id)
@@ -354,15 +311,12 @@ class S3Blobs:
             raise BlobsUnavailable(f"{self.where}: upload {part_id}/{file_id} changed between its checksum and "
                                    "its publication (another cloud process reset it); retry", "upload changed")
         try:
-            compose(self, key, chunks)
+            with self.copies.use(("upload", *key), chunks) as kept:
+                compose(self, key, chunks, kept.path if kept is not None else None)
         except (Conflict, FileNotFoundError):  # a chunk was replaced or removed under the copy
             raise BlobsUnavailable(f"{self.where}: upload {part_id}/{file_id} changed while being published "
                                    "(another cloud process reset it); retry", "upload changed") from None
-        with self._lock:
-            copy = self._copies.get(key)
-            if copy is not None and copy.users == 0:
-                del self._copies[key]
-                copy.path.unlink(missing_ok=True)
+        self.copies.drop(("upload", *key))
 
     def put_committed(self, part_id: str, file_id: str, data: bytes) -> None:
         """One PUT of the committed object."""
@@ -405,21 +359,28 @@ class S3Blobs:
 
     @contextmanager
     def open_committed(self, part_id: str, file_id: str) -> Iterator[Path]:
-        """The committed object downloaded into a scratch file, removed after the `with`."""
-        blob = self.read_committed(part_id, file_id)
-        fd, name = tempfile.mkstemp(prefix="capsync-", suffix=".blob", dir=self.scratch_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for piece in blob.chunks:
+        """A scratch copy of the committed object: one HEAD, and a download unless the copy kept
+        from an earlier request still has the object's ETag."""
+        dst = self.final_key(part_id, file_id)
+        etag = self.request("read a committed file", self.s3.head_object, Key=dst)["ETag"]
+
+        def fill(f: Any) -> None:
+            try:
+                body = self.request("read a committed file", self.s3.get_object, Key=dst, IfMatch=etag)["Body"]
+            except Conflict:  # published again since the HEAD: same bytes, or removed
+                raise FileNotFoundError(dst) from None
+            try:
+                for piece in _body_chunks(self.where, body):
                     f.write(piece)
-            blob.close()
-            yield Path(name)
-        finally:
-            blob.close()
-            os.unlink(name)
+            finally:
+                body.close()
+
+        with self.copies.use(("file", part_id, file_id), etag, fill) as copy:
+            yield copy.path
 
     def drop_committed(self, part_id: str, file_id: str) -> None:
         """Delete the committed object (S3 answers a missing one as deleted)."""
+        self.copies.drop(("file", part_id, file_id))
         self.request("delete a committed file", self.s3.delete_object, Key=self.final_key(part_id, file_id))
 
     def drop_part(self, part_id: str) -> None:
@@ -427,21 +388,13 @@ class S3Blobs:
         with self._lock:
             for key in [k for k in self._progress if k[0] == part_id]:
                 del self._progress[key]
+        self.copies.drop_where(lambda k: k[1] == part_id)
         keys = [o["Key"] for sub in ("uploads", "files") for o in self._list(f"{self.prefix}{sub}/{part_id}/")]
         self._delete(keys)
 
     def free_bytes(self) -> int | None:
         """None: an object store has no free space to check (its quotas are the operator's)."""
         return None
-
-    def _remove_stale_scratch(self) -> None:
-        cutoff = time.time() - STALE_SCRATCH_S
-        for p in self.scratch_dir.glob("capsync-*.blob"):
-            try:
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-            except OSError:
-                pass
 
 
 def _ns(when: Any) -> int:

@@ -15,6 +15,7 @@ Each way appears whole or not at all, and writing the same bytes again is harmle
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,9 +43,8 @@ def part_groups(chunks: tuple[Chunk, ...], min_part: int = MIN_PART_BYTES) -> li
     return groups
 
 
-def _gather(blobs: S3Blobs, key: tuple[str, str], chunks: tuple[Chunk, ...], group: list[Chunk]) -> bytes:
-    """The bytes of `group` (at most MIN_PART_BYTES plus one chunk): from the kept scratch copy, or GETs."""
-    kept = blobs.kept_copy(key, chunks)
+def _gather(blobs: S3Blobs, key: tuple[str, str], kept: Path | None, group: list[Chunk]) -> bytes:
+    """The bytes of `group` (at most MIN_PART_BYTES plus one chunk): from the scratch copy, or GETs."""
     if kept is not None:
         with open(kept, "rb") as f:
             f.seek(group[0].offset)
@@ -52,8 +52,9 @@ def _gather(blobs: S3Blobs, key: tuple[str, str], chunks: tuple[Chunk, ...], gro
     return b"".join(piece for c in group for piece in blobs.chunk_bytes(key, c))
 
 
-def compose(blobs: S3Blobs, key: tuple[str, str], chunks: tuple[Chunk, ...]) -> None:
-    """Write the committed object of upload `key` from its contiguous `chunks`."""
+def compose(blobs: S3Blobs, key: tuple[str, str], chunks: tuple[Chunk, ...], kept: Path | None) -> None:
+    """Write the committed object of upload `key` from its contiguous `chunks` (`kept`: a local
+    file holding exactly them, if there is one)."""
     dst = blobs.final_key(*key)
     total = sum(c.size for c in chunks)
 
@@ -65,7 +66,7 @@ def compose(blobs: S3Blobs, key: tuple[str, str], chunks: tuple[Chunk, ...]) -> 
                       CopySourceIfMatch=chunks[0].etag)
         return
     if total < MIN_PART_BYTES:
-        blobs.request("publish a file", blobs.s3.put_object, Key=dst, Body=_gather(blobs, key, chunks, list(chunks)))
+        blobs.request("publish a file", blobs.s3.put_object, Key=dst, Body=_gather(blobs, key, kept, list(chunks)))
         return
     upload_id = blobs.request("start a multipart upload", blobs.s3.create_multipart_upload, Key=dst)["UploadId"]
     try:
@@ -77,7 +78,7 @@ def compose(blobs: S3Blobs, key: tuple[str, str], chunks: tuple[Chunk, ...]) -> 
                 etag = r["CopyPartResult"]["ETag"]
             else:
                 r = blobs.request("send a part", blobs.s3.upload_part, Key=dst, UploadId=upload_id, PartNumber=n,
-                                  Body=_gather(blobs, key, chunks, group))
+                                  Body=_gather(blobs, key, kept, group))
                 etag = r["ETag"]
             parts.append({"ETag": etag, "PartNumber": n})
         blobs.request("complete a multipart upload", blobs.s3.complete_multipart_upload, Key=dst, UploadId=upload_id,

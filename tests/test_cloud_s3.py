@@ -25,10 +25,11 @@ from capsync.cloud.cli import main as cli_main
 from capsync.cloud.s3_blobs import S3Blobs
 from capsync.cloud.sqlite_store import SqliteStore
 from capsync.cloud.s3_compose import MIN_PART_BYTES
+from capsync.cloud.s3_scratch import ScratchCopies
 from tests.s3_standin import S3StandIn, s3_bucket, s3_standin  # noqa: F401
 from tests.test_cloud_support import (
-    PART_A, PART_B, SECRET_A, SECRET_B, TEST_SCRYPT_N, CloudEnv, committed_bytes, declaration, holds_partial,
-    tabular_capture, upload,
+    PART_A, PART_B, SECRET_A, SECRET_B, TEST_SCRYPT_N, CloudEnv, binary_capture, committed_bytes, declaration,
+    holds_partial, tabular_capture, upload,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,3 +313,56 @@ def test_serve_with_an_unusable_object_store_fails_at_start_with_the_reason(tmp_
             [sys.executable, "-m", "capsync.cloud.cli", "cloud", "serve", "--data-dir", str(tmp_path), "--port", "0",
              "--blobs", "s3://capsync-not-there/x"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "bucket does not exist" in out.stderr, out.stderr
+
+
+async def test_the_items_of_one_capture_file_download_it_once(s3_standin, s3_bucket, tmp_path: Path) -> None:
+    e = _app(s3_standin, s3_bucket, tmp_path / "cloud", tmp_path / "scratch")
+    e.store.add_part_sync(PART_A, SECRET_A)
+    images = [os.urandom(1000 + i) for i in range(5)]
+    fid, data = binary_capture(tmp_path, images)
+    async with e.client() as c:
+        assert (await upload(c, fid, data, chunk=4000)).json()["records"] == 5
+        calls = _counting(e.blobs)
+        for i, img in enumerate(images):  # as the data browser shows a page of one camera's images
+            r = await c.get(f"/v1/binary/{fid}-{i}")
+            assert (r.status_code, r.content) == (200, img)
+        assert (calls["HeadObject"], calls["GetObject"]) == (5, 1)  # each checks the ETag; one download
+        e.blobs.drop_committed(PART_A, fid)
+        assert (await c.get(f"/v1/binary/{fid}-0")).status_code == 404
+    assert list((tmp_path / "scratch").glob("capsync-*.blob")) == []  # the local copy went with the object
+    e.store.close_sync()
+
+
+def test_scratch_copies_are_reused_while_they_match_and_idle_ones_are_trimmed(tmp_path: Path) -> None:
+    copies = ScratchCopies(tmp_path, max_files=2)
+    fills: list[str] = []
+
+    def filler(text: str):
+        def fill(f) -> str:
+            fills.append(text)
+            f.write(text.encode())
+            return text
+        return fill
+
+    with copies.use("a", 1, filler("a1")) as a:
+        assert a.path.read_bytes() == b"a1"
+        with copies.use("a", 1, filler("never")) as again:
+            assert again is a  # the same fingerprint: the kept copy
+        with copies.use("b", 1, filler("b1")):
+            pass
+        with copies.use("c", 1, filler("c1")):  # one over the limit: the oldest idle copy goes, not a (being read)
+            pass
+        assert a.path.exists()
+
+    def kept() -> list[bytes]:
+        return sorted(p.read_bytes() for p in tmp_path.glob("capsync-*.blob"))
+
+    assert kept() == [b"a1", b"c1"]
+    with copies.use("c", 2, filler("c2")) as c:  # c changed in the object store: a new copy replaces it
+        assert c.path.read_bytes() == b"c2"
+    assert kept() == [b"a1", b"c2"]
+    with copies.use("zzz", 1) as none:
+        assert none is None  # without a filler nothing is downloaded
+    assert fills == ["a1", "b1", "c1", "c2"]
+    copies.drop_where(lambda k: True)
+    assert list(tmp_path.glob("capsync-*.blob")) == []
