@@ -92,6 +92,31 @@ async def test_a_partial_file_left_after_a_commit_is_cleaned_up_by_the_next_requ
     assert not holds_partial(env, PART_A, fid)
 
 
+async def test_a_data_dir_of_the_layout_before_the_blobs_interface_keeps_working(env: CloudEnv, tmp_path: Path) -> None:
+    """LocalBlobs keeps the on-disk layout: `uploads/<part>/<id>.part` and `files/<part>/<id>`."""
+    fid, data = tabular_capture(tmp_path, n=4)
+    async with env.client() as c:
+        await c.post(f"/v1/files/{fid}", json=declaration(data))
+        (env.data_dir / "uploads" / PART_A / f"{fid}.part").write_bytes(data[:100])  # written by the older cloud
+        assert (await c.get(f"/v1/files/{fid}")).json()["offset"] == 100
+        r = await c.put(f"/v1/files/{fid}/data", params={"offset": 100}, content=data[100:])
+        assert (await c.post(f"/v1/files/{fid}/commit")).json()["records"] == 4
+        assert (env.data_dir / "files" / PART_A / fid).read_bytes() == data
+        assert r.status_code == 200 and not (env.data_dir / "uploads" / PART_A / f"{fid}.part").exists()
+
+
+def test_both_blobs_implement_the_interface(tmp_path: Path) -> None:
+    from capsync.cloud.blobs import Blobs, LocalBlobs
+    from capsync.cloud.s3_blobs import S3Blobs
+    from capsync.cloud.s3_client import S3Settings
+
+    assert isinstance(LocalBlobs(tmp_path), Blobs)
+    assert isinstance(S3Blobs("capsync-any", "p", S3Settings(endpoint_url="http://127.0.0.1:9", region_name="x",
+                                                              access_key_id="k", secret_access_key="s"),
+                              scratch_dir=tmp_path / "s"), Blobs)
+    assert not isinstance(object(), Blobs)
+
+
 def test_secrets_are_salted_scrypt_hashes() -> None:
     a, b = hash_secret("s3cret", n=2**10), hash_secret("s3cret", n=2**10)
     assert a != b and "s3cret" not in a and a.startswith("scrypt$1024$")
