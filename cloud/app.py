@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from capsync.cloud import browser, query, quotas, uploads, user_queries, whole_upload
 from capsync.cloud.auth import CredentialCache
-from capsync.cloud.blobs import Blobs
+from capsync.cloud.blobs import Blobs, LocalBlobs
 from capsync.cloud.http import Cloud, error_response
 from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.limits import UploadLimits
@@ -75,12 +75,13 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: float = 30.0,
-               limits: UploadLimits | None = None) -> Starlette:
+               limits: UploadLimits | None = None, blobs: Blobs | None = None) -> Starlette:
     """The cloud's ASGI app over `data_dir` (created if missing).
 
     Without `store`, a `SqliteStore` at `<data_dir>/cloud.sqlite` is opened. Verified part
     secrets are cached for `auth_cache_ttl_s` seconds. `limits` are the per-part upload limits
-    (capsync.cloud.limits.UploadLimits, its defaults when None). `app.state.cloud` holds the `Cloud`
+    (capsync.cloud.limits.UploadLimits, its defaults when None). `blobs` holds the file bytes
+    (capsync.cloud.blobs; default: LocalBlobs in `data_dir`). `app.state.cloud` holds the `Cloud`
     object (store, blobs, credential cache) for the server and for tests.
     """
     data_dir = Path(data_dir)
@@ -88,7 +89,7 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
     if store is None:
         store = SqliteStore(data_dir / DB_NAME)
     parts = PartAdmin(store)
-    cloud = Cloud(store=store, blobs=Blobs(data_dir), credentials=CredentialCache(parts.verify, ttl_s=auth_cache_ttl_s),
+    cloud = Cloud(store=store, blobs=blobs or LocalBlobs(data_dir), credentials=CredentialCache(parts.verify, ttl_s=auth_cache_ttl_s),
                   limits=limits or UploadLimits(), parts=parts)
     p = API_PREFIX
     routes = [

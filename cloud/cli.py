@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from capsync.cloud.limits import UploadLimits
+from capsync.cloud.s3_uri import parse_uri
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -55,6 +56,7 @@ def add_cloud_commands(subparsers: Any) -> None:
                    help="free disk bytes every new upload must leave (0: no check; default %(default)s)")
     s.add_argument("--upload-expiry-days", type=float, default=d.upload_expiry_s / 86_400, metavar="DAYS",
                    help="an upload that received no byte for this long is removed (0: never; default %(default)s)")
+    _blobs_option(s)
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(func=_command("cmd_serve"))
@@ -71,6 +73,7 @@ def add_cloud_commands(subparsers: Any) -> None:
     r = sub.add_parser("retention", help="apply every file's retention_policy now, and print what was deleted")
     r.add_argument("--data-dir", type=Path, required=True)
     _store_options(r)
+    _blobs_option(r, "the cloud keeps its files in this object store (as `serve --blobs`)")
     r.set_defaults(func=_command("cmd_retention"))
 
 
@@ -107,6 +110,7 @@ def _add_part_commands(sub: Any) -> None:
     choice.add_argument("--keep-data", action="store_true",
                         help="keep its data (it comes back if the part id is added again)")
     _store_options(rm)
+    _blobs_option(rm, "the cloud keeps its files in this object store (as `serve --blobs`)")
     rm.set_defaults(func=_command("cmd_remove_part"))
 
     rs = sub.add_parser("rotate-secret", help="give a part a new secret (printed); the old one stops at once")
@@ -116,6 +120,22 @@ def _add_part_commands(sub: Any) -> None:
                     help="let the old secret work this many seconds more (default 0: stops at once)")
     _store_options(rs)
     rs.set_defaults(func=_command("cmd_rotate_secret"))
+
+
+def _blobs_uri(value: str) -> str:
+    """argparse type of --blobs: an s3:// address, checked (bad ones are a usage error, exit 2)."""
+    try:
+        parse_uri(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _blobs_option(parser: Any, help: str | None = None) -> None:
+    parser.add_argument("--blobs", metavar="s3://BUCKET/PREFIX", type=_blobs_uri, help=help or (
+        "keep uploaded files in this S3-API object store, which several `serve` processes can share "
+        "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION or "
+        "AWS_PROFILE; see docs/cloud.md); default: under --data-dir"))
 
 
 def _limits(args: argparse.Namespace) -> UploadLimits:

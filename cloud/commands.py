@@ -18,6 +18,7 @@ import trio
 
 from capsync.cloud.app import apply_retention, create_app
 from capsync.cloud.auth import PART_ID_RE, new_secret
+from capsync.cloud.blobs import BlobsUnavailable
 from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, _limits
 from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.server import serve
@@ -82,7 +83,7 @@ def cmd_enable_part(args: argparse.Namespace) -> int:
 def cmd_remove_part(args: argparse.Namespace) -> int:
     """`capsync cloud remove-part PART_ID --delete-data | --keep-data`."""
     return _with_admin("remove-part", args, lambda admin: admin.remove_sync(
-        args.part_id, delete_data=args.delete_data, data_dir=args.data_dir))
+        args.part_id, delete_data=args.delete_data, data_dir=args.data_dir, blobs=open_blobs(args)))
 
 
 def cmd_rotate_secret(args: argparse.Namespace) -> int:
@@ -105,6 +106,16 @@ def open_store(data_dir: Path, url: str | None) -> Any:
 
 def _unreachable(name: str, exc: StoreUnavailable) -> str:
     return f"capsync cloud {name}: {exc}; check the --store URL and that the database server is up"
+
+
+def open_blobs(args: argparse.Namespace) -> Any:
+    """The file bytes a cloud command works on: S3Blobs for `--blobs s3://...` (scratch files under
+    --data-dir), else None (LocalBlobs in --data-dir). BlobsUnavailable when the S3 client cannot be set up."""
+    if not getattr(args, "blobs", None):
+        return None
+    from capsync.cloud.s3_blobs import S3Blobs  # boto3 only for the commands that use it
+
+    return S3Blobs.from_uri(args.blobs, scratch_dir=Path(args.data_dir) / "scratch")
 
 
 def cmd_add_part(args: argparse.Namespace) -> int:
@@ -151,6 +162,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         trio.run(_serve_until_signal, args)
+    except BlobsUnavailable as exc:
+        log.error("cannot use the object store", extra={"error": str(exc)})
+        return EXIT_FAILURE
     except StoreUnavailable as exc:
         log.error("cannot reach the store; check --store and that the database server is up",
                   extra={"error": str(exc)})
@@ -173,7 +187,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     async def run() -> list:
-        app = create_app(args.data_dir, store)
+        app = create_app(args.data_dir, store, blobs=open_blobs(args))
         try:
             return await apply_retention(app.state.cloud)
         finally:
@@ -197,19 +211,22 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
     try:
         if store is not None:
             await run_blocking(store.prepare_sync)  # fail now, plainly, when the database cannot be reached
-        await _serve(args, scheme, store)
+        blobs = open_blobs(args)
+        if blobs is not None:
+            await run_blocking(blobs.check)  # and when the object store cannot be used
+        await _serve(args, scheme, store, blobs)
     finally:
         if store is not None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
 
 
-async def _serve(args: argparse.Namespace, scheme: str, store: Any) -> None:
+async def _serve(args: argparse.Namespace, scheme: str, store: Any, blobs: Any = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: serve(
                 args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                store=store, limits=_limits(args), task_status=task_status,
+                store=store, limits=_limits(args), blobs=blobs, task_status=task_status,
             ))
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from capsync.cloud.auth import CredentialCache, RejectionLog, SignInThrottled, parse_basic
-from capsync.cloud.blobs import Blobs
+from capsync.cloud.blobs import Blobs, BlobsUnavailable
 from capsync.cloud.group_commit import GroupCommitter
 from capsync.cloud.limits import UploadLimits
 from capsync.cloud.store import Store, StoreUnavailable
@@ -105,7 +105,7 @@ class Cloud:
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(self.store)
-        self.usage = UsageCache(self.store, self.blobs.data_dir)
+        self.usage = UsageCache(self.store, self.blobs)
 
     async def authenticate(self, request: Request) -> str:
         """The part id of a request with valid Basic credentials; 401 otherwise."""
@@ -216,8 +216,8 @@ async def read_json_body(request: Request, limit: int) -> bytes:
 
 
 def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, an unreachable store -> 503,
-    anything else -> logged 500."""
+    """Wrap a route handler: ApiError -> its 4xx, a full disk -> 507, an unreachable store or object
+    store -> 503, anything else -> logged 500."""
 
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
@@ -227,6 +227,10 @@ def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
             if exc.status_code >= 500:
                 log.error("request failed", extra={"path": request.url.path, "error": exc.body.error})
             return exc.response()
+        except BlobsUnavailable as exc:
+            log.error("object store unavailable", extra={"path": request.url.path, "error": str(exc)})
+            return error_response(503, ErrorBody(error="object store unavailable", detail="the cloud's file store "
+                                                 f"cannot be used ({exc.reason}); retry later"), {"Retry-After": "5"})
         except StoreUnavailable as exc:
             log.error("store unavailable", extra={"path": request.url.path, "error": str(exc)})
             return error_response(503, ErrorBody(error="store unavailable", detail="the cloud's database cannot be "

@@ -13,7 +13,6 @@ fields in the part's document; on PostgreSQL a `part_admin` table too, through t
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from capsync.cloud.auth import check_secret
+from capsync.cloud.blobs import Blobs, LocalBlobs
 from capsync.cloud.store import UnknownPartError
 from capsync.runtime.blocking import run_blocking
 
@@ -182,10 +182,16 @@ class PartAdmin:
         self.store.add_part_sync(part_id, secret, rotate=True)
         self._set_admin(part_id, previous_hash=old.secret_hash if until else None, previous_until_ns=until)
 
-    def remove_sync(self, part_id: str, *, delete_data: bool, data_dir: Path | None = None) -> None:
+    def remove_sync(self, part_id: str, *, delete_data: bool, data_dir: Path | None = None,
+                    blobs: Blobs | None = None) -> None:
         """Remove the part: it can no longer sign in. With `delete_data`, its uploads, files, rows and
-        stored bytes (under `data_dir`) go too; without, they stay (and come back if the id is added again)."""
+        stored bytes (in `blobs`, or LocalBlobs under `data_dir`) go too; without, they stay (and come back
+        if the id is added again)."""
         self._require(part_id)
+        if blobs is None and data_dir is not None:
+            blobs = LocalBlobs(Path(data_dir))
+        if delete_data and blobs is not None:
+            blobs.check()  # an unusable object store fails the command before any row is deleted
         if self._native:
             self.store.admin_remove_sync(part_id, delete_data=delete_data)
         elif self._mongo:
@@ -205,7 +211,6 @@ class PartAdmin:
                         db.execute(f"DELETE FROM {table} WHERE part_id = ?", (part_id,))
 
             self.store._locked(self.store._tx, tx)
-        if delete_data and data_dir is not None:
-            for sub in ("uploads", "files"):
-                shutil.rmtree(Path(data_dir) / sub / part_id, ignore_errors=True)
+        if delete_data and blobs is not None:
+            blobs.drop_part(part_id)
 

@@ -13,16 +13,21 @@ import re
 from dataclasses import replace
 from typing import Any
 
-import trio
+import logging
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from capsync.cloud import ingest
+from capsync.cloud.blobs import BlobsUnavailable, CommittedBlob, in_thread
 from capsync.cloud.http import ApiError, cloud_of, endpoint
 from capsync.cloud.store import BinaryItem, CommittedFile, Query, SortKey, TabularRow
 from capsync.cloud.timefmt import iso_from_ns, parse_time
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.sync_protocol import API_PREFIX, FILE_ID_RE
+
+log = logging.getLogger("capsync.cloud.query")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -192,18 +197,40 @@ async def binary_bytes(request: Request) -> Response:
     item = await cloud.store.get_binary(part_id, file_id, int(index))
     if item is None:
         raise ApiError(404, "not found", "no such binary item")
-    path = cloud.blobs.final_path(part_id, file_id)
     if not item.from_capture:
-        if not await trio.Path(path).is_file():
-            raise ApiError(404, "not found", "the item's bytes are no longer stored")
-        return FileResponse(path, media_type=_served_type(item.mime_type), headers=bytes_headers(item.mime_type))
+        try:
+            blob = await run_blocking(cloud.blobs.read_committed, part_id, file_id)
+        except FileNotFoundError:
+            raise ApiError(404, "not found", "the item's bytes are no longer stored") from None
+        return _blob_response(blob, _served_type(item.mime_type), bytes_headers(item.mime_type))
     try:
-        data = await run_blocking(ingest.binary_record_bytes, path, item.record_index)
+        async with in_thread(cloud.blobs.open_committed(part_id, file_id)) as path:
+            data = await run_blocking(ingest.binary_record_bytes, path, item.record_index)
     except FileNotFoundError:
         data = None
     if data is None:
         raise ApiError(404, "not found", "the item's bytes are no longer stored")
     return Response(data, media_type=_served_type(item.mime_type), headers=bytes_headers(item.mime_type))
+
+
+def _blob_response(blob: CommittedBlob, media_type: str, headers: dict[str, str]) -> Response:
+    """A committed file's bytes as the answer: a local file as FileResponse, anything else streamed
+    (READ_CHUNK at a time, never the whole file in memory)."""
+    if blob.local_path is not None:
+        blob.close()
+        return FileResponse(blob.local_path, media_type=media_type, headers=headers)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            while (piece := await run_blocking(next, blob.chunks, None)) is not None:
+                yield piece
+        except BlobsUnavailable as exc:  # the status line is sent already: the client sees a short body
+            log.error("object store stopped while serving a file", extra={"error": str(exc)})
+        finally:
+            blob.close()
+
+    return StreamingResponse(stream(), media_type=media_type,
+                             headers={**headers, "Content-Length": str(blob.size)})
 
 
 @endpoint

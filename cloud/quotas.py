@@ -7,9 +7,10 @@ One cloud serves many parts, so no part may fill the disk or the uploads table f
 - a part's stored bytes (committed, not expired by retention) plus what it has in flight are
   bounded: beyond that a declaration is a 507 naming the quota;
 - a declaration that would leave less than `min_free_bytes` free on the data dir's disk is a 507,
-  so a full disk refuses new uploads with a reason instead of failing every part's ingest;
+  so a full disk refuses new uploads with a reason instead of failing every part's ingest (on an
+  object store, which has no free space to ask about, this check is skipped);
 - an upload that received no byte for `upload_expiry_s` is abandoned: the sweep (run with
-  retention) forgets it and removes its bytes, as it removes `.part` files that no upload owns.
+  retention) forgets it and removes its bytes, as it removes partial bytes that no upload owns.
 
 Every limit is set on `capsync cloud serve` (see `capsync.cloud.limits.UploadLimits` for the defaults); 0 turns it off.
 """
@@ -17,10 +18,7 @@ Every limit is set on `capsync cloud serve` (see `capsync.cloud.limits.UploadLim
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-from pathlib import Path
 
 from capsync.cloud.http import ApiError, Cloud
 from capsync.cloud.limits import UploadLimits  # (also re-exported: the limits live with their checks)
@@ -43,9 +41,8 @@ async def check_declaration(cloud: Cloud, part_id: str, file_id: str, size: int)
     """
     usage = await cloud.store.part_usage(part_id)
     old = await cloud.store.get_upload(part_id, file_id)
-    free = None
-    if cloud.limits.min_free_bytes:
-        free = (await run_blocking(shutil.disk_usage, cloud.blobs.data_dir)).free
+    # An object store has no free space to check (free_bytes is None): then only the quotas hold.
+    free = await run_blocking(cloud.blobs.free_bytes) if cloud.limits.min_free_bytes else None
     _check(cloud.limits, part_id, usage.uploads - (old is not None), usage.upload_bytes - (old.size if old else 0),
            usage.stored_bytes, size, free)
 
@@ -79,16 +76,9 @@ def _check(lim: UploadLimits, part_id: str, uploads: int, inflight: int, stored:
                       f"than the {lim.min_free_bytes} bytes it keeps free", "--min-free-bytes N")
 
 
-def _last_write_ns(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return None
-
-
 async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Upload]:
     """Forget every upload that received no byte for `upload_expiry_s`, remove its bytes, and remove
-    `.part` files as old that no upload owns; return the uploads expired."""
+    partial bytes as old that no upload owns; return the uploads expired."""
     if not cloud.limits.upload_expiry_s:
         return []
     now_ns = time.time_ns() if now_ns is None else now_ns
@@ -99,7 +89,7 @@ async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Uplo
             current = await cloud.store.get_upload(u.part_id, u.file_id)
             if current is None:
                 continue  # committed or discarded meanwhile
-            last = max(current.created_ns, await run_blocking(_last_write_ns, cloud.blobs.partial_path(u.part_id, u.file_id)) or 0)
+            last = max(current.created_ns, await run_blocking(cloud.blobs.last_write_ns, u.part_id, u.file_id) or 0)
             if last >= cutoff:
                 continue
             await cloud.store.delete_upload(u.part_id, u.file_id)

@@ -19,6 +19,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from capsync.cloud.app import apply_retention, create_app
+from capsync.cloud.blobs import Blobs
 from capsync.cloud.limits import UploadLimits
 from capsync.cloud.http import Cloud
 from capsync.cloud.store import Store
@@ -72,6 +73,7 @@ async def serve(
     graceful_timeout_s: float = 5.0,
     retention_interval_s: float | None = None,
     limits: UploadLimits | None = None,
+    blobs: Blobs | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cloud over `data_dir` on host:port until cancelled; `task_status.started(port)`.
@@ -79,12 +81,13 @@ async def serve(
     `port=0` binds a free port; the port actually bound is what `started` reports. With
     `tls_cert` and `tls_key` the server speaks HTTPS. Cancellation is a graceful shutdown:
     in-flight requests get `graceful_timeout_s` to finish, then a store serve() opened is closed.
-    `limits` are the per-part upload limits (capsync.cloud.limits). Retention, and with it the
+    `limits` are the per-part upload limits (capsync.cloud.limits); `blobs` the file bytes (default:
+    LocalBlobs in `data_dir`). Retention, and with it the
     expiry of abandoned uploads, runs at start and daily after UTC midnight; `retention_interval_s` sweeps every
     that many seconds instead (`math.inf`: only on demand, through `capsync.cloud.app.apply_retention`).
     """
     owns_store = store is None
-    app = create_app(Path(data_dir), store, limits=limits)
+    app = create_app(Path(data_dir), store, limits=limits, blobs=blobs)
     cloud = app.state.cloud
     config = _config(host, port, tls_cert, tls_key, graceful_timeout_s)
     shutdown = trio.Event()
@@ -101,7 +104,8 @@ async def serve(
                 binds = await nursery.start(run_server)
                 bound = urlsplit(binds[0]).port
                 assert bound is not None
-                log.info("cloud listening", extra={"url": binds[0], "data_dir": str(data_dir)})
+                log.info("cloud listening", extra={"url": binds[0], "data_dir": str(data_dir),
+                                                   "blobs": cloud.blobs.describe()})
                 if retention_interval_s is None or math.isfinite(retention_interval_s):
                     nursery.start_soon(_retention_loop, cloud, retention_interval_s)
                 task_status.started(bound)

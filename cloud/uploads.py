@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from capsync.cloud import ingest, quotas
-from capsync.cloud.blobs import OffsetMismatch
+from capsync.cloud.blobs import OffsetMismatch, in_thread
 from capsync.cloud.http import (
     ApiError,
     Cloud,
@@ -245,19 +245,19 @@ async def _stage_capture(cloud: Cloud, u: Upload, now: int) -> CommittedFile:
     Each batch is its own short store call: another part's commit goes between two batches.
     Raises ingest.Rejected (its staged rows dropped) for a file the cloud refuses.
     """
-    path = cloud.blobs.partial_path(u.part_id, u.file_id)
     await cloud.store.drop_staged(u.part_id, u.file_id)  # rows of an attempt that was cut off
-    reader = await run_blocking(ingest.CaptureIngest, u, path, u.size, now)
-    try:
-        while (batch := await run_blocking(reader.next_batch)) is not None:
-            await cloud.store.stage_rows(*batch)
-        return reader.file
-    except ingest.Rejected:
-        with trio.CancelScope(shield=True):
-            await cloud.store.drop_staged(u.part_id, u.file_id)
-        raise
-    finally:
-        reader.close()
+    async with in_thread(cloud.blobs.open_partial(u.part_id, u.file_id)) as path:
+        reader = await run_blocking(ingest.CaptureIngest, u, path, u.size, now)
+        try:
+            while (batch := await run_blocking(reader.next_batch)) is not None:
+                await cloud.store.stage_rows(*batch)
+            return reader.file
+        except ingest.Rejected:
+            with trio.CancelScope(shield=True):
+                await cloud.store.drop_staged(u.part_id, u.file_id)
+            raise
+        finally:
+            reader.close()
 
 
 async def _discard(cloud: Cloud, u: Upload) -> None:

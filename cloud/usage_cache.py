@@ -10,12 +10,11 @@ processes commit within `ttl_s`; docs/sync-protocol.md says so.
 
 from __future__ import annotations
 
-import shutil
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -38,11 +37,11 @@ class UsageCache:
     """Recent `PartUsage` per part and free disk space, with this process's uploads added in."""
 
     store: Store
-    data_dir: Path | None
+    blobs: Any  # capsync.cloud.blobs.Blobs (not imported: it imports the store module too)
     ttl_s: float = USAGE_TTL_S
     _parts: dict[str, _Entry] = field(default_factory=dict)
     _inflight: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # part -> [files, bytes]
-    _free: tuple[float, int] | None = None
+    _free: tuple[float, int | None] | None = None
 
     async def usage(self, part_id: str) -> PartUsage:
         """The part's usage: stored and in-flight bytes as read recently, plus this process's
@@ -55,12 +54,10 @@ class UsageCache:
         return PartUsage(e.usage.uploads + files, e.usage.upload_bytes + size, e.usage.stored_bytes + e.committed_since)
 
     async def free_bytes(self) -> int | None:
-        """Free bytes on the data dir's disk as read recently; None when the bytes are not on a local disk."""
-        if self.data_dir is None:
-            return None
+        """Free bytes where the file bytes live as read recently; None for an object store (no such limit)."""
         now = trio.current_time()
         if self._free is None or now - self._free[0] > self.ttl_s:
-            self._free = (now, (await run_blocking(shutil.disk_usage, self.data_dir)).free)
+            self._free = (now, await run_blocking(self.blobs.free_bytes))
         return self._free[1]
 
     @contextmanager
@@ -81,5 +78,5 @@ class UsageCache:
         """A one-request upload of `size` bytes was committed: count it until the next read."""
         if (e := self._parts.get(part_id)) is not None:
             e.committed_since += size
-        if self._free is not None:
+        if self._free is not None and self._free[1] is not None:
             self._free = (self._free[0], self._free[1] - size)

@@ -20,32 +20,29 @@ from capsync.cloud.store import CommittedFile, Upload
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
 from capsync.runtime.sync_protocol import FileKind
 from tests.test_cloud_mongo_store import open_mongo_env
-from tests.test_cloud_support import PART_A, PART_B, TEST_SCRYPT_N, CloudEnv, declaration, make_env, open_env
+from tests.test_cloud_support import BACKENDS, PART_A, PART_B, TEST_SCRYPT_N, CloudEnv, declaration, open_env
 
 DAY = retention.DAY_NS
 MIDNIGHT = 20_000 * DAY  # 2024-10-04T00:00:00Z, a UTC midnight
 MINUTE, HOUR = 60 * 10**9, 3600 * 10**9
 
 
-@pytest.fixture(params=["sqlite", "mongo-standin", "mongo-real", "postgresql"])
+@pytest.fixture(params=[*BACKENDS, "mongodb-real"])
 def any_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
-    """The in-process cloud on SQLite, on the MongoDB stand-in, on a real MongoDB when configured, or on
-    PostgreSQL (tests/postgres_kit.py)."""
-    if request.param == "sqlite":
-        yield make_env(tmp_path / "cloud")
-        return
-    if request.param == "postgresql":
-        with open_env("postgresql", tmp_path) as e:
+    """The in-process cloud on every backend (tests/test_cloud_support.BACKENDS: SQLite, the MongoDB
+    stand-in, files on the S3 stand-in), or on a real MongoDB when configured."""
+    if request.param == "mongodb-real":
+        with open_mongo_env("real", tmp_path) as e:
             yield e
         return
-    with open_mongo_env(request.param.split("-")[1], tmp_path) as e:
+    with open_env(request.param, tmp_path) as e:
         yield e
 
 
 async def commit(e: CloudEnv, tmp_path: Path, *, committed_ns: int, created_ns: int | None = None,
                  policy: dict | None = None, resource: tuple[str, str, str] = ("sensor", "s1", "Readings"),
                  binary: bool = False, n: int = 3, size: int = 100, part: str = PART_A) -> CommittedFile:
-    """Commit a capture file straight into the store at a chosen time, with its bytes on disk."""
+    """Commit a capture file straight into the store at a chosen time, with its bytes in the blobs."""
     header = CaptureHeader(new_file_id(), part, *resource, {}, (), "binary" if binary else "tabular",
                            mime_type="image/jpeg" if binary else "",
                            metadata={"retention_policy": policy} if policy else {})
@@ -58,9 +55,7 @@ async def commit(e: CloudEnv, tmp_path: Path, *, committed_ns: int, created_ns: 
                                committed_ns)
     f = replace(rows.file, created_ns=created_ns if created_ns is not None else committed_ns)
     assert await e.store.commit(f, rows.tabular, rows.binary)
-    blob = e.app.state.cloud.blobs.final_path(part, header.file_id)
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
+    e.blobs.put_committed(part, header.file_id, data)
     return f
 
 
@@ -91,8 +86,8 @@ async def test_days_1_deletes_what_came_before_the_last_utc_midnight_and_keeps_t
     assert {f.file_id for f in gone} == {late.file_id}
     assert all(f.expired_ns == MIDNIGHT + HOUR for f in gone)
     assert await _ids(e) == {today.file_id, forever.file_id, week.file_id}
-    assert not cloud.blobs.final_path(PART_A, late.file_id).exists()
-    assert cloud.blobs.final_path(PART_A, today.file_id).exists()
+    assert cloud.blobs.committed_size(PART_A, late.file_id) is None
+    assert cloud.blobs.committed_size(PART_A, today.file_id) == today.size
     # today's file goes at the next UTC midnight; the 7-day one when its 7th UTC day after commit begins
     assert await sweep(MIDNIGHT + DAY - 1) == set()
     assert await sweep(MIDNIGHT + DAY) == {today.file_id}

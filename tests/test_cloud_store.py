@@ -13,7 +13,9 @@ from capsync.cloud.auth import check_secret, hash_secret, parse_basic
 from capsync.cloud.store import Store, Upload
 from capsync.cloud.timefmt import iso_from_ns, parse_time
 from capsync.runtime.sync_protocol import FileKind
-from tests.test_cloud_support import PART_A, PART_B, CloudEnv, declaration, env, tabular_capture, upload  # noqa: F401
+from tests.test_cloud_support import (  # noqa: F401
+    PART_A, PART_B, CloudEnv, committed_bytes, declaration, env, holds_partial, tabular_capture, upload,
+)
 
 
 async def test_sqlite_store_implements_the_store_interface(env: CloudEnv) -> None:
@@ -72,11 +74,11 @@ async def test_a_crash_between_publishing_bytes_and_the_store_commit_is_repaired
     blobs = env.app.state.cloud.blobs
     async with env.client() as c:
         await upload(c, fid, data, commit=False)
-        blobs.publish(PART_A, fid)  # the committed path exists, the database never heard of it
+        blobs.publish(PART_A, fid)  # the committed bytes exist, the database never heard of them
         assert (await c.get(f"/v1/files/{fid}")).json()["state"] == "partial"
         r = await c.post(f"/v1/files/{fid}/commit")
         assert (r.json()["state"], r.json()["records"]) == ("committed", 3)
-    assert blobs.final_path(PART_A, fid).read_bytes() == data
+    assert committed_bytes(env, PART_A, fid) == data
 
 
 async def test_a_partial_file_left_after_a_commit_is_cleaned_up_by_the_next_request(env: CloudEnv, tmp_path: Path) -> None:
@@ -84,9 +86,35 @@ async def test_a_partial_file_left_after_a_commit_is_cleaned_up_by_the_next_requ
     blobs = env.app.state.cloud.blobs
     async with env.client() as c:
         await upload(c, fid, data)
-        blobs.partial_path(PART_A, fid).write_bytes(data)  # as if the process died before removing it
+        blobs.append(PART_A, fid, 0, data)  # as if the process died before removing it
+        assert holds_partial(env, PART_A, fid)
         assert (await c.post(f"/v1/files/{fid}", json=declaration(data))).json()["state"] == "committed"
-    assert not blobs.partial_path(PART_A, fid).exists()
+    assert not holds_partial(env, PART_A, fid)
+
+
+async def test_a_data_dir_of_the_layout_before_the_blobs_interface_keeps_working(env: CloudEnv, tmp_path: Path) -> None:
+    """LocalBlobs keeps the on-disk layout: `uploads/<part>/<id>.part` and `files/<part>/<id>`."""
+    fid, data = tabular_capture(tmp_path, n=4)
+    async with env.client() as c:
+        await c.post(f"/v1/files/{fid}", json=declaration(data))
+        (env.data_dir / "uploads" / PART_A / f"{fid}.part").write_bytes(data[:100])  # written by the older cloud
+        assert (await c.get(f"/v1/files/{fid}")).json()["offset"] == 100
+        r = await c.put(f"/v1/files/{fid}/data", params={"offset": 100}, content=data[100:])
+        assert (await c.post(f"/v1/files/{fid}/commit")).json()["records"] == 4
+        assert (env.data_dir / "files" / PART_A / fid).read_bytes() == data
+        assert r.status_code == 200 and not (env.data_dir / "uploads" / PART_A / f"{fid}.part").exists()
+
+
+def test_both_blobs_implement_the_interface(tmp_path: Path) -> None:
+    from capsync.cloud.blobs import Blobs, LocalBlobs
+    from capsync.cloud.s3_blobs import S3Blobs
+    from capsync.cloud.s3_client import S3Settings
+
+    assert isinstance(LocalBlobs(tmp_path), Blobs)
+    assert isinstance(S3Blobs("capsync-any", "p", S3Settings(endpoint_url="http://127.0.0.1:9", region_name="x",
+                                                              access_key_id="k", secret_access_key="s"),
+                              scratch_dir=tmp_path / "s"), Blobs)
+    assert not isinstance(object(), Blobs)
 
 
 def test_secrets_are_salted_scrypt_hashes() -> None:

@@ -72,6 +72,27 @@ def _sqlite_env(tmp_path: Path) -> Iterator[CloudEnv]:
 
 
 @contextmanager
+def _s3_env(tmp_path: Path) -> Iterator[CloudEnv]:
+    """SQLite for the store, the file bytes in a fresh bucket of the S3 stand-in (tests/s3_standin.py)."""
+    from tests.s3_standin import shared
+
+    standin = shared()
+    bucket = standin.new_bucket()
+    data_dir = tmp_path / "cloud"
+    store = SqliteStore(data_dir / DB_NAME, scrypt_n=TEST_SCRYPT_N)
+    store.add_part_sync(PART_A, SECRET_A)
+    store.add_part_sync(PART_B, SECRET_B)
+    blobs = standin.blobs(bucket, tmp_path / "scratch")
+    e = CloudEnv(create_app(data_dir, store, blobs=blobs), store, data_dir, backend="s3")
+    e.blobs_uri = f"s3://{bucket}/cloud"  # type: ignore[attr-defined]
+    try:
+        yield e
+    finally:
+        store.close_sync()
+        standin.drop_bucket(bucket)
+
+
+@contextmanager
 def _mongo_standin_env(tmp_path: Path) -> Iterator[CloudEnv]:
     from tests.test_cloud_mongo_store import open_mongo_env
 
@@ -104,12 +125,30 @@ BACKENDS: dict[str, Callable[[Path], AbstractContextManager[CloudEnv]]] = {
     "sqlite": _sqlite_env,
     "mongodb-standin": _mongo_standin_env,
     "postgresql": _postgres_env,
+    "s3": _s3_env,
 }
 
 
 def open_env(backend: str, tmp_path: Path) -> AbstractContextManager[CloudEnv]:
     """A fresh cloud with parts A and B on `backend` (a key of BACKENDS)."""
     return BACKENDS[backend](tmp_path)
+
+
+def committed_bytes(env: CloudEnv, part: str, file_id: str) -> bytes | None:
+    """The committed bytes of (part, file) as the env's blobs hold them, or None when not stored."""
+    try:
+        blob = env.blobs.read_committed(part, file_id)
+    except FileNotFoundError:
+        return None
+    try:
+        return b"".join(blob.chunks)
+    finally:
+        blob.close()
+
+
+def holds_partial(env: CloudEnv, part: str, file_id: str) -> bool:
+    """Whether the env's blobs still hold partial bytes of (part, file)."""
+    return any((p, f) == (part, file_id) for p, f, _ in env.blobs.partial_files())
 
 
 def tabular_capture(

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from capsync.runtime.sync_protocol import ErrorBody, FileStatus
-from tests.test_cloud_support import BACKENDS, CloudEnv, binary_capture, declaration, open_env, tabular_capture, upload
+from tests.test_cloud_support import (
+    BACKENDS, CloudEnv, binary_capture, committed_bytes, declaration, holds_partial, open_env, tabular_capture, upload,
+)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -34,9 +36,8 @@ async def test_full_upload_commits_and_the_query_returns_exactly_the_records(env
     assert rows[0]["resource_type"] == "sensor" and rows[0]["tags"] == ["t1"]
     stats = await env.store.statistics()
     assert (stats.files, stats.tabular_rows, stats.uploads) == (1, 7, 0)
-    committed = env.data_dir / "files" / "part-a" / fid
-    assert committed.read_bytes() == data
-    assert not (env.data_dir / "uploads" / "part-a" / f"{fid}.part").exists()
+    assert committed_bytes(env, "part-a", fid) == data
+    assert not holds_partial(env, "part-a", fid)
 
 
 async def test_an_interrupted_upload_resumes_at_the_clouds_offset(env: CloudEnv, tmp_path: Path) -> None:
@@ -106,7 +107,7 @@ async def test_checksum_mismatch_is_422_and_the_upload_is_forgotten(env: CloudEn
         assert err.error == "checksum mismatch" and err.status is not None and err.status.state.value == "unknown"
         assert (await c.get(f"/v1/files/{fid}")).json() == {
             "file_id": fid, "state": "unknown", "offset": 0, "size": None, "records": None}  # a client without Capsync-Protocol: 2
-        assert not (env.data_dir / "uploads" / "part-a" / f"{fid}.part").exists()
+        assert not holds_partial(env, "part-a", fid)
         assert (await upload(c, fid, data)).json()["state"] == "committed"  # the retry succeeds
     assert (await env.store.statistics()).tabular_rows == 5
 
