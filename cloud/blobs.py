@@ -280,22 +280,6 @@ class LocalBlobs:
         fsync_dir(dst.parent)
 
     def put_committed(self, part_id: str, file_id: str, data: bytes) -> None:
-        """Write `data` as the committed file: a durable temp file renamed into place (atomic)."""
-        dst = self.final_path(part_id, file_id)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{file_id}.writing")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            _fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dst)
-        fsync_dir(dst.parent)
-
-    def put_committed(self, part_id: str, file_id: str, data: bytes) -> None:
         """Write a whole file's bytes as its committed file (the one-request upload): a temporary
         file, fsynced, renamed into place, directory fsynced; it appears whole or not at all, and a
         stale committed path from a crash before the store's commit is replaced."""
