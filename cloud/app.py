@@ -10,6 +10,7 @@ bytes; pass `store=` to use another Store (e.g. MongoDB). The app is plain ASGI:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -51,7 +52,7 @@ def private_dir(path: Path) -> None:
 
 
 async def health(request: Request) -> Response:
-    """`GET /v1/health`: liveness, without auth."""
+    """`GET /v1/health`: liveness, without auth (the process answers; see `ready` for its dependencies)."""
     return JSONResponse({
         "ok": True,
         "service": "capsync-cloud",
@@ -60,6 +61,35 @@ async def health(request: Request) -> Response:
         "max_chunk_bytes": MAX_CHUNK_BYTES,
         "max_file_bytes": MAX_FILE_BYTES,
     })
+
+
+#: A failing readiness probe is logged at most this often per part (store, blobs).
+NOT_READY_LOG_INTERVAL_S = 60.0
+_not_ready_logged: dict[str, float] = {}
+
+
+async def ready(request: Request) -> Response:
+    """`GET /v1/ready`: readiness for a load balancer, without auth: 200 when this process can reach
+    its store and its file bytes, else 503 naming which cannot be reached (and no secrets or paths)."""
+    cloud: Cloud = request.app.state.cloud
+    checks: dict[str, str] = {}
+    probes = {
+        "store": lambda: cloud.store.get_file("ready-probe", "ready-probe"),  # a point read every store answers
+        "blobs": lambda: run_blocking(cloud.blobs.check),
+    }
+    for name, probe in probes.items():
+        try:
+            await probe()
+            checks[name] = "ok"
+        except Exception as exc:  # any failure means "not ready"; the answer says which part
+            checks[name] = f"unavailable: {type(exc).__name__}"
+            now = time.monotonic()
+            if now - _not_ready_logged.get(name, -math.inf) >= NOT_READY_LOG_INTERVAL_S:  # probes come every few s
+                _not_ready_logged[name] = now
+                log.warning("not ready: cannot reach the %s", name, extra={"error": str(exc)[:300]})
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503,
+                        headers=None if ok else {"Retry-After": "5"})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -94,6 +124,7 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
     p = API_PREFIX
     routes = [
         Route(f"{p}/health", health, methods=["GET"]),
+        Route(f"{p}/ready", ready, methods=["GET"]),
         Route(f"{p}/files", query.files, methods=["GET"]),
         Route(f"{p}/files/{{file_id}}", uploads.file_resource, methods=["GET", "POST"]),
         Route(f"{p}/files/{{file_id}}", whole_upload.put_file, methods=["PUT"]),
