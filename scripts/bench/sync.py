@@ -16,8 +16,16 @@ on a real socket:
 - curl (when installed): N curl processes at a time, one per file with the requests chained by
   `--next` on one connection; the sha256 is computed in Python, chunks were split beforehand.
 
+- nginx (Debian's, installed on first use as root): the transport baseline that is not capsync,
+  nginx taking each file as one `PUT` onto the same disk (its WebDAV module; it does not fsync,
+  capsync does), fed by the same bare httpx loop;
+- capsync xN (`--clouds 1,2`): the agent through an nginx load balancer to N cloud processes on one
+  PostgreSQL (a throwaway cluster) and one object store (moto's server mode, a stand-in for S3, in
+  its own process), the multi-process deployment.
+
 Every measurement gets a fresh cloud process and data dir (so none pays for another's stored
-rows), and the cloud is checked to hold every file afterwards. MB = 10^6 bytes. `--quick` runs
+rows), and the cloud is checked to hold every file afterwards. The cloud processes' CPU time is
+measured too (psutil) and shown per file and per ingested row. MB = 10^6 bytes. `--quick` runs
 a small smoke version (200 small files, 4 files of 10 MB, 1 and 4 uploaders); `--workloads`
 and `--repeat` narrow or repeat a measurement.
 """
@@ -40,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -51,6 +60,9 @@ from capsync.runtime.resources.methods import DataKind  # noqa: E402
 from capsync.runtime.sync_files import sha256_of, stable_file_id  # noqa: E402
 from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, file_route  # noqa: E402
 from tests.processkit import CloudReader, ProcessKit, add_part  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fleet  # noqa: E402
 
 MB = 1_000_000
 PART = "bench"
@@ -73,6 +85,7 @@ class Workload:
     kind: str  # "capture" or "file"
     master: Path
     files: tuple[FileSpec, ...]
+    records: int  # rows the cloud stores for all files: capture records, or one per plain file
 
     @property
     def total_bytes(self) -> int:
@@ -98,6 +111,7 @@ def make_small(root: Path, n: int, seed: int = 1) -> Workload:
     """`n` finished tabular capture files of 10-30 KB: records of 30 sensor readings each."""
     rng = random.Random(seed)
     specs = []
+    records = 0
     t_ns = time.time_ns() - 3600 * 10**9
     for i in range(n):
         header = CaptureHeader(file_id=new_file_id(), part_id=PART, resource_type="sensor",
@@ -108,9 +122,10 @@ def make_small(root: Path, n: int, seed: int = 1) -> Workload:
         while w.size_bytes < target:
             t_ns += 10_000_000
             w.append(CaptureRecord(t_ns, t_ns + 1_000_000, {f"r{k}": rng.random() for k in range(30)}))
+            records += 1
         path = w.finish()
         specs.append(FileSpec(path.relative_to(root).as_posix(), path.stat().st_size, header.file_id))
-    return Workload(f"{n} capture files of 10-30 KB", "capture", root, tuple(specs))
+    return Workload(f"{n} capture files of 10-30 KB", "capture", root, tuple(specs), records)
 
 
 def make_big(root: Path, n: int, size: int) -> Workload:
@@ -128,7 +143,7 @@ def make_big(root: Path, n: int, size: int) -> Workload:
                 left -= len(block)
         os.utime(path, (past, past))
         specs.append(FileSpec(path.name, size, ""))
-    return Workload(f"{n} files of {size / MB:g} MB", "file", root, tuple(specs))
+    return Workload(f"{n} files of {size / MB:g} MB", "file", root, tuple(specs), n)
 
 
 def split_chunks(w: Workload, root: Path) -> dict[str, list[Path]]:
@@ -160,12 +175,15 @@ async def run_capsync(url: str, secret: str, w: Workload, copy: Path, uploaders:
     sched = SyncScheduler(client, capture_dirs=lambda: [copy] if w.kind == "capture" else [],
                           sync_paths=[copy] if w.kind == "file" else [], interval_s=3600.0, max_uploads=uploaders)
     async with trio.open_nursery() as nursery:
-        await nursery.start(sched.run)
-        result = await sched.sync_now()
+        await nursery.start(sched.run)  # its first pass starts at once; sync_now waits for a pass after it
+        while True:
+            result = await sched.sync_now()
+            if result.failed or result.cloud_error:
+                raise RuntimeError(f"capsync pass failed: {result.summary()}")
+            if result.uploaded == 0:
+                break
         nursery.cancel_scope.cancel()
-    if result.failed or result.cloud_error:
-        raise RuntimeError(f"capsync pass failed: {result.summary()}")
-    return result.uploaded
+    return sched.statistics().files_synced
 
 
 async def run_httpx(url: str, secret: str, w: Workload, copy: Path, specs: list[FileSpec], uploaders: int) -> int:
@@ -195,6 +213,35 @@ async def run_httpx(url: str, secret: str, w: Workload, copy: Path, specs: list[
 
     limits = httpx.Limits(max_connections=uploaders, max_keepalive_connections=uploaders)
     async with httpx.AsyncClient(base_url=url, auth=(PART, secret), timeout=60, limits=limits) as http:
+        async with trio.open_nursery() as nursery:
+            for _ in range(uploaders):
+                nursery.start_soon(worker, http)
+    return done
+
+
+async def run_nginx(url: str, copy: Path, specs: list[FileSpec], uploaders: int) -> int:
+    """The transport baseline: N tasks, each PUTting the next whole file to nginx, streamed from disk."""
+    todo = iter(specs)
+    done = 0
+
+    def chunks(path: Path):
+        with open(path, "rb") as fh:
+            while data := fh.read(DEFAULT_CHUNK_BYTES):
+                yield data
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal done
+        for f in todo:
+            path = copy / f.rel
+            await trio.to_thread.run_sync(sha256_of, path)  # what every other client does before sending
+            body = path.read_bytes() if f.size <= DEFAULT_CHUNK_BYTES else chunks(path)
+            r = await http.put(f"/{f.file_id or f.rel}", content=body,
+                               headers={"Content-Type": "application/octet-stream", "Content-Length": str(f.size)})
+            r.raise_for_status()
+            done += 1
+
+    limits = httpx.Limits(max_connections=uploaders, max_keepalive_connections=uploaders)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         async with trio.open_nursery() as nursery:
             for _ in range(uploaders):
                 nursery.start_soon(worker, http)
@@ -241,6 +288,8 @@ class Result:
     files: int
     bytes: int
     seconds: float
+    records: int = 0
+    server_cpu_s: float | None = None  # CPU time of the cloud processes (capsync) or nginx, during the run
 
     @property
     def files_per_s(self) -> float:
@@ -248,46 +297,90 @@ class Result:
         return self.files / self.seconds
 
     @property
+    def cpu_per_row_us(self) -> float | None:
+        """Server CPU per stored row, in microseconds."""
+        return None if self.server_cpu_s is None or not self.records else self.server_cpu_s / self.records * 1e6
+
+    @property
     def mb_per_s(self) -> float:
         """Megabytes (10^6 bytes) committed per second."""
         return self.bytes / MB / self.seconds
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes `pids` and their children."""
+    total = 0.0
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            for q in [p, *p.children(recursive=True)]:
+                t = q.cpu_times()
+                total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _check_held(client: str, url: str, secret: str, w: Workload, n: int, copy: Path) -> None:
+    with CloudReader(url, secret, PART) as reader:
+        held = reader.files()
+    assert n == len(w.files), f"{client}: uploaded {n} of {len(w.files)}"
+    assert len(held) == len(w.files) and sum(f["size"] for f in held) == w.total_bytes, \
+        f"{client}: the cloud holds {len(held)} files"
+    if client.startswith("capsync"):
+        assert not any(p.is_file() for p in copy.rglob("*")), "capsync left files behind"
+
+
 def measure(root: Path, w: Workload, client: str, uploaders: int, chunks: dict[str, list[Path]] | None) -> Result:
-    """Upload the workload once with `client` to a fresh cloud; checks the cloud holds every file."""
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{client}-", dir=root))
+    """Upload the workload once with `client` to a fresh cloud (or nginx); checks it holds every file.
+
+    `client` is capsync, httpx, curl, nginx, or "capsync xN" (N cloud processes on PostgreSQL and the
+    S3 stand-in behind a load balancer)."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{client.replace(' ', '')}-", dir=root))
+    copy = run_dir / "files"
     try:
-        with ProcessKit(run_dir) as kit:
-            cloud = kit.start_cloud(run_dir / "cloud")
-            secret = add_part(cloud.data_dir, PART)
-            copy = run_dir / "files"
-            specs = w.copy_to(copy)
-            t0 = time.perf_counter()
-            if client == "capsync":
-                n = trio.run(run_capsync, cloud.url, secret, w, copy, uploaders)
-            elif client == "httpx":
-                n = trio.run(run_httpx, cloud.url, secret, w, copy, specs, uploaders)
-            else:
-                assert chunks is not None
-                n = run_curl(cloud.url, secret, w, specs, chunks, uploaders)
-            seconds = time.perf_counter() - t0
-            with CloudReader(cloud.url, secret, PART) as reader:
-                held = reader.files()
-            assert n == len(w.files), f"{client}: uploaded {n} of {len(w.files)}"
-            assert len(held) == len(w.files) and sum(f["size"] for f in held) == w.total_bytes, \
-                f"{client}: the cloud holds {len(held)} files"
-            if client == "capsync":
-                assert not any(p.is_file() for p in copy.rglob("*")), "capsync left files behind"
+        if client == "nginx":
+            with fleet.nginx_put_server(run_dir / "nginx") as url:
+                specs = w.copy_to(copy)
+                pids = [int((run_dir / "nginx" / "nginx.pid").read_text())]
+                c0, t0 = _cpu_s(pids), time.perf_counter()
+                n = trio.run(run_nginx, url, copy, specs, uploaders)
+                seconds, cpu = time.perf_counter() - t0, _cpu_s(pids) - c0
+            stored = [p for p in (run_dir / "nginx" / "files").rglob("*") if p.is_file()]
+            assert n == len(stored) == len(w.files) and sum(p.stat().st_size for p in stored) == w.total_bytes
+        elif client.startswith("capsync x"):
+            with fleet.fleet(run_dir, int(client.rsplit("x", 1)[1])) as f:
+                secret = fleet.add_fleet_part(f, PART)
+                w.copy_to(copy)
+                c0, t0 = _cpu_s(f.pids), time.perf_counter()
+                n = trio.run(run_capsync, f.url, secret, w, copy, uploaders)
+                seconds, cpu = time.perf_counter() - t0, _cpu_s(f.pids) - c0
+                _check_held(client, f.url, secret, w, n, copy)
+        else:
+            with ProcessKit(run_dir) as kit:
+                cloud = kit.start_cloud(run_dir / "cloud")
+                secret = add_part(cloud.data_dir, PART)
+                specs = w.copy_to(copy)
+                c0, t0 = _cpu_s([cloud.pid]), time.perf_counter()
+                if client == "capsync":
+                    n = trio.run(run_capsync, cloud.url, secret, w, copy, uploaders)
+                elif client == "httpx":
+                    n = trio.run(run_httpx, cloud.url, secret, w, copy, specs, uploaders)
+                else:
+                    assert chunks is not None
+                    n = run_curl(cloud.url, secret, w, specs, chunks, uploaders)
+                seconds, cpu = time.perf_counter() - t0, _cpu_s([cloud.pid]) - c0
+                _check_held(client, cloud.url, secret, w, n, copy)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return Result(w.name, uploaders, client, n, w.total_bytes, seconds)
+    return Result(w.name, uploaders, client, n, w.total_bytes, seconds, w.records, cpu)
 
 
 def print_table(results: list[Result]) -> None:
     """The results, with each client's throughput beside capsync's as a ratio."""
     ours_by_key: dict[tuple[str, int], Result] = {}
-    head = f"{'workload':<32} {'upl':>3}  {'client':<8} {'files':>5} {'MB':>8} {'seconds':>8} {'files/s':>8} " \
-           f"{'MB/s':>8}  {'capsync/this':>12}"
+    head = f"{'workload':<32} {'upl':>3}  {'client':<10} {'files':>5} {'MB':>8} {'seconds':>8} {'files/s':>8} " \
+           f"{'MB/s':>8} {'srv CPU':>8} {'us/row':>7}  {'capsync/this':>12}"
     print(head)
     print("-" * len(head))
     last = None
@@ -300,8 +393,20 @@ def print_table(results: list[Result]) -> None:
             ours_by_key[key] = r  # baselines are compared with the capsync run just before them
         ours = ours_by_key[key]
         ratio = "" if r.client == "capsync" else f"{ours.mb_per_s / r.mb_per_s:.2f}x"
-        print(f"{r.workload:<32} {r.uploaders:>3}  {r.client:<8} {r.files:>5} {r.bytes / MB:>8.1f} "
-              f"{r.seconds:>8.2f} {r.files_per_s:>8.1f} {r.mb_per_s:>8.2f}  {ratio:>12}")
+        cpu = "" if r.server_cpu_s is None else f"{r.server_cpu_s / r.seconds:.0%}"
+        per_row = "" if r.cpu_per_row_us is None else f"{r.cpu_per_row_us:.0f}"
+        print(f"{r.workload:<32} {r.uploaders:>3}  {r.client:<10} {r.files:>5} {r.bytes / MB:>8.1f} "
+              f"{r.seconds:>8.2f} {r.files_per_s:>8.1f} {r.mb_per_s:>8.2f} {cpu:>8} {per_row:>7}  {ratio:>12}")
+    scale = {}
+    for r in results:
+        if r.client.startswith("capsync x"):
+            scale.setdefault((r.workload, r.uploaders), {})[int(r.client.rsplit("x", 1)[1])] = r
+    for (workload, upl), by_n in scale.items():
+        if 1 in by_n:
+            for n, r in sorted(by_n.items()):
+                if n > 1:
+                    print(f"{workload}, {upl} uploaders: {n} cloud processes / 1 = "
+                          f"{r.files_per_s / by_n[1].files_per_s:.2f}x files/s")
 
 
 def main() -> int:
@@ -315,12 +420,22 @@ def main() -> int:
     p.add_argument("--no-curl", action="store_true", help="skip the curl baseline")
     p.add_argument("--workloads", default="small,big", help="which workloads to run: small, big or both")
     p.add_argument("--repeat", type=int, default=1, help="measure every combination this many times")
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx transport baseline")
+    p.add_argument("--no-httpx", action="store_true", help="skip the bare httpx baseline")
+    p.add_argument("--clouds", default="", metavar="N,M",
+                   help="also measure N (and M...) cloud processes on PostgreSQL + the S3 stand-in behind nginx")
     args = p.parse_args()
     uploaders = [int(x) for x in (args.uploaders or ("1,4" if args.quick else "1,4,16")).split(",")]
     n_small = args.small_files or (200 if args.quick else 2000)
     n_big = args.big_files or (4 if args.quick else 20)
     big_size = int((args.big_mb or (10 if args.quick else 50)) * MB)
-    clients = ["capsync", "httpx"] + ([] if args.no_curl or not shutil.which("curl") else ["curl"])
+    clients = ["capsync"] + ([] if args.no_httpx else ["httpx"])
+    clients += [] if args.no_curl or not shutil.which("curl") else ["curl"]
+    nginx_missing = None if args.no_nginx else fleet.ensure_nginx()
+    clients += [] if args.no_nginx or nginx_missing else ["nginx"]
+    clients += [f"capsync x{int(n)}" for n in args.clouds.split(",") if n]
+    if nginx_missing and args.clouds:
+        p.error(f"--clouds needs nginx as its load balancer: {nginx_missing}")
 
     wanted = set(args.workloads.split(","))
     if not wanted or wanted - {"small", "big"}:
@@ -339,7 +454,8 @@ def main() -> int:
               f"{platform.system()} {platform.release()}; cloud = `capsync cloud serve` in its own process, "
               f"fresh per measurement; chunk {DEFAULT_CHUNK_BYTES // 1024} KiB; "
               f"workloads written in {time.perf_counter() - t0:.1f} s"
-              + ("" if "curl" in clients else "; curl not installed"), flush=True)
+              + ("" if "curl" in clients else "; curl not installed")
+              + (f"; no nginx baseline: {nginx_missing}" if nginx_missing else ""), flush=True)
         results = []
         for w in workloads:
             for n in uploaders:
@@ -350,7 +466,11 @@ def main() -> int:
                         print(f"  {w.name}, {n} uploaders, {client}: {r.seconds:.2f} s", file=sys.stderr, flush=True)
         print()
         print_table(results)
-        print("\ncapsync/this: capsync's MB/s (= files/s, same files) divided by the baseline's; < 1 means slower.")
+        print("\ncapsync/this: capsync's MB/s (= files/s, same files) divided by the baseline's; < 1 means slower."
+              "\nsrv CPU: the server processes' CPU time over the run's wall time (100% = one core); us/row: "
+              "their CPU per stored row. nginx does not fsync; capsync fsyncs every byte and row it acknowledges."
+              "\ncapsync xN: N cloud processes on PostgreSQL (fsync off, a throwaway test cluster) and moto "
+              "(a stand-in for S3, one Python process) behind nginx, all on this machine's cores.")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
