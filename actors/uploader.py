@@ -15,6 +15,7 @@ twice per attempt). Everything else is raised to the scheduler, which owns retri
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -74,14 +75,17 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
 
     With `faults`, the points `before_request` and `before_chunk` of actor `uploader <file_id>` fire.
     """
+    if f.size <= chunk_bytes and client.one_request:
+        data, digest, file_id = await run_blocking(_read_small, f, chunk_bytes)  # one hop: read, hash, id
+        if data is not None:
+            start = _declaration(f, len(data), digest)
+            done = await _upload_whole(client, f, file_id, start, data, faults)
+            if done is not None:
+                return done
     size, digest = await run_blocking(fingerprint, f.path)
     file_id = await run_blocking(file_id_of, f, digest)
-    start = UploadStart(kind=f.kind, size=size, sha256=digest, name=f.name, mime_type=f.mime_type)
+    start = _declaration(f, size, digest)
     actor = f"uploader {file_id}"
-    if size <= chunk_bytes and client.one_request:
-        done = await _upload_whole(client, f, file_id, start, faults)
-        if done is not None:
-            return done
     sent = 0
     fresh_starts = 0
     deleted = False
@@ -133,13 +137,24 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
     return UploadResult(file_id, f.path, size, sent, status.records)
 
 
-async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: UploadStart,
+def _declaration(f: SyncFile, size: int, digest: str) -> UploadStart:
+    return UploadStart(kind=f.kind, size=size, sha256=digest, name=f.name, mime_type=f.mime_type)
+
+
+def _read_small(f: SyncFile, limit: int) -> tuple[bytes | None, str, str]:
+    """A small file's bytes, sha256 and upload id, from one read; Nones when it grew past `limit`."""
+    data = read_at(f.path, 0, limit + 1)
+    if len(data) > limit:
+        return None, "", ""
+    digest = hashlib.sha256(data).hexdigest()
+    return data, digest, file_id_of(f, digest)
+
+
+async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: UploadStart, data: bytes,
                         faults: FaultPlan | None) -> UploadResult | None:
     """The one-request upload of a small file, then the verified delete; None when the resumable
-    upload must do it instead (an older cloud, or the bytes changed since they were hashed)."""
-    data = await run_blocking(read_at, f.path, 0, start.size + 1)
-    if len(data) != start.size:
-        return None  # changed since it was hashed: the resumable path notices and says so
+    upload must do it instead (an older cloud, a file above the cloud's one-request limit, or
+    bytes the cloud found not to match their hash)."""
     actor = f"uploader {file_id}"
     await _point(faults, actor, "before_request")
     await _point(faults, actor, "before_chunk")
