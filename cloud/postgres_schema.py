@@ -14,8 +14,10 @@ from typing import Any
 
 from psycopg import sql
 
-from capsync.cloud.sqlite_schema import BINARY_COLS, FILE_COLS, TABULAR_COLS, dumps
-from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow
+from capsync.cloud.sqlite_schema import (  # noqa: F401  (the row encoders are re-exported for the store)
+    BINARY_COLS, FILE_COLS, TABULAR_COLS, binary_values, dumps, tabular_values,
+)
+from capsync.cloud.store import CommittedFile
 from capsync.cloud.timefmt import iso_from_ns
 
 _ID = 'TEXT COLLATE "C" NOT NULL'
@@ -23,8 +25,8 @@ _ID = 'TEXT COLLATE "C" NOT NULL'
 #: The statements that create the tables in `{s}` (the store's schema) and the SQL view in `{q}`.
 _STATEMENTS = [
     "CREATE SCHEMA IF NOT EXISTS {s}",
-    f"""
-CREATE TABLE IF NOT EXISTS {{s}}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+    """
+CREATE TABLE IF NOT EXISTS {s}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 """,
     f"""
 CREATE TABLE IF NOT EXISTS {{s}}.parts (
@@ -64,8 +66,8 @@ CREATE TABLE IF NOT EXISTS {{s}}.tabular (
     PRIMARY KEY (part_id, file_id, record_index)
 )
 """,
-    f"""
-CREATE INDEX IF NOT EXISTS tabular_by_time ON {{s}}.tabular (part_id, requested_ns, file_id, record_index)
+    """
+CREATE INDEX IF NOT EXISTS tabular_by_time ON {s}.tabular (part_id, requested_ns, file_id, record_index)
 """,
     f"""
 CREATE TABLE IF NOT EXISTS {{s}}.binary_items (
@@ -77,44 +79,44 @@ CREATE TABLE IF NOT EXISTS {{s}}.binary_items (
     PRIMARY KEY (part_id, file_id, record_index)
 )
 """,
-    f"""
-CREATE INDEX IF NOT EXISTS binary_by_time ON {{s}}.binary_items (part_id, requested_ns, file_id, record_index)
+    """
+CREATE INDEX IF NOT EXISTS binary_by_time ON {s}.binary_items (part_id, requested_ns, file_id, record_index)
 """,
-    f"""
-CREATE TABLE IF NOT EXISTS {{s}}.staged_tabular (LIKE {{s}}.tabular INCLUDING ALL)
+    """
+CREATE TABLE IF NOT EXISTS {s}.staged_tabular (LIKE {s}.tabular INCLUDING ALL)
 """,
-    f"""
-CREATE TABLE IF NOT EXISTS {{s}}.staged_binary (LIKE {{s}}.binary_items INCLUDING ALL)
+    """
+CREATE TABLE IF NOT EXISTS {s}.staged_binary (LIKE {s}.binary_items INCLUDING ALL)
 """,
-    f"""
-CREATE TABLE IF NOT EXISTS {{s}}.locks (name TEXT PRIMARY KEY)
+    """
+CREATE TABLE IF NOT EXISTS {s}.locks (name TEXT PRIMARY KEY)
 """,
-    f"""
-INSERT INTO {{s}}.locks VALUES ('sweep'), ('expire') ON CONFLICT DO NOTHING
+    """
+INSERT INTO {s}.locks VALUES ('sweep'), ('expire') ON CONFLICT DO NOTHING
 """,
     f"""
 CREATE TABLE IF NOT EXISTS {{s}}.sql_roles (
     part_id {_ID} PRIMARY KEY, role_name TEXT NOT NULL UNIQUE, password TEXT NOT NULL
 )
 """,
-    f"""
-CREATE SEQUENCE IF NOT EXISTS {{s}}.sql_role_seq
+    """
+CREATE SEQUENCE IF NOT EXISTS {s}.sql_role_seq
 """,
-    f"""
-CREATE SCHEMA IF NOT EXISTS {{q}}
+    """
+CREATE SCHEMA IF NOT EXISTS {q}
 """,
-    f"""
-REVOKE ALL ON SCHEMA {{q}} FROM PUBLIC
+    """
+REVOKE ALL ON SCHEMA {q} FROM PUBLIC
 """,
-    f"""
-CREATE OR REPLACE VIEW {{q}}.readings WITH (security_barrier) AS
+    """
+CREATE OR REPLACE VIEW {q}.readings WITH (security_barrier) AS
     SELECT part_id, file_id, record_index, resource_type, resource_name, method, params, requested_ns,
            received_ns, requested_at AS requested, received_at AS received, tags, payload, metadata
-    FROM {{s}}.tabular
-    WHERE part_id = (SELECT r.part_id FROM {{s}}.sql_roles r WHERE r.role_name = session_user)
+    FROM {s}.tabular
+    WHERE part_id = (SELECT r.part_id FROM {s}.sql_roles r WHERE r.role_name = session_user)
 """,
-    f"""
-CREATE OR REPLACE FUNCTION {{q}}.row_fits(size BIGINT, max_size BIGINT) RETURNS BOOLEAN
+    """
+CREATE OR REPLACE FUNCTION {q}.row_fits(size BIGINT, max_size BIGINT) RETURNS BOOLEAN
     LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF size > max_size THEN
@@ -146,25 +148,6 @@ def cols(names: str) -> sql.Composed:
 def placeholders(names: str) -> sql.Composed:
     """`%s, %s, ...`: one placeholder per column of a comma-separated column list."""
     return sql.SQL(", ").join(sql.Placeholder() for _ in names.split(","))
-
-
-
-def tabular_values(r: TabularRow) -> tuple[Any, ...]:
-    """A tabular row's values in TABULAR_COLS order, as SQLite keeps them."""
-    return (
-        r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
-        dumps(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
-        iso_from_ns(r.received_ns), dumps(list(r.tags)), dumps(r.payload), dumps(r.metadata),
-    )
-
-
-def binary_values(b: BinaryItem) -> tuple[Any, ...]:
-    """A binary item's values in BINARY_COLS order, as SQLite keeps them."""
-    return (
-        b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
-        b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
-        iso_from_ns(b.received_ns), dumps(list(b.tags)), dumps(b.metadata), b.name, int(b.from_capture),
-    )
 
 
 def file_values(f: CommittedFile) -> tuple[Any, ...]:

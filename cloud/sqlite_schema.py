@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow
+from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.sync_protocol import FileKind
 
 SCHEMA = """
@@ -90,6 +92,49 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value, default=str).decode()
     except TypeError:  # integers beyond 64 bits, keys that are not strings: what only json handles
         return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def tabular_values(r: TabularRow) -> tuple[Any, ...]:
+    """A tabular row's values in TABULAR_COLS order, as the SQL stores keep them."""
+    return (
+        r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
+        _same_as_last(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
+        iso_from_ns(r.received_ns), _tags_json(tuple(r.tags)), dumps(r.payload), _metadata_json(r.metadata),
+    )
+
+
+def binary_values(b: BinaryItem) -> tuple[Any, ...]:
+    """A binary item's values in BINARY_COLS order, as the SQL stores keep them."""
+    return (
+        b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
+        b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
+        iso_from_ns(b.received_ns), _tags_json(tuple(b.tags)), _metadata_json(b.metadata), b.name,
+        int(b.from_capture),
+    )
+
+
+# The rows of one file share their params and tags objects, and most records carry no metadata:
+# encoding those once per file instead of once per row is a good part of the cost of an ingest.
+_last_params: tuple[Any, str] = (None, "null")
+
+
+def _same_as_last(value: Any) -> str:
+    global _last_params
+    last = _last_params  # one read: another thread may replace it meanwhile, which is harmless
+    if last[0] is value:
+        return last[1]
+    text = dumps(value)
+    _last_params = (value, text)
+    return text
+
+
+@lru_cache(maxsize=1024)
+def _tags_json(tags: tuple[str, ...]) -> str:
+    return dumps(list(tags))
+
+
+def _metadata_json(value: Any) -> str:
+    return "{}" if not value and isinstance(value, dict) else dumps(value)
 
 
 def placeholders(cols: str) -> str:

@@ -29,11 +29,13 @@ from capsync.cloud.sqlite_schema import (
     SCHEMA,
     TABULAR_COLS,
     binary_from_row,
+    binary_values,
     dumps,
     file_from_row,
     placeholders,
     private_db_file,
     tabular_from_row,
+    tabular_values,
 )
 from capsync.cloud.store import (
     BinaryItem,
@@ -65,47 +67,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS staged_binary_key ON staged_binary (part_id, f
 """
 #: At most this many SQL queries run at once (each in its own thread and connection).
 SQL_CONCURRENCY = 4
-
-
-def _tabular_values(r: TabularRow) -> tuple[Any, ...]:
-    return (
-        r.part_id, r.file_id, r.record_index, r.resource_type, r.resource_name, r.method,
-        _same_as_last(r.params), r.requested_ns, r.received_ns, iso_from_ns(r.requested_ns),
-        iso_from_ns(r.received_ns), _tags_json(tuple(r.tags)), dumps(r.payload), _metadata_json(r.metadata),
-    )
-
-
-def _binary_values(b: BinaryItem) -> tuple[Any, ...]:
-    return (
-        b.part_id, b.file_id, b.record_index, b.item_id, b.resource_type, b.resource_name,
-        b.method, b.mime_type, b.size, b.requested_ns, b.received_ns, iso_from_ns(b.requested_ns),
-        iso_from_ns(b.received_ns), _tags_json(tuple(b.tags)), _metadata_json(b.metadata), b.name,
-        int(b.from_capture),
-    )
-
-
-# The rows of one file share their params and tags objects, and most records carry no metadata:
-# encoding those once per file instead of once per row is a good part of the cost of an ingest.
-_last_params: tuple[Any, str] = (None, "null")
-
-
-def _same_as_last(value: Any) -> str:
-    global _last_params
-    last = _last_params  # one read: another thread may replace it meanwhile, which is harmless
-    if last[0] is value:
-        return last[1]
-    text = dumps(value)
-    _last_params = (value, text)
-    return text
-
-
-@lru_cache(maxsize=1024)
-def _tags_json(tags: tuple[str, ...]) -> str:
-    return dumps(list(tags))
-
-
-def _metadata_json(value: Any) -> str:
-    return "{}" if not value and isinstance(value, dict) else dumps(value)
 
 
 @lru_cache(maxsize=4)
@@ -265,7 +226,7 @@ class SqliteStore:
         return None if row is None else file_from_row(row)
 
     def _stage_sync(self, tabular: Sequence[TabularRow], binary: Sequence[BinaryItem]) -> None:
-        trows, brows = [_tabular_values(r) for r in tabular], [_binary_values(b) for b in binary]  # outside the lock
+        trows, brows = [tabular_values(r) for r in tabular], [binary_values(b) for b in binary]  # outside the lock
 
         def tx(db: sqlite3.Connection) -> None:
             db.executemany(f"INSERT OR IGNORE INTO staged_tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})", trows)
@@ -314,7 +275,7 @@ class SqliteStore:
 
     def _commit_many_sync(self, commits: Sequence[Commit]) -> list[bool]:
         # Rows are encoded outside the lock; the one transaction (and its one WAL fsync) covers every file.
-        values = [([_tabular_values(r) for r in c.tabular], [_binary_values(b) for b in c.binary]) for c in commits]
+        values = [([tabular_values(r) for r in c.tabular], [binary_values(b) for b in c.binary]) for c in commits]
 
         def tx(db: sqlite3.Connection) -> list[bool]:
             return [self._insert_commit(db, c, *v) for c, v in zip(commits, values)]

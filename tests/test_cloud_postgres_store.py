@@ -22,7 +22,7 @@ from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWr
 from capsync.runtime.sync_protocol import FileKind
 from tests.postgres_kit import PostgresServer, postgres_server  # noqa: F401
 from tests.test_cloud_support import (
-    PART_A, PART_B, SECRET_A, TEST_SCRYPT_N, CloudEnv, binary_capture, make_env, open_env, tabular_capture, upload,
+    PART_A, SECRET_A, TEST_SCRYPT_N, CloudEnv, binary_capture, make_env, open_env, tabular_capture, upload,
 )
 
 

@@ -33,7 +33,6 @@ and `--repeat` narrow or repeat a measurement.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import platform
