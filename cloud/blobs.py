@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -188,6 +189,10 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+#: Running hashes LocalBlobs keeps at most (uploads in progress; the oldest is forgotten first).
+_MAX_RUNNING_HASHES = 10_000
+
+
 class LocalBlobs:
     """Partial and committed file bytes of every part under one data dir (layout in the module doc)."""
 
@@ -195,6 +200,10 @@ class LocalBlobs:
         self.data_dir = Path(data_dir)
         self.uploads_dir = self.data_dir / "uploads"
         self.files_dir = self.data_dir / "files"
+        # The SHA-256 of each upload's bytes so far, kept as chunks arrive, so that a commit need not
+        # read a big file back; used only while it covers exactly the bytes on disk.
+        self._hashes: dict[tuple[str, str], tuple[int, Any]] = {}
+        self._hashes_lock = threading.Lock()
 
     def describe(self) -> str:
         """The data dir."""
@@ -248,12 +257,30 @@ class LocalBlobs:
                     written = os.write(fd, view)
                     view = view[written:]
                 _fsync(fd)
+            self._hash_more((part_id, file_id), offset, data)
             return offset + len(data)
         finally:
             os.close(fd)
 
+    def _hash_more(self, key: tuple[str, str], offset: int, data: bytes) -> None:
+        with self._hashes_lock:
+            size, h = self._hashes.pop(key, (0, None))
+            if offset == 0:
+                size, h = 0, hashlib.sha256()
+            if h is None or size != offset:
+                return  # bytes before this chunk were written elsewhere: hash from the file at commit
+            h.update(data)
+            if len(self._hashes) >= _MAX_RUNNING_HASHES:
+                self._hashes.pop(next(iter(self._hashes)))
+            self._hashes[key] = (size + len(data), h)
+
     def sha256(self, part_id: str, file_id: str) -> str:
         """Hex SHA-256 of the bytes held for an upload."""
+        held = self.held(part_id, file_id)
+        with self._hashes_lock:
+            size, running = self._hashes.get((part_id, file_id), (-1, None))
+            if running is not None and size == held:
+                return running.copy().hexdigest()
         h = hashlib.sha256()
         for chunk in _file_chunks(self.partial_path(part_id, file_id)):
             h.update(chunk)
@@ -299,6 +326,8 @@ class LocalBlobs:
 
     def discard(self, part_id: str, file_id: str) -> None:
         """Remove the partial bytes of an upload, if any."""
+        with self._hashes_lock:
+            self._hashes.pop((part_id, file_id), None)
         self.partial_path(part_id, file_id).unlink(missing_ok=True)
 
     def partial_files(self) -> list[tuple[str, str, int]]:

@@ -169,10 +169,6 @@ class MongoStore:
         d = docs.upload_doc(upload)
         await self._run(lambda: self.uploads.replace_one({"_id": d["_id"]}, d, upsert=True))
 
-    async def set_received(self, part_id: str, file_id: str, received: int) -> None:
-        """Record the bytes of an upload durably on disk."""
-        await self._run(self.uploads.update_one, {"_id": docs.key(part_id, file_id)}, {"$set": {"received": received}})
-
     async def delete_upload(self, part_id: str, file_id: str) -> None:
         """Forget an upload."""
         await self._run(self.uploads.delete_one, {"_id": docs.key(part_id, file_id)})

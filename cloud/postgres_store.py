@@ -284,11 +284,6 @@ class PostgresStore:
             "received = excluded.received, state = excluded.state, created_ns = excluded.created_ns"),
             (u.part_id, u.file_id, u.kind.value, u.size, u.sha256, u.name, u.mime_type, u.received, u.created_ns)))
 
-    async def set_received(self, part_id: str, file_id: str, received: int) -> None:
-        """Record the bytes of an upload durably on disk."""
-        await self._run(lambda db: db.execute(self._q(
-            "UPDATE {s}.uploads SET received = %s WHERE part_id = %s AND file_id = %s"), (received, part_id, file_id)))
-
     async def delete_upload(self, part_id: str, file_id: str) -> None:
         """Forget an upload."""
         await self._run(lambda db: db.execute(self._q("DELETE FROM {s}.uploads WHERE part_id = %s AND file_id = %s"),

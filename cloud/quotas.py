@@ -94,10 +94,11 @@ async def expire_abandoned(cloud: Cloud, now_ns: int | None = None) -> list[Uplo
                 continue
             await cloud.store.delete_upload(u.part_id, u.file_id)
             await cloud.store.drop_staged(u.part_id, u.file_id)  # rows of a commit cut off midway, if any
+            held = await run_blocking(cloud.blobs.held, u.part_id, u.file_id)
             await run_blocking(cloud.blobs.discard, u.part_id, u.file_id)
             gone.append(current)
             log.info("abandoned upload expired", extra={"part": u.part_id, "file_id": u.file_id, "size": u.size,
-                                                       "received": current.received})
+                                                       "received": held})
     owned = {(u.part_id, u.file_id) for u in await cloud.store.list_uploads()}
     for part_id, file_id, mtime_ns in await run_blocking(cloud.blobs.partial_files):
         if (part_id, file_id) not in owned and mtime_ns < cutoff:

@@ -187,14 +187,6 @@ class SqliteStore:
             )
         )
 
-    async def set_received(self, part_id: str, file_id: str, received: int) -> None:
-        """Record the bytes of an upload durably on disk."""
-        await self._run(
-            lambda: self._db.execute(
-                "UPDATE uploads SET received = ? WHERE part_id = ? AND file_id = ?", (received, part_id, file_id)
-            )
-        )
-
     async def delete_upload(self, part_id: str, file_id: str) -> None:
         """Forget an upload."""
         await self._run(

@@ -235,10 +235,6 @@ class Store(Protocol):
         """Insert or replace the declared upload of (upload.part_id, upload.file_id)."""
         ...
 
-    async def set_received(self, part_id: str, file_id: str, received: int) -> None:
-        """Record how many bytes of an upload are durably on disk."""
-        ...
-
     async def delete_upload(self, part_id: str, file_id: str) -> None:
         """Forget an upload (after a checksum mismatch or a rejected file)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -145,3 +146,26 @@ def test_times_parse_from_rfc3339_or_nanoseconds(text: str, ns: int) -> None:
 def test_bad_times_are_value_errors(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_time(bad)
+
+
+def test_local_blobs_hash_chunks_as_they_arrive_and_fall_back_to_the_file(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    from capsync.cloud import blobs as blobs_module
+    from capsync.cloud.blobs import LocalBlobs
+
+    blobs = LocalBlobs(tmp_path)
+    data = os.urandom(300_000)
+    blobs.reset(PART_A, "abcdefgh01")
+    for offset in range(0, len(data), 100_000):
+        blobs.append(PART_A, "abcdefgh01", offset, data[offset:offset + 100_000])
+    with monkeypatch.context() as m:
+        m.setattr(blobs_module, "_file_chunks", None)  # the commit must not read the file back
+        assert blobs.sha256(PART_A, "abcdefgh01") == hashlib.sha256(data).hexdigest()
+    # Bytes changed behind its back (another writer, a crash and a truncation): the running hash no
+    # longer covers the file, and the file is hashed instead.
+    with open(blobs.partial_path(PART_A, "abcdefgh01"), "ab") as fh:
+        fh.write(b"tail")
+    assert blobs.sha256(PART_A, "abcdefgh01") == hashlib.sha256(data + b"tail").hexdigest()
+    fresh = LocalBlobs(tmp_path)  # a restarted cloud has no running hash: it reads the file
+    assert fresh.sha256(PART_A, "abcdefgh01") == hashlib.sha256(data + b"tail").hexdigest()

@@ -223,9 +223,9 @@ async def run_nginx(url: str, copy: Path, specs: list[FileSpec], uploaders: int)
     todo = iter(specs)
     done = 0
 
-    def chunks(path: Path):
+    async def chunks(path: Path):
         with open(path, "rb") as fh:
-            while data := fh.read(DEFAULT_CHUNK_BYTES):
+            while data := await trio.to_thread.run_sync(fh.read, DEFAULT_CHUNK_BYTES):
                 yield data
 
     async def worker(http: httpx.AsyncClient) -> None:
