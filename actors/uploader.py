@@ -5,7 +5,8 @@ docs/sync-protocol.md), unless the cloud is older than that route. A bigger one 
 sha256), its bytes are sent from the cloud's offset in chunks, and the cloud is asked to commit.
 The uploader deletes the local file only once the cloud answers committed for exactly
 the bytes on disk: the answer must state the size and sha256 the uploader computed from the file,
-and the file is hashed again just before the delete. Any other "committed" (a cloud that lies, an
+and just before the delete the file must still be those bytes: its stamp (inode, size, mtime,
+ctime) unchanged since it was hashed, or else its hash again. Any other "committed" (a cloud that lies, an
 older cloud that does not say, a file that changed meanwhile) keeps the file and raises
 `UnverifiedCommit`; a changed plain file gets a new id from its new content and is uploaded
 again at the next pass. A stale
@@ -27,7 +28,7 @@ from capsync.runtime.cloud_client import (
     ChecksumMismatch, CloudClient, CloudUnavailable, OneRequestUnsupported, StaleOffset,
 )
 from capsync.runtime.faults import FaultPlan, InjectedNetworkError
-from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, read_at
+from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, hashed_stamp, read_at, stamp
 from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
 from capsync.runtime.blocking import run_blocking
 
@@ -76,13 +77,13 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
     With `faults`, the points `before_request` and `before_chunk` of actor `uploader <file_id>` fire.
     """
     if f.size <= chunk_bytes and client.one_request:
-        data, digest, file_id = await run_blocking(_read_small, f, chunk_bytes)  # one hop: read, hash, id
+        data, digest, file_id, seen = await run_blocking(_read_small, f, chunk_bytes)  # one hop: read, hash, id
         if data is not None:
             start = _declaration(f, len(data), digest)
-            done = await _upload_whole(client, f, file_id, start, data, faults)
+            done = await _upload_whole(client, f, file_id, start, data, seen, faults)
             if done is not None:
                 return done
-    size, digest = await run_blocking(fingerprint, f.path)
+    size, digest, seen = await run_blocking(hashed_stamp, f.path)
     file_id = await run_blocking(file_id_of, f, digest)
     start = _declaration(f, size, digest)
     actor = f"uploader {file_id}"
@@ -119,7 +120,7 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
                 with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
                     status = await client.commit(file_id)
                     if status.state is FileState.COMMITTED:
-                        await _delete_verified(f.path, status, file_id, size, digest)
+                        await _delete_verified(f.path, status, file_id, size, digest, seen)
                         deleted = True
                 if grace.cancelled_caught:
                     raise CloudUnavailable(f"the commit was not answered within {COMMIT_GRACE_S:g} s")
@@ -132,7 +133,7 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
                         extra={"file_id": file_id, "path": str(f.path)})
             status = FileStatus(file_id=file_id, state=FileState.UNKNOWN)
     if not deleted:  # the cloud had it before our commit
-        await _delete_verified(f.path, status, file_id, size, digest)
+        await _delete_verified(f.path, status, file_id, size, digest, seen)
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
     return UploadResult(file_id, f.path, size, sent, status.records)
 
@@ -141,17 +142,20 @@ def _declaration(f: SyncFile, size: int, digest: str) -> UploadStart:
     return UploadStart(kind=f.kind, size=size, sha256=digest, name=f.name, mime_type=f.mime_type)
 
 
-def _read_small(f: SyncFile, limit: int) -> tuple[bytes | None, str, str]:
-    """A small file's bytes, sha256 and upload id, from one read; Nones when it grew past `limit`."""
+def _read_small(f: SyncFile, limit: int) -> tuple[bytes | None, str, str, tuple | None]:
+    """A small file's bytes, sha256, upload id and stamp (see `hashed_stamp`), from one read; Nones
+    when it grew past `limit`."""
+    before = stamp(os.stat(f.path))
     data = read_at(f.path, 0, limit + 1)
     if len(data) > limit:
-        return None, "", ""
+        return None, "", "", None
     digest = hashlib.sha256(data).hexdigest()
-    return data, digest, file_id_of(f, digest)
+    seen = before if stamp(os.stat(f.path)) == before and before[2] == len(data) else None
+    return data, digest, file_id_of(f, digest), seen
 
 
 async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: UploadStart, data: bytes,
-                        faults: FaultPlan | None) -> UploadResult | None:
+                        seen: tuple | None, faults: FaultPlan | None) -> UploadResult | None:
     """The one-request upload of a small file, then the verified delete; None when the resumable
     upload must do it instead (an older cloud, a file above the cloud's one-request limit, or
     bytes the cloud found not to match their hash)."""
@@ -165,7 +169,7 @@ async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: U
             status = await client.put_whole(file_id, start, data)
         except (OneRequestUnsupported, ChecksumMismatch):
             return None
-        await _delete_verified(f.path, status, file_id, start.size, start.sha256)
+        await _delete_verified(f.path, status, file_id, start.size, start.sha256, seen)
     if grace.cancelled_caught:
         raise CloudUnavailable(f"the one-request upload was not answered within {COMMIT_GRACE_S:g} s")
     log.debug("file synced in one request", extra={"file_id": file_id, "path": str(f.path), "bytes": len(data)})
@@ -177,10 +181,12 @@ def _request_budget(size: int, chunk_bytes: int) -> int:
     return 4 * (size // max(1, chunk_bytes) + 1) + 16
 
 
-async def _delete_verified(path: Path, status: FileStatus, file_id: str, size: int, digest: str) -> None:
-    """Delete `path` if `status` acknowledges exactly its bytes and it still holds them; else UnverifiedCommit."""
+async def _delete_verified(path: Path, status: FileStatus, file_id: str, size: int, digest: str,
+                           seen: tuple | None) -> None:
+    """Delete `path` if `status` acknowledges exactly its bytes and it still holds them; else
+    UnverifiedCommit. `seen` is the file's stamp when it was hashed (None: unknown)."""
     _check_commit(path, status, file_id, size, digest)
-    await run_blocking(_delete_if_unchanged, path, size, digest)
+    await run_blocking(_delete_if_unchanged, path, size, digest, seen)
 
 
 def _check_commit(path: Path, status: FileStatus, file_id: str, size: int, digest: str) -> None:
@@ -195,9 +201,16 @@ def _check_commit(path: Path, status: FileStatus, file_id: str, size: int, diges
                                      f"but the file holds {size} bytes with sha256 {digest}")
 
 
-def _delete_if_unchanged(path: Path, size: int, digest: str) -> None:
-    """Delete `path` if it still holds exactly `size` bytes hashing to `digest`; else keep it."""
+def _delete_if_unchanged(path: Path, size: int, digest: str, seen: tuple | None) -> None:
+    """Delete `path` if it still holds exactly `size` bytes hashing to `digest`; else keep it.
+
+    An unchanged stamp (`seen`: inode, size, mtime, ctime as when it was hashed) proves the bytes
+    unchanged without reading them again; anything else is hashed again.
+    """
     try:
+        if seen is not None and stamp(os.stat(path)) == seen:
+            os.unlink(path)
+            return
         now = fingerprint(path)
     except FileNotFoundError:
         return  # someone (the user) removed it after the commit: nothing left to do

@@ -81,6 +81,20 @@ def fingerprint(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What changes whenever a file's content may have: device, inode, size, mtime and ctime (ns).
+    ctime cannot be set back by a writer, so an unchanged stamp means unchanged bytes."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def hashed_stamp(path: Path) -> tuple[int, str, tuple | None]:
+    """`fingerprint` plus the file's stamp, or None for the stamp when the file changed while it was read."""
+    before = stamp(os.stat(path))
+    size, digest = fingerprint(path)
+    after = stamp(os.stat(path))
+    return size, digest, before if before == after and before[2] == size else None
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     return fingerprint(path)[1]

@@ -104,3 +104,18 @@ async def test_checksum_mismatch_starts_the_file_over(tmp_path, cloud):
     result = await upload_file(client, f)
     assert result.bytes_sent == f.size  # everything was sent again after the mismatch
     assert (await client.status(file_id)).state is FileState.COMMITTED
+
+
+async def test_an_unchanged_file_is_deleted_without_being_read_again(tmp_path, cloud, monkeypatch):
+    from capsync.actors import uploader
+
+    _, client = cloud
+    f, file_id = _plain_file(tmp_path, 3 * 1024 * 1024)
+
+    def no_second_read(path):
+        raise AssertionError("the file was hashed again although its stamp had not changed")
+
+    monkeypatch.setattr(uploader, "fingerprint", no_second_read)
+    result = await upload_file(client, f)
+    assert result.bytes_sent == f.size and not f.path.exists()
+    assert (await client.status(file_id)).state is FileState.COMMITTED
