@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 
@@ -83,13 +83,25 @@ def log_lines(log: Path) -> list[dict]:
 # --- processes ----------------------------------------------------------------------------------
 
 
-class Process:
-    """One child process whose stdout and stderr go to `log` (appended)."""
+def child_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """This process's environment for a child, unbuffered, with `extra` set over it (a None value unsets)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+
+class Process:
+    """One child process whose stdout and stderr go to `log` (appended); `env` is set over ours."""
+
+    def __init__(self, argv: list[str], log: Path, env: Mapping[str, str | None] | None = None) -> None:
         self.argv = argv
         self.log = log
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.env = dict(env or {})
+        env = child_env(env)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, cwd=REPO)
 
@@ -124,13 +136,16 @@ class Process:
 
 
 class CloudProcess(Process):
-    """`capsync cloud serve` on 127.0.0.1; `url` and `port` once it listens."""
+    """`capsync cloud serve` on 127.0.0.1; `url` and `port` once it listens. `args` are more options
+    of `serve` (say `--store URL --blobs s3://...`), `env` more environment (say AWS_*)."""
 
-    def __init__(self, data_dir: Path, log: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, log: Path, port: int = 0, args: Sequence[str] = (),
+                 env: Mapping[str, str | None] | None = None) -> None:
         self.data_dir = data_dir
+        self.args = tuple(args)
         self._from = log.stat().st_size if log.exists() else 0
         super().__init__([sys.executable, "-m", "capsync", "cloud", "serve", "--data-dir", str(data_dir),
-                          "--port", str(port), "--log-format", "json"], log)
+                          "--port", str(port), "--log-format", "json", *self.args], log, env)
         self.url = ""
         self.port = port
 
@@ -149,20 +164,21 @@ class CloudProcess(Process):
         raise AssertionError(f"cloud did not start listening within {timeout:g} s:\n{self.text()[-3000:]}")
 
 
-def add_part(data_dir: Path, part_id: str = PART) -> str:
-    """`capsync cloud add-part`: register `part_id` in the cloud's data dir; returns its secret."""
-    out = subprocess.run([sys.executable, "-m", "capsync", "cloud", "add-part", "--data-dir", str(data_dir), part_id],
-                         capture_output=True, text=True, timeout=30, cwd=REPO, check=True)
+def add_part(data_dir: Path, part_id: str = PART, args: Sequence[str] = ()) -> str:
+    """`capsync cloud add-part`: register `part_id` in the cloud's data dir (or the store `args` name,
+    say `--store URL`); returns its secret."""
+    out = subprocess.run([sys.executable, "-m", "capsync", "cloud", "add-part", "--data-dir", str(data_dir), *args,
+                          part_id], capture_output=True, text=True, timeout=30, cwd=REPO, check=True)
     return out.stdout.strip()
 
 
 class AgentProcess(Process):
     """`capsync run CONFIG --log-format json`."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str | None] | None = None) -> None:
         self._runs_before = self._runs(log)
         super().__init__([sys.executable, "-m", "capsync", "run", str(config), "--log-format", "json",
-                          "--status-interval", "0"], log)
+                          "--status-interval", "0"], log, env)
 
     @staticmethod
     def _runs(log: Path) -> int:
@@ -212,14 +228,22 @@ class ProcessKit:
                 except AssertionError:
                     pass
 
-    def start_cloud(self, data_dir: Path | None = None, port: int = 0, *, retry_bind_s: float = 15.0) -> CloudProcess:
+    def spawn_cloud(self, data_dir: Path | None = None, port: int = 0, *, args: Sequence[str] = (),
+                    env: Mapping[str, str | None] | None = None, log: Path | None = None) -> CloudProcess:
+        """Start a cloud without waiting for it (`wait_listening()` does); see start_cloud."""
+        cloud = CloudProcess(data_dir or self.root / "cloud", log or self.root / "cloud.log", port, args, env)
+        self.procs.append(cloud)
+        return cloud
+
+    def start_cloud(self, data_dir: Path | None = None, port: int = 0, *, retry_bind_s: float = 15.0,
+                    args: Sequence[str] = (), env: Mapping[str, str | None] | None = None,
+                    log: Path | None = None) -> CloudProcess:
         """Start a cloud and wait until it listens. With a fixed `port` still held (a killed
-        predecessor's), retry binding for up to `retry_bind_s`."""
-        data_dir = data_dir or self.root / "cloud"
+        predecessor's), retry binding for up to `retry_bind_s`. `args` and `env` go to `serve`
+        (CloudProcess); `log` defaults to `root/cloud.log`."""
         deadline = time.monotonic() + retry_bind_s
         while True:
-            cloud = CloudProcess(data_dir, self.root / "cloud.log", port)
-            self.procs.append(cloud)
+            cloud = self.spawn_cloud(data_dir, port, args=args, env=env, log=log)
             if cloud.wait_listening():
                 return cloud
             cloud.proc.wait(timeout=10)
@@ -232,14 +256,22 @@ class ProcessKit:
         wait_unchanged(lambda: cloud.log.stat().st_size, quiet_s, timeout, "a quiet moment between sync passes")
 
     def restart_cloud(self, old: CloudProcess) -> CloudProcess:
-        """Start a cloud on the port and data dir of `old` (which has stopped)."""
+        """Start a cloud on the port, data dir, options, environment and log of `old` (which has stopped)."""
         assert not old.alive()
-        return self.start_cloud(old.data_dir, old.port)
+        return self.start_cloud(old.data_dir, old.port, args=old.args, env=old.env, log=old.log)
 
-    def start_agent(self, config: Path) -> AgentProcess:
-        """Start the agent on `config` and wait until it says it is running."""
-        agent = AgentProcess(config, self.root / "agent.log")
+    def spawn_agent(self, config: Path, *, log: Path | None = None,
+                    env: Mapping[str, str | None] | None = None) -> AgentProcess:
+        """Start the agent on `config` without waiting (`wait_running()` does); see start_agent."""
+        agent = AgentProcess(config, log or self.root / "agent.log", env)
         self.procs.append(agent)
+        return agent
+
+    def start_agent(self, config: Path, *, log: Path | None = None,
+                    env: Mapping[str, str | None] | None = None) -> AgentProcess:
+        """Start the agent on `config` and wait until it says it is running; `log` defaults to
+        `root/agent.log`, `env` is set over this process's environment."""
+        agent = self.spawn_agent(config, log=log, env=env)
         agent.wait_running()
         return agent
 
@@ -285,8 +317,8 @@ class Record:
 class CloudReader:
     """Reads a part's committed data back through the query API (HTTP Basic auth)."""
 
-    def __init__(self, url: str, secret: str, part_id: str = PART) -> None:
-        self._http = httpx.Client(base_url=url, auth=(part_id, secret), timeout=30)
+    def __init__(self, url: str, secret: str, part_id: str = PART, verify: Any = True) -> None:
+        self._http = httpx.Client(base_url=url, auth=(part_id, secret), timeout=30, verify=verify)
 
     def __enter__(self) -> CloudReader:
         """The reader itself."""

@@ -84,13 +84,18 @@ class S3StandIn:
 
         return S3Blobs(bucket, prefix, self.settings(**settings), scratch_dir=scratch_dir)
 
+    def env(self) -> dict[str, str | None]:
+        """The standard AWS variables pointing at the stand-in, for a child process (tests/processkit.py's
+        `env=`); None marks the variables to unset, which would point it elsewhere."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
+                "AWS_REGION": REGION, "AWS_PROFILE": None, "AWS_SESSION_TOKEN": None, "AWS_ENDPOINT_URL_S3": None}
+
     @contextmanager
     def environ(self) -> Iterator[None]:
         """The standard AWS variables pointing at the stand-in, as a `capsync cloud` run would have them."""
-        env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_REGION": REGION}
-        with mock.patch.dict(os.environ, env):
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        env = self.env()
+        with mock.patch.dict(os.environ, {k: v for k, v in env.items() if v is not None}):
+            for name in (k for k, v in env.items() if v is None):
                 os.environ.pop(name, None)
             yield
 
