@@ -105,13 +105,15 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: float = 30.0,
-               limits: UploadLimits | None = None, blobs: Blobs | None = None) -> Starlette:
+               limits: UploadLimits | None = None, blobs: Blobs | None = None,
+               trusted_proxies: frozenset[str] = frozenset()) -> Starlette:
     """The cloud's ASGI app over `data_dir` (created if missing).
 
     Without `store`, a `SqliteStore` at `<data_dir>/cloud.sqlite` is opened. Verified part
     secrets are cached for `auth_cache_ttl_s` seconds. `limits` are the per-part upload limits
     (capsync.cloud.limits.UploadLimits, its defaults when None). `blobs` holds the file bytes
-    (capsync.cloud.blobs; default: LocalBlobs in `data_dir`). `app.state.cloud` holds the `Cloud`
+    (capsync.cloud.blobs; default: LocalBlobs in `data_dir`). `trusted_proxies` are the addresses of
+    reverse proxies whose X-Forwarded-For is believed (capsync.cloud.http.client_address). `app.state.cloud` holds the `Cloud`
     object (store, blobs, credential cache) for the server and for tests.
     """
     data_dir = Path(data_dir)
@@ -120,7 +122,7 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
         store = SqliteStore(data_dir / DB_NAME)
     parts = PartAdmin(store)
     cloud = Cloud(store=store, blobs=blobs or LocalBlobs(data_dir), credentials=CredentialCache(parts.verify, ttl_s=auth_cache_ttl_s),
-                  limits=limits or UploadLimits(), parts=parts)
+                  limits=limits or UploadLimits(), parts=parts, trusted_proxies=frozenset(trusted_proxies))
     p = API_PREFIX
     routes = [
         Route(f"{p}/health", health, methods=["GET"]),

@@ -57,6 +57,9 @@ def add_cloud_commands(subparsers: Any) -> None:
     s.add_argument("--upload-expiry-days", type=float, default=d.upload_expiry_s / 86_400, metavar="DAYS",
                    help="an upload that received no byte for this long is removed (0: never; default %(default)s)")
     _blobs_option(s)
+    s.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="a reverse proxy in front of this process (repeatable): for its requests the client's "
+                        "address is taken from X-Forwarded-For (sign-in budgets are per address)")
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(func=_command("cmd_serve"))

@@ -226,7 +226,8 @@ async def _serve(args: argparse.Namespace, scheme: str, store: Any, blobs: Any =
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: serve(
                 args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                store=store, limits=_limits(args), blobs=blobs, task_status=task_status,
+                store=store, limits=_limits(args), blobs=blobs, trusted_proxies=frozenset(args.trusted_proxy),
+                task_status=task_status,
             ))
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)

@@ -98,6 +98,9 @@ class Cloud:
     rejections: RejectionLog = field(default_factory=lambda: RejectionLog(log))
     #: Part records for sign-in (capsync.cloud.part_admin.PartAdmin); None checks secrets only.
     parts: Any = None
+    #: Addresses of the reverse proxies in front of this process (`serve --trusted-proxy`): for a
+    #: request from one of them, the client is the one X-Forwarded-For names (see `client_address`).
+    trusted_proxies: frozenset[str] = frozenset()
     #: Every commit goes through it, so that commits arriving together share one transaction.
     committer: GroupCommitter = field(init=False)
     #: Recent part usage, for the quotas of one-request uploads.
@@ -115,7 +118,7 @@ class Cloud:
         if creds is None:
             raise ApiError(401, "unauthorized", "send HTTP Basic auth: user = part id, password = part secret",
                            headers=challenge)
-        address = request.client.host if request.client else ""
+        address = client_address(request, self.trusted_proxies)
         # A cheap read on every request, so a disable or a rotation by the CLI holds at once.
         record = await self.parts.lookup(creds.part_id) if self.parts is not None else None
         version = record.version(time.time_ns()) if record is not None else ""
@@ -136,6 +139,21 @@ class Cloud:
 def cloud_of(request: Request) -> Cloud:
     """The Cloud object of the app serving `request`."""
     return request.app.state.cloud
+
+
+def client_address(request: Request, trusted_proxies: frozenset[str]) -> str:
+    """The address a request comes from: its peer, or, when the peer is a trusted proxy, the last
+    address in X-Forwarded-For that is not one (each proxy appends the address it saw). Sign-in
+    budgets are kept per address, so behind a proxy without this every robot would share the
+    proxy's. A peer that is not trusted cannot set its address with the header."""
+    peer = request.client.host if request.client else ""
+    if peer not in trusted_proxies:
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return hop[:64]
+    return peer
 
 
 def _client(request: Request) -> str:

@@ -74,6 +74,7 @@ async def serve(
     retention_interval_s: float | None = None,
     limits: UploadLimits | None = None,
     blobs: Blobs | None = None,
+    trusted_proxies: frozenset[str] = frozenset(),
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cloud over `data_dir` on host:port until cancelled; `task_status.started(port)`.
@@ -82,12 +83,12 @@ async def serve(
     `tls_cert` and `tls_key` the server speaks HTTPS. Cancellation is a graceful shutdown:
     in-flight requests get `graceful_timeout_s` to finish, then a store serve() opened is closed.
     `limits` are the per-part upload limits (capsync.cloud.limits); `blobs` the file bytes (default:
-    LocalBlobs in `data_dir`). Retention, and with it the
+    LocalBlobs in `data_dir`); `trusted_proxies` the reverse proxies whose X-Forwarded-For is believed. Retention, and with it the
     expiry of abandoned uploads, runs at start and daily after UTC midnight; `retention_interval_s` sweeps every
     that many seconds instead (`math.inf`: only on demand, through `capsync.cloud.app.apply_retention`).
     """
     owns_store = store is None
-    app = create_app(Path(data_dir), store, limits=limits, blobs=blobs)
+    app = create_app(Path(data_dir), store, limits=limits, blobs=blobs, trusted_proxies=trusted_proxies)
     cloud = app.state.cloud
     config = _config(host, port, tls_cert, tls_key, graceful_timeout_s)
     shutdown = trio.Event()

@@ -22,7 +22,7 @@ export AWS_REGION=eu-west-1
 #   capsync cloud add-part --data-dir /tmp/capsync-admin --store "$STORE" robot-0001
 
 capsync cloud serve --port 8787 --data-dir /srv/capsync/cloud-1 --store "$STORE" --blobs "$BLOBS" \
-    --log-format json >>/var/log/capsync/cloud-1.log 2>&1 &
+    --trusted-proxy 127.0.0.1 --log-format json >>/var/log/capsync/cloud-1.log 2>&1 &
 capsync cloud serve --port 8788 --data-dir /srv/capsync/cloud-2 --store "$STORE" --blobs "$BLOBS" \
-    --log-format json >>/var/log/capsync/cloud-2.log 2>&1 &
+    --trusted-proxy 127.0.0.1 --log-format json >>/var/log/capsync/cloud-2.log 2>&1 &
 wait

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 
 import httpx
+import pytest
 import trio
 
-from capsync.cloud.auth import CredentialCache, Credentials
+from capsync.cloud.auth import ADDRESS_BURST, CredentialCache, Credentials
 from tests.test_cloud_support import PART_A, PART_B, SECRET_A, CloudEnv, env  # noqa: F401
 
 
@@ -114,3 +115,30 @@ async def test_a_part_behind_the_same_address_as_a_flood_still_signs_in(env: Clo
         async with _client(env, PART_B, "wrong", nat) as guess:
             statuses.append((await guess.get("/v1/summary")).status_code)
     assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["behind a trusted proxy", "proxy not trusted"])
+async def test_behind_a_proxy_each_robot_keeps_its_own_sign_in_budget(env: CloudEnv, trusted: bool) -> None:
+    """Every request through nginx comes from nginx's address: unless the cloud believes the proxy's
+    X-Forwarded-For (`serve --trusted-proxy`), one stranger's flood of made-up part ids spends the
+    budget of every robot behind it, and a robot that never signed in before gets 429."""
+    proxy = "10.1.1.1"
+    env.app.state.cloud.trusted_proxies = frozenset({proxy} if trusted else set())
+
+    async def through_proxy(part: str, secret: str, origin: str) -> int:
+        async with _client(env, part, secret, proxy) as c:
+            return (await c.get("/v1/files", headers={"X-Forwarded-For": origin})).status_code
+
+    flood = [await through_proxy(f"made-up-{i}", "wrong", "203.0.113.66") for i in range(ADDRESS_BURST + 5)]
+    assert flood.count(429) == 5  # the stranger is throttled either way
+    robot = await through_proxy(PART_A, SECRET_A, "198.51.100.7")
+    assert robot == (200 if trusted else 429)
+
+
+async def test_a_peer_that_is_not_a_trusted_proxy_cannot_choose_its_address(env: CloudEnv) -> None:
+    env.app.state.cloud.trusted_proxies = frozenset({"10.1.1.1"})
+    statuses = []
+    for i in range(ADDRESS_BURST + 5):  # a new made-up origin every time: ignored, the peer is the address
+        async with _client(env, f"made-up-{i}", "wrong", "127.0.0.66") as c:
+            statuses.append((await c.get("/v1/files", headers={"X-Forwarded-For": f"192.0.2.{i}"})).status_code)
+    assert statuses.count(429) == 5
