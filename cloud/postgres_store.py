@@ -407,24 +407,8 @@ class PostgresStore:
     # -- queries ------------------------------------------------------------------------------
 
     def _select(self, db: psycopg.Connection, table: str, part_id: str, q: Query) -> list[dict[str, Any]]:
-        where, args = ["part_id = %s"], [part_id]
-        for col, value in (("resource_type", q.resource_type), ("resource_name", q.resource_name), ("method", q.method)):
-            if value is not None:
-                where.append(f"{col} = %s")
-                args.append(value)
-        if q.start_ns is not None:
-            where.append("requested_ns >= %s")
-            args.append(q.start_ns)
-        if q.end_ns is not None:
-            where.append("requested_ns < %s")
-            args.append(q.end_ns)
-        for tag in q.tags:
-            where.append("tags::jsonb ? %s")
-            args.append(tag)
-        if q.after is not None:
-            where.append("(requested_ns, file_id, record_index) > (%s, %s, %s)")
-            args.extend(q.after)
-        return self._rows(db, f"SELECT * FROM {{s}}.{table} WHERE {' AND '.join(where)} "
+        where, args = q.sql_filter(part_id, "%s", "tags::jsonb ? %s")
+        return self._rows(db, f"SELECT * FROM {{s}}.{table} WHERE {where} "
                               "ORDER BY requested_ns, file_id, record_index LIMIT %s", (*args, q.limit))
 
     async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:

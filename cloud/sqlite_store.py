@@ -297,28 +297,8 @@ class SqliteStore:
     # -- queries ------------------------------------------------------------------------------
 
     def _select(self, table: str, part_id: str, q: Query) -> list[sqlite3.Row]:
-        where = ["part_id = ?"]
-        args: list[Any] = [part_id]
-        for col, value in (("resource_type", q.resource_type), ("resource_name", q.resource_name), ("method", q.method)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                args.append(value)
-        if q.start_ns is not None:
-            where.append("requested_ns >= ?")
-            args.append(q.start_ns)
-        if q.end_ns is not None:
-            where.append("requested_ns < ?")
-            args.append(q.end_ns)
-        for tag in q.tags:
-            where.append("EXISTS (SELECT 1 FROM json_each(tags) AS t WHERE t.value = ?)")
-            args.append(tag)
-        if q.after is not None:
-            where.append("(requested_ns, file_id, record_index) > (?, ?, ?)")
-            args.extend(q.after)
-        sql = (
-            f"SELECT * FROM {table} WHERE {' AND '.join(where)} "
-            "ORDER BY requested_ns, file_id, record_index LIMIT ?"
-        )
+        where, args = q.sql_filter(part_id, "?", "EXISTS (SELECT 1 FROM json_each(tags) AS t WHERE t.value = ?)")
+        sql = f"SELECT * FROM {table} WHERE {where} ORDER BY requested_ns, file_id, record_index LIMIT ?"
         return self._db.execute(sql, (*args, q.limit)).fetchall()
 
     async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:

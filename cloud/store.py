@@ -142,6 +142,30 @@ class Query:
     after: SortKey | None = None
     limit: int = 100
 
+    def sql_filter(self, part_id: str, mark: str, tag_test: str) -> tuple[str, list[Any]]:
+        """For an SQL store: the condition selecting this query's rows of `part_id` (no ORDER BY or
+        LIMIT) and its arguments. `mark` is the driver's placeholder (`?`, `%s`); `tag_test` the
+        store's test that a row's tags hold the tag bound to the one `mark` in it."""
+        where, args = [f"part_id = {mark}"], [part_id]
+        for col, value in (("resource_type", self.resource_type), ("resource_name", self.resource_name),
+                           ("method", self.method)):
+            if value is not None:
+                where.append(f"{col} = {mark}")
+                args.append(value)
+        if self.start_ns is not None:
+            where.append(f"requested_ns >= {mark}")
+            args.append(self.start_ns)
+        if self.end_ns is not None:
+            where.append(f"requested_ns < {mark}")
+            args.append(self.end_ns)
+        for tag in self.tags:
+            where.append(tag_test)
+            args.append(tag)
+        if self.after is not None:
+            where.append(f"(requested_ns, file_id, record_index) > ({mark}, {mark}, {mark})")
+            args.extend(self.after)
+        return " AND ".join(where), args
+
 
 @dataclass(frozen=True)
 class PartUsage:
