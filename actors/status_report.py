@@ -60,6 +60,9 @@ def render_status(s: dict[str, Any]) -> str:
         last = sync.get("last_pass")
         if last:
             lines.append(f"  last pass {_when(last['started_ns'])}: {_pass_summary(last)}")
+        if sync.get("salvaged"):
+            lines.append(f"  damaged capture files salvaged: {sync['salvaged']} (intact records synced, "
+                         "damaged tails and reports in failed/)")
         if sync.get("skipped_by_selective_syncer"):
             lines.append(f"  passes skipped by the selective syncer: {sync['skipped_by_selective_syncer']}")
         if sync.get("cloud_error"):

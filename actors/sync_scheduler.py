@@ -16,8 +16,10 @@ never waits for sync.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,9 @@ from capsync.runtime.capture_file import CaptureFormatError
 from capsync.runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.ready_index import Entry, ReadyIndex, lstat_of
-from capsync.runtime.sync_files import SyncFile, set_aside
+from capsync.runtime.salvage import salvage_damaged_tail
+from capsync.runtime.sync_files import FAILED_DIR, SyncFile, set_aside
+from capsync.runtime.sync_protocol import FileKind
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.faults import FaultPlan
 
@@ -82,6 +86,9 @@ class SyncStats:
     cloud_error: str | None
     #: "Committed" answers that did not state exactly the bytes on disk; each kept its file.
     unverified_commits: int = 0
+    #: Capture files damaged after they were finished whose intact records were synced, their
+    #: damaged tails kept in failed/ with a report (runtime/salvage.py).
+    salvaged: int = 0
 
 
 @dataclass
@@ -133,7 +140,7 @@ class SyncScheduler:
         self._cloud_error: str | None = None
         self._trigger = trio.Event()
         self._pass_done = trio.Event()
-        self._passes = self._synced = self._bytes = self._set_aside = self._unverified = 0
+        self._passes = self._synced = self._bytes = self._set_aside = self._unverified = self._salvaged = 0
         self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
         self._started = False
@@ -184,6 +191,7 @@ class SyncScheduler:
             files_synced=self._synced,
             bytes_sent=self._bytes,
             set_aside=self._set_aside,
+            salvaged=self._salvaged,
             passes=self._passes,
             skipped_by_selective_syncer=self._skipped,
             last_pass=self._last,
@@ -266,6 +274,18 @@ class SyncScheduler:
 
     async def _upload_one(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], counts: dict,
                           outage: trio.Event, pass_error: list[str]) -> None:
+        retry: SyncFile | None = f
+        try:
+            while retry is not None:
+                retry = await self._attempt(entry, retry, capture_dirs, counts, outage, pass_error)
+        finally:
+            self._in_flight.discard(f.path)
+            self._limiter.release_on_behalf_of(entry)
+
+    async def _attempt(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], counts: dict,
+                       outage: trio.Event, pass_error: list[str]) -> SyncFile | None:
+        """Upload `f` once and count how it went; the file to upload at once instead (a damaged
+        capture file cut back to its intact records), else None."""
         try:
             result = await self.upload(self._client, f, faults=self.faults)
         except CloudUnavailable as exc:
@@ -283,6 +303,9 @@ class SyncScheduler:
                                   "keeping it (see unverified_commits in sync statistics)",
                                   cloud=self._client.base_url, path=str(f.path), reason=exc.reason)
         except UploadRejected as exc:
+            retry = await self._salvage(f, capture_dirs, str(exc)) if f.kind is FileKind.CAPTURE else None
+            if retry is not None:  # its intact records, cut free of a damaged tail, go up now
+                return retry
             counts["failed"] += 1
             self._reject(entry, f, capture_dirs, str(exc))
         except CaptureFormatError as exc:  # not a capture file at all: the cloud would refuse it too
@@ -306,9 +329,7 @@ class SyncScheduler:
                         r.not_before = 0.0
             self._cloud_error = None
             self._cloud_log.ok("cloud", "cloud reachable again", cloud=self._client.base_url)
-        finally:
-            self._in_flight.discard(f.path)
-            self._limiter.release_on_behalf_of(entry)
+        return None
 
     async def _selective_skip(self) -> str | None:
         """Why the selective syncer says not to sync now, or None to go ahead."""
@@ -330,6 +351,28 @@ class SyncScheduler:
         r.attempts += 1
         r.not_before = trio.current_time() + delay
         r.errors = (r.errors + [error])[-3:]
+
+    async def _salvage(self, f: SyncFile, capture_dirs: list[Path], error: str) -> SyncFile | None:
+        """For a capture file the cloud refused: cut it back to its intact records and keep its
+        damaged tail in failed/ with a report (runtime/salvage.py); the file to upload instead, or
+        None when there is nothing to salvage (it is then set aside whole)."""
+        home = f.root if f.root in capture_dirs else None
+        if home is None:
+            return None
+        try:
+            done = await run_blocking(salvage_damaged_tail, f.path, home / FAILED_DIR, f.name)
+        except OSError as exc:
+            log.warning("could not salvage a damaged capture file", extra={"path": str(f.path), "error": str(exc)})
+            return None
+        if done is None:
+            return None
+        self._salvaged += 1
+        log.error("capture file damaged after it was finished: its intact records sync, the damaged tail is set "
+                  "aside", extra={"path": str(f.path), "offset": done.offset, "reason": done.reason,
+                                  "intact_records": done.intact_records, "tail": str(done.tail),
+                                  "report": str(done.report), "cloud_said": error})
+        st = await run_blocking(os.stat, f.path)
+        return dataclasses.replace(f, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
     def _reject(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], error: str) -> None:
         home = f.root if f.root in capture_dirs else (capture_dirs[0] if capture_dirs else None)

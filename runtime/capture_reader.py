@@ -303,6 +303,21 @@ def iter_capture(path: Path) -> Iterator[CaptureItem]:
         yield item
 
 
+def intact_prefix(path: Path) -> tuple[CaptureHeader, int, int, Damage | None]:
+    """(header, intact records, byte offset where they end, the damage after them or None) of a
+    capture file, streamed. CaptureFormatError when the header is unreadable."""
+    header, records, good, damage = None, 0, 0, None
+    for _start, end, item in _walk(path):
+        if isinstance(item, Damage):
+            damage = item
+        elif isinstance(item, CaptureRecord):
+            records, good = records + 1, end
+        else:
+            header, good = item, end
+    assert header is not None
+    return header, records, good, damage
+
+
 def iter_capture_bytes(data: bytes, name: str = "<upload>") -> Iterator[CaptureItem]:
     """`iter_capture` over a capture file held in memory (`name` stands for it in errors)."""
     for _start, _end, item in _walk_open(name, io.BytesIO(data), len(data)):
