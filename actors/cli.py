@@ -22,7 +22,7 @@ from capsync.runtime import rpc
 from capsync.cloud.cli import add_cloud_commands
 from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
 from capsync.runtime.config import ConfigError, load_config, parse_config
-from capsync.runtime.logs import configure_logging
+from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
 
 log = logging.getLogger("capsync.cli")
 
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent on a config until SIGINT/SIGTERM")
     run.add_argument("config", type=Path)
     run.add_argument("--log-format", choices=["text", "json"], default="text")
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--log-level", default="INFO", type=log_level, choices=LOG_LEVELS)
     run.add_argument("--status-interval", type=float, default=30.0, metavar="SECS",
                      help="log a status line this often (0: never)")
     run.set_defaults(func=cmd_run)

@@ -5,7 +5,8 @@ manage parts (list, disable, enable, remove, rotate secrets) and apply retention
 returns the exit code); `python -m capsync.cloud.cli` runs them alone. The commands themselves
 are in cloud/commands.py, imported only when one runs: an agent's `capsync run` builds this
 parser too, and must not carry the cloud's web server and database in its memory. Exit codes: 0
-success, 1 runtime failure, 2 bad input (bad usage, existing part without --rotate).
+success, 1 runtime failure, 2 bad input (bad usage, existing part without --rotate), 130
+interrupted again while stopping.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from capsync.cloud.limits import UploadLimits
+from capsync.runtime.logs import LOG_LEVELS, log_level
 from capsync.cloud.s3_uri import parse_uri
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+#: Interrupted again (Ctrl-C) while stopping: the shell's convention for SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -61,7 +65,7 @@ def add_cloud_commands(subparsers: Any) -> None:
                    help="a reverse proxy in front of this process (repeatable): for its requests the client's "
                         "address is taken from X-Forwarded-For (sign-in budgets are per address)")
     s.add_argument("--log-format", choices=["text", "json"], default="text")
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-level", default="INFO", type=log_level, choices=LOG_LEVELS)
     s.set_defaults(func=_command("cmd_serve"))
 
     a = sub.add_parser("add-part", help="register a part and print its new secret")

@@ -6,6 +6,7 @@ the exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import trio
 from capsync.cloud.app import apply_retention, create_app
 from capsync.cloud.auth import PART_ID_RE, new_secret
 from capsync.cloud.blobs import BlobsUnavailable
-from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, _limits
+from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, _limits
 from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.server import serve
 from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
@@ -162,20 +163,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         trio.run(_serve_until_signal, args)
-    except BlobsUnavailable as exc:
-        log.error("cannot use the object store", extra={"error": str(exc)})
-        return EXIT_FAILURE
-    except StoreUnavailable as exc:
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        print("capsync cloud serve: interrupted while stopping", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _serve_failed(args, _leaf(exc))
+    return EXIT_OK
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The error inside the nurseries' exception groups (the first one, when there are several)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _serve_failed(args: argparse.Namespace, exc: BaseException) -> int:
+    """Say in one line why `serve` could not run, and how to fix it; the exit code."""
+    if isinstance(exc, BlobsUnavailable):
+        log.error("cannot use the object store; check --blobs and the AWS_* settings", extra={"error": str(exc)})
+    elif isinstance(exc, StoreUnavailable):
         log.error("cannot reach the store; check --store and that the database server is up",
                   extra={"error": str(exc)})
-        return EXIT_FAILURE
-    except OSError as exc:
-        log.error("cannot serve", extra={"error": str(exc), "host": args.host, "port": args.port})
-        return EXIT_FAILURE
-    except Exception:
-        log.exception("cloud failed")
-        return EXIT_FAILURE
-    return EXIT_OK
+    elif isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        log.error(f"port {args.port} on {args.host} is in use; stop what holds it or pick another --port",
+                  extra={"host": args.host, "port": args.port})
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        log.error(f"cannot use {exc.filename}: {exc.strerror}; pick a --data-dir (or file) this user can write",
+                  extra={"data_dir": str(args.data_dir)})
+    elif isinstance(exc, OSError):
+        log.error(f"cannot serve: {exc}", extra={"host": args.host, "port": args.port})
+    else:
+        log.error("cloud failed", exc_info=exc)
+    return EXIT_FAILURE
 
 
 def cmd_retention(args: argparse.Namespace) -> int:

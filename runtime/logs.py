@@ -61,6 +61,15 @@ def _text_value(v: Any) -> str:
     return json.dumps(s) if (" " in s or not s) else s
 
 
+#: The values `--log-level` takes (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level(value: str) -> str:
+    """`--log-level`'s argparse type: a LOG_LEVELS name in any case (argparse says which are valid)."""
+    return value.upper()
+
+
 def configure_logging(fmt: str = "text", level: str | int = "INFO", stream: TextIO | None = None) -> None:
     """Send all `capsync.*` and root logs to `stream` (stderr by default) in format `fmt` (text or json)."""
     if fmt not in ("text", "json"):

@@ -1,0 +1,49 @@
+"""`capsync cloud serve` that cannot start says why in one line with the fix, and exits 1 or 2:
+no traceback and no exception group (issue 16, item 11, for the cloud)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "capsync", "cloud", "serve", *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+
+
+def _error_lines(out: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in out.stderr.splitlines() if "ERROR" in line or "error:" in line]
+
+
+def test_a_port_in_use_is_one_line_naming_the_port_and_the_fix(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = _serve("--data-dir", str(tmp_path / "cloud"), "--port", str(port))
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "ExceptionGroup" not in out.stderr
+    (line,) = _error_lines(out)
+    assert f"port {port}" in line and "in use" in line and "--port" in line
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses /proc, where nothing can be created")
+def test_a_data_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path: Path) -> None:
+    out = _serve("--data-dir", "/proc/no-such-thing/cloud", "--port", "0")
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = _error_lines(out)
+    assert "/proc/no-such-thing" in line and "--data-dir" in line
+
+
+def test_an_unknown_log_level_is_a_usage_error_listing_the_levels(tmp_path: Path) -> None:
+    out = _serve("--data-dir", str(tmp_path / "cloud"), "--log-level", "verbose")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--log-level" in out.stderr and "'DEBUG', 'INFO', 'WARNING', 'ERROR'" in out.stderr
