@@ -1,6 +1,7 @@
 """The `capsync` command line: run the agent, validate a config, inspect capture files.
 
-Exit codes: 0 success, 1 runtime failure, 2 bad input (bad config, unreadable file, bad usage).
+Exit codes: 0 success, 1 runtime failure, 2 bad input (bad config, unreadable file, bad usage),
+130 interrupted again while stopping.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
 log = logging.getLogger("capsync.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+#: Interrupted again (Ctrl-C) while stopping: the shell's convention for SIGINT.
+EXIT_INTERRUPTED = 130
 DEFAULT_CONTROL_ADDRESS = "127.0.0.1:8791"
 
 
@@ -169,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = Agent(config, config_path=args.config, config_text=text)
     try:
         trio.run(_run_until_signal, agent, args.status_interval)
+    except KeyboardInterrupt:  # a second Ctrl-C while the open files were being finished
+        log.warning("interrupted again while stopping; the next start recovers every open capture file")
+        return EXIT_INTERRUPTED
     except Exception:
         log.exception("agent failed")
         return EXIT_FAILURE
