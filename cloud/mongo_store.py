@@ -308,14 +308,10 @@ class MongoStore:
         for coll, kind in ((self.readings, "tabular"), (self.binary, "binary")):
             for g in coll.aggregate([{"$match": {"part_id": part_id, "live": True}}, {"$group": group}]):
                 counts[(g["_id"]["t"], g["_id"]["n"], g["_id"]["m"], kind)] = (g["n"], g["first"], g["last"])
-        files: dict[tuple[str, str, str, str], list[Any]] = {}
-        for d in self.files.find({"part_id": part_id, "live": True, "expired_ns": None},
-                                 {"resource_type": 1, "resource_name": 1, "method": 1, "data_kind": 1, "size": 1, "tags": 1}):
-            k = (d.get("resource_type", ""), d.get("resource_name", ""), d.get("method", ""), d.get("data_kind") or "binary")
-            entry = files.setdefault(k, [0, 0, set()])
-            entry[0], entry[1] = entry[0] + 1, entry[1] + d.get("size", 0)
-            entry[2].update(d.get("tags", ()))
-        return summaries(counts, files)
+        files = self.files.find({"part_id": part_id, "live": True, "expired_ns": None},
+                                {"resource_type": 1, "resource_name": 1, "method": 1, "data_kind": 1, "size": 1, "tags": 1})
+        return summaries(counts, ((d.get("resource_type", ""), d.get("resource_name", ""), d.get("method", ""),
+                                   d.get("data_kind"), d.get("size", 0), d.get("tags", ())) for d in files))
 
     async def summary(self, part_id: str) -> list[ResourceSummary]:
         """Per capture method of the part: items, time range, files, bytes and tags."""

@@ -356,16 +356,11 @@ class SqliteStore:
                 f"WHERE part_id = ? GROUP BY {key}", (part_id,),
             ):
                 counts[(r[0], r[1], r[2], kind)] = (r[3], r[4], r[5])
-        files: dict[tuple[str, str, str, str], list[Any]] = {}
-        for r in self._db.execute(
+        files = self._db.execute(
             "SELECT resource_type, resource_name, method, data_kind, size, tags FROM files "
             "WHERE part_id = ? AND expired_ns IS NULL", (part_id,),
-        ):
-            entry = files.setdefault((r[0], r[1], r[2], r[3] or "binary"), [0, 0, set()])
-            entry[0] += 1
-            entry[1] += r[4]
-            entry[2].update(json.loads(r[5]))
-        return summaries(counts, files)
+        )
+        return summaries(counts, ((*r[:5], json.loads(r[5])) for r in files))
 
     async def summary(self, part_id: str) -> list[ResourceSummary]:
         """Per capture method of the part: items, time range, files, bytes and tags."""

@@ -16,7 +16,7 @@ chosen by agents, so each part has its own namespace and no part can see another
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from capsync.runtime.sync_protocol import FileKind
 
@@ -204,13 +204,21 @@ class ResourceSummary:
     tags: tuple[str, ...] = ()
 
 
-def summaries(counts: dict[tuple, list], files: dict[tuple, list]) -> list[ResourceSummary]:
-    """ResourceSummary rows from per-method `counts` ([items, first_ns, last_ns]) and `files`
-    ([files, bytes, tags]), both keyed by (type, name, method, data kind); shared by the stores."""
+def summaries(counts: dict[tuple, Sequence], files: Iterable[tuple[str, str, str, str | None, int, Iterable[str]]],
+              ) -> list[ResourceSummary]:
+    """ResourceSummary rows from per-method `counts` ((items, first_ns, last_ns) keyed by (type,
+    name, method, data kind)) and the part's unexpired `files` as (type, name, method, data kind,
+    size, tags) (a plain file's data kind is empty: it counts as binary); shared by the stores."""
+    totals: dict[tuple, list[Any]] = {}
+    for rtype, name, method, data_kind, size, tags in files:
+        entry = totals.setdefault((rtype, name, method, data_kind or "binary"), [0, 0, set()])
+        entry[0] += 1
+        entry[1] += size
+        entry[2].update(tags)
     out = []
     for k in sorted(counts):
         n, first, last = counts[k]
-        nfiles, size, tags = files.get(k, [0, 0, set()])
+        nfiles, size, tags = totals.get(k, [0, 0, set()])
         out.append(ResourceSummary(*k, items=n, first_ns=first, last_ns=last, files=nfiles, bytes=size,
                                    tags=tuple(sorted(tags))))
     return out
