@@ -44,7 +44,7 @@ class Pki:
 
 
 def make_pki(directory: Path) -> Pki:
-    """Make a throwaway CA and a server certificate for 127.0.0.1 with `openssl` (as tests/test_tls.py does)."""
+    """Make a throwaway CA and a server certificate for 127.0.0.1 and localhost with `openssl`."""
     if shutil.which("openssl") is None:
         raise NginxUnavailable("no openssl to make the test certificate")
     directory.mkdir(parents=True, exist_ok=True)

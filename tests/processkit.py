@@ -14,6 +14,7 @@ union of both sides is checked for duplicated times, missing ticks and grid brea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -162,6 +163,17 @@ class CloudProcess(Process):
                 return False
             time.sleep(0.02)
         raise AssertionError(f"cloud did not start listening within {timeout:g} s:\n{self.text()[-3000:]}")
+
+
+def old_file(path: Path, size: int) -> str:
+    """Write `size` random bytes with an mtime a minute ago (past the agent's 10 s rule for
+    additional_sync_paths); returns their sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    path.write_bytes(data)
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    return hashlib.sha256(data).hexdigest()
 
 
 def add_part(data_dir: Path, part_id: str = PART, args: Sequence[str] = ()) -> str:

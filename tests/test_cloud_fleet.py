@@ -48,7 +48,7 @@ from tests.nginx_kit import Nginx, NginxUnavailable, start_nginx
 from tests.postgres_kit import PostgresServer, postgres_server  # noqa: F401
 from tests.processkit import (
     CAMERA, SENSOR, CloudProcess, CloudReader, ProcessKit, account, add_part, agent_config, local_capture_files,
-    log_lines, set_aside_files, wait_for,
+    log_lines, old_file, set_aside_files, wait_for,
 )
 from tests.roundrobin_proxy import RoundRobinProxy
 from tests.s3_standin import S3StandIn, s3_bucket, s3_standin  # noqa: F401
@@ -295,16 +295,6 @@ def served_by_each(clouds: list[CloudProcess], part: str, secret: str, reader: C
 # --- robots ---------------------------------------------------------------------------------------
 
 
-def write_big_file(path: Path) -> str:
-    """BIG random bytes with an mtime a minute ago (past the agent's 10 s rule); returns the sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = os.urandom(BIG)
-    path.write_bytes(data)
-    past = time.time() - 60
-    os.utime(path, (past, past))
-    return hashlib.sha256(data).hexdigest()
-
-
 def stop_capturing(config: Path) -> None:
     """Edit the agent's config as an operator would (a new file renamed over it): capture_disabled."""
     cfg = json.loads(config.read_text())
@@ -373,7 +363,7 @@ def test_two_cloud_processes_behind_a_balancer_lose_and_duplicate_nothing_when_o
 
         # Three robots; the third syncs a big file over a slow link (the fault proxy, throttled).
         roots = [tmp_path / f"agent-{i}" for i in (1, 2, 3)]
-        digest = write_big_file(roots[2] / "extra" / "big.bin")
+        digest = old_file(roots[2] / "extra" / "big.bin", BIG)
         link = stack.enter_context(ProxyThread("127.0.0.1", int(balancer.url.rsplit(":", 1)[1])))
         link.throttle(LINK_BYTES_PER_S, direction="up")
         scheme = balancer.url.split(":", 1)[0]

@@ -31,7 +31,7 @@ from capsync.runtime.sync_protocol import FileKind
 from tests.cloudkit import InProcessCloud, all_pages
 from tests.processkit import (
     CAMERA, SENSOR, CloudReader, ProcessKit, Record, account, add_part, agent_config, created_ns,
-    grid_check, local_capture_files, log_lines, set_aside_files, wait_for, wait_unchanged,
+    grid_check, local_capture_files, log_lines, old_file, set_aside_files, wait_for, wait_unchanged,
 )
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals to child processes")
@@ -41,16 +41,6 @@ INTERVAL_S = INTERVAL_MINS * 60
 PERIODS = {SENSOR: 50_000_000, CAMERA: 500_000_000}  # 20 Hz, 2 Hz
 MIB = 1024 * 1024
 PART_ID = "part-a"
-
-
-def _old_file(path: Path, size: int) -> str:
-    """Write `size` random bytes with an mtime a minute ago (past the 10 s rule); returns the sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = os.urandom(size)
-    path.write_bytes(data)
-    past = time.time() - 60
-    os.utime(path, (past, past))
-    return hashlib.sha256(data).hexdigest()
 
 
 def _msgs(log: Path, msg: str) -> list[dict]:
@@ -139,7 +129,7 @@ def test_cloud_outage_loses_and_duplicates_nothing_and_the_backlog_drains(tmp_pa
 def test_upload_cut_mid_body_resumes_from_the_clouds_offset_and_commits_once(tmp_path):
     size = 20 * MIB
     extra = tmp_path / "extra"
-    digest = _old_file(extra / "big.bin", size)
+    digest = old_file(extra / "big.bin", size)
     with ProcessKit(tmp_path) as kit:
         cloud = kit.start_cloud()
         secret = add_part(cloud.data_dir)
@@ -163,7 +153,7 @@ def test_upload_cut_mid_body_resumes_from_the_clouds_offset_and_commits_once(tmp
 
 def test_agent_sigkill_during_uploads_then_restart_loses_and_duplicates_nothing(tmp_path):
     extra = tmp_path / "extra"
-    digests = {f"f{i}.bin": _old_file(extra / f"f{i}.bin", 5 * MIB) for i in range(3)}
+    digests = {f"f{i}.bin": old_file(extra / f"f{i}.bin", 5 * MIB) for i in range(3)}
     total = 15 * MIB
     with ProcessKit(tmp_path) as kit:
         cloud = kit.start_cloud()
@@ -200,7 +190,7 @@ def test_agent_sigkill_during_uploads_then_restart_loses_and_duplicates_nothing(
 
 def test_wrong_secret_is_refused_and_files_stay_local(tmp_path):
     extra = tmp_path / "extra"
-    digest = _old_file(extra / "keep.bin", 4096)
+    digest = old_file(extra / "keep.bin", 4096)
     with ProcessKit(tmp_path) as kit:
         cloud = kit.start_cloud()
         secret = add_part(cloud.data_dir)

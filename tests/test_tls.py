@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import ssl
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,25 +22,15 @@ from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.config import parse_config
 from capsync.runtime.remote import RESOURCES_PATH
 from tests.helpers import free_port
+from tests.nginx_kit import make_pki
 from tests.test_remote import B_SECRET, part_b_config, until
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, Path]:
     """A CA, and a certificate it signed for 127.0.0.1 and localhost (PEM files)."""
-    d = tmp_path_factory.mktemp("pki")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=capsync test CA",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "server.key", "-out", "server.csr")
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem")
-    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    made = make_pki(tmp_path_factory.mktemp("pki"))
+    return {"ca": made.ca, "cert": made.cert, "key": made.key}
 
 
 async def _tls_part_b(nursery, pki) -> tuple[Agent, int]:
