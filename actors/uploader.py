@@ -151,7 +151,7 @@ def _read_small(f: SyncFile, limit: int) -> tuple[bytes | None, str, str, tuple 
         return None, "", "", None
     digest = hashlib.sha256(data).hexdigest()
     seen = before if stamp(os.stat(f.path)) == before and before[2] == len(data) else None
-    return data, digest, file_id_of(f, digest), seen
+    return data, digest, file_id_of(f, digest, data), seen
 
 
 async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: UploadStart, data: bytes,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from capsync.runtime.capture_file import iter_capture
+from capsync.runtime.capture_file import iter_capture, iter_capture_bytes
 from capsync.runtime.capture_writer import make_private_dirs
 from capsync.runtime.sync_protocol import FileKind
 
@@ -58,11 +58,11 @@ def stable_file_id(path: Path, size: int, mtime_ns: int, sha256: str) -> str:
     return "f" + digest[:31]
 
 
-def file_id_of(f: SyncFile, sha256: str) -> str:
-    """The upload id of `f` whose bytes hash to `sha256`: a capture file's own id from its header,
-    or the stable id of a plain file."""
+def file_id_of(f: SyncFile, sha256: str, data: bytes | None = None) -> str:
+    """The upload id of `f` whose bytes hash to `sha256`: a capture file's own id from its header
+    (read from `data`, its bytes, when the caller has them), or the stable id of a plain file."""
     if f.kind is FileKind.CAPTURE:
-        items = iter_capture(f.path)
+        items = iter_capture(f.path) if data is None else iter_capture_bytes(data, str(f.path))
         try:
             return next(items).file_id
         finally:
