@@ -22,7 +22,7 @@ from capsync.actors.status_report import render_status
 from capsync.runtime import rpc
 from capsync.cloud.cli import add_cloud_commands
 from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
-from capsync.runtime.config import ConfigError, load_config, parse_config
+from capsync.runtime.config import ConfigError, load_config, log_warnings, parse_config
 from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
 
 log = logging.getLogger("capsync.cli")
@@ -54,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", type=log_level, choices=LOG_LEVELS)
     run.add_argument("--status-interval", type=float, default=30.0, metavar="SECS",
                      help="log a status line this often (0: never)")
+    run.add_argument("--strict", action="store_true", help="refuse to start when the config has warnings")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config; exit 0 if good, 2 with every problem if not")
     val.add_argument("config", type=Path, nargs="+")
+    val.add_argument("--strict", action="store_true", help="treat warnings as problems (exit 2)")
     val.set_defaults(func=cmd_validate)
 
     ins = sub.add_parser("inspect", help="print capture files as JSON lines (header, then records)")
@@ -94,8 +96,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
             code = EXIT_BAD_INPUT
             continue
         plans = cfg.capture_plan()
-        print(f"{path}: ok ({len(plans)} capture method{'s' if len(plans) != 1 else ''} enabled)")
+        enabled = f"{len(plans)} capture method{'s' if len(plans) != 1 else ''} enabled"
+        if cfg.warnings and args.strict:
+            print(f"{path}: invalid with --strict ({enabled}; {_count(cfg.warnings, 'warning')})", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+        else:
+            print(f"{path}: ok ({enabled}" + (f"; {_count(cfg.warnings, 'warning')})" if cfg.warnings else ")"))
+        for issue in cfg.warnings:
+            print(f"  warning: {issue}", file=sys.stderr)
     return code
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -168,6 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             log.error("invalid config", extra={"config": str(args.config), "where": issue.path,
                                                "problem": issue.message})
+        return EXIT_BAD_INPUT
+    log_warnings(config, log)
+    if config.warnings and args.strict:
+        log.error("not starting: the config has warnings and --strict is set",
+                  extra={"config": str(args.config), "warnings": len(config.warnings)})
         return EXIT_BAD_INPUT
     agent = Agent(config, config_path=args.config, config_text=text)
     try:

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from capsync.runtime.config import ConfigError, RobotConfig, parse_config
+from capsync.runtime.config import ConfigError, RobotConfig, log_warnings, parse_config
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.faults import FaultPlan
@@ -111,6 +111,7 @@ class ConfigWatcher:
         self.revision = revision
         self._rejected = None
         log.info("config revision applied", extra={"revision": revision, "path": str(self.path)})
+        log_warnings(config, log, revision=revision)
 
     def _reject(self, revision: int, issues: list[str]) -> None:
         self._rejected = Rejected(revision, tuple(issues))

@@ -14,12 +14,14 @@ validating walk in `capsync.runtime.config_build`; docs/config.md is the referen
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from capsync.runtime.config_build import Builder, CaptureMethodPlan, ConfiguredMethod, RemoteConfig, ResourceRef
+from capsync.runtime.config_structure import structure_warnings
 from capsync.runtime.config_models import (
     CloudConfig,
     ConfigError,
@@ -34,7 +36,7 @@ from capsync.runtime.resources.methods import DataKind
 __all__ = [
     "CaptureMethodPlan", "CloudConfig", "ConfigError", "ConfigIssue", "DataKind", "DataManagerAttributes",
     "MongoCaptureConfig", "NetworkConfig", "RemoteConfig", "ResourceRef", "RetentionPolicy", "RobotConfig",
-    "load_config", "parse_config", "validate_file",
+    "load_config", "log_warnings", "parse_config", "validate_file",
 ]
 
 
@@ -99,6 +101,13 @@ def load_config(path: str | Path) -> RobotConfig:
     return parse_config(text, str(path))
 
 
+def log_warnings(config: RobotConfig, logger: logging.Logger, **extra: Any) -> None:
+    """Log each of `config`'s warnings (allowed but probably not meant) as one structured line."""
+    for w in config.warnings:
+        logger.warning("config warning", extra={"config": config.source, "where": w.path or "(document)",
+                                                "problem": w.message, "fix": w.hint, **extra})
+
+
 def validate_file(path: str | Path) -> list[ConfigIssue]:
     """Every problem of the config file at `path`; [] when it is valid."""
     try:
@@ -115,7 +124,8 @@ def parse_config(text: str, source: str = "<config>") -> RobotConfig:
         b = Builder(source).build(doc)
     except RecursionError:
         raise ConfigError([ConfigIssue("", f"{source} is nested too deeply", "flatten the JSON")], source) from None
-    return RobotConfig(source, doc, b.data_manager, b.cloud, b.network, b.remotes, b.warnings, b.resources, b.methods)
+    warnings = structure_warnings(doc) + b.warnings
+    return RobotConfig(source, doc, b.data_manager, b.cloud, b.network, b.remotes, warnings, b.resources, b.methods)
 
 
 # ---------------------------------------------------------------------------------------------

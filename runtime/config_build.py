@@ -140,6 +140,7 @@ class Builder:
         self.issues: list[ConfigIssue] = []
         self.warnings: list[ConfigIssue] = []
         self.methods: list[ConfiguredMethod] = []
+        self.dm_path = "services"  # the data manager's JSON path, once found
 
     def issue(self, path: str, message: str, hint: str = "") -> None:
         self.issues.append(ConfigIssue(path, message, hint))
@@ -163,8 +164,13 @@ class Builder:
             self.warnings.append(ConfigIssue("", f"capture_disabled is true: none of the {len(self.methods)} "
                                              "configured capture methods runs"))
         if dm is not None and dm.selective_syncer_name and dm.selective_syncer_name not in {r.name for r in resources}:
-            self.warnings.append(ConfigIssue("", f"selective_syncer_name {dm.selective_syncer_name!r} names no "
-                                             "resource in this config"))
+            names = [r.name for r in resources]
+            close = suggest(dm.selective_syncer_name, names)
+            self.warnings.append(ConfigIssue(f"{self.dm_path}.attributes.selective_syncer_name",
+                                             f"selective_syncer_name {dm.selective_syncer_name!r} names no resource "
+                                             "in this config" + (f"; did you mean {close!r}?" if close else ""),
+                                             "name a sensor of this config: " + ", ".join(names) if names else
+                                             "add the selective syncer sensor to the config"))
         return Built(dm, cloud or CloudConfig(), network or NetworkConfig(), remotes, self.warnings,
                      tuple(resources + remote_refs), tuple(self.methods))
 
@@ -237,7 +243,7 @@ class Builder:
                         self.issue(path, f"a second data_manager service (the first is {dm_path})",
                                    "a part has at most one data_manager service: merge them")
                         continue
-                    dm_path = path
+                    dm_path = self.dm_path = path
                     dm = validate_section(DataManagerAttributes, attributes or {}, f"{path}.attributes", self.issues)
                     continue
                 if name is None or rtype is None or model is None:
