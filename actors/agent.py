@@ -35,12 +35,12 @@ import httpx
 import trio
 
 from capsync.actors.agent_api import agent_handlers
-from capsync.actors.collector import Collector, CollectorSettings, CollectorStats
+from capsync.actors.collector import Collector, CollectorSettings, CollectorStats, collector_name
 from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
 from capsync.actors.control import ControlEndpoint
 from capsync.actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
 from capsync.actors.mongo_sink import MongoSink, MongoSinkStats
-from capsync.actors.reconcile import diff_configs
+from capsync.actors.reconcile import ConfigDiff, diff_configs
 from capsync.actors.resource_server import ResourceServer, ResourceServerStats
 from capsync.actors.sync_scheduler import SyncScheduler, SyncStats
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
@@ -397,6 +397,7 @@ class Agent:
             diff = diff_configs(old, new)
             log.info("applying config", extra={"revision": revision, "changes": diff.summary()})
             by_key = {c.plan.key: name for name, c in self.collectors.items()}
+            _log_collector_changes(diff, by_key, revision)
             for key in [*diff.removed, *(p.key for p in diff.restarted)]:
                 if key in by_key:
                     await self._stop_collector(by_key[key])
@@ -475,3 +476,18 @@ class Agent:
             remotes=self.remotes.statistics(),
             served=self.resource_server.statistics() if self.resource_server else None,
         )
+
+
+def _log_collector_changes(diff: ConfigDiff, by_key: dict[str, str], revision: int | None) -> None:
+    """One line per collector a reload touches, naming it and what changes."""
+    for plan in diff.added:
+        log.info("config change: collector added", extra={"collector": collector_name(plan), "revision": revision,
+                                                           "hz": plan.frequency_hz})
+    for key in diff.removed:
+        log.info("config change: collector removed", extra={"collector": by_key.get(key, key), "revision": revision})
+    for plan in diff.restarted:
+        log.info("config change: collector restarted with new settings",
+                 extra={"collector": collector_name(plan), "revision": revision})
+    for plan in diff.rate_changed:
+        log.info("config change: collector rate changed", extra={"collector": collector_name(plan),
+                                                                  "revision": revision, "hz": plan.frequency_hz})

@@ -22,7 +22,7 @@ from capsync.actors.status_report import render_status
 from capsync.runtime import rpc
 from capsync.cloud.cli import add_cloud_commands
 from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
-from capsync.runtime.config import ConfigError, load_config, log_warnings, parse_config
+from capsync.runtime.config import ConfigError, control_target, load_config, log_warnings, parse_config
 from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
 
 log = logging.getLogger("capsync.cli")
@@ -124,32 +124,43 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return code
 
 
-def _control_target(args: argparse.Namespace) -> tuple[str, str | None]:
-    address, secret = args.address, args.secret
-    if args.config is not None:
-        cfg = load_config(args.config)
-        address = address or cfg.network.bind_address
-        secret = secret or cfg.cloud.secret or None
-    return address or DEFAULT_CONTROL_ADDRESS, secret
-
-
 def _call_agent(args: argparse.Namespace, method: str) -> tuple[int, object]:
+    """Call `method` on the agent that `args` names; (exit code, answer). With a config, the agent
+    must be the one running that config file, not another agent on the same address."""
     try:
-        address, secret = _control_target(args)
+        target = control_target(args.config) if args.config is not None else None
     except ConfigError as exc:
         print(f"capsync {method}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT, None
+    if target is not None and target.problems:
+        print(f"capsync {method}: note: {args.config} has problems now ({target.problems[0]}); the agent keeps "
+              "running its last good revision. Asking it with the file's network and cloud sections.",
+              file=sys.stderr)
+    address = args.address or (target.address if target else None) or DEFAULT_CONTROL_ADDRESS
+    secret = args.secret or (target.secret if target else None)
 
     async def call() -> object:
         async with rpc.connect(address, secret=secret) as client:
+            if target is not None:
+                running = (await client.call("status")).get("config") or {}
+                if running.get("path") and Path(running["path"]) != target.path:
+                    raise WrongAgent(f"the agent at {address} runs {running['path']}, not {target.path}: another "
+                                     "agent holds that address (give each agent its own network.bind_address)")
             return await client.call(method)
 
     try:
         return EXIT_OK, trio.run(call)
+    except WrongAgent as exc:
+        print(f"capsync {method}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE, None
     except rpc.RpcError as exc:
         hint = " (is `capsync run` running with this config?)" if exc.type == "Unreachable" else ""
         print(f"capsync {method}: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILURE, None
+
+
+class WrongAgent(Exception):
+    """The agent answering at the config's address runs another config file."""
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -161,10 +172,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """`capsync sync`: run a sync pass now and print what it uploaded."""
+    """`capsync sync`: run a sync pass now and print what it uploaded; exit 1 unless every ready file went up."""
     code, result = _call_agent(args, "sync")
     if code == EXIT_OK:
         print(json.dumps(result, indent=2) if args.json else f"sync pass: {result['summary']}")
+        if result.get("skipped") or result.get("failed") or result.get("cloud_error"):
+            return EXIT_FAILURE
     return code
 
 

@@ -54,7 +54,7 @@ class ConfigWatcher:
         initial_text: str | None = None,
         poll_s: float = 0.5,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # absolute: `capsync status` tells agents apart by it
         self._apply = apply
         self.poll_s = poll_s
         self.revision = 1  # the running revision

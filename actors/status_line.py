@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from capsync.actors.agent import AgentStats
+    from capsync.actors.sync_scheduler import SyncStats
 
 
 def human_bytes(n: float) -> str:
@@ -19,6 +20,17 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def sync_trouble(s: SyncStats) -> str:
+    """Why nothing goes up now, as " (...)" for a status line, or "" when sync is well."""
+    if s.credentials_refused:
+        return " (the cloud refuses this part's secret)"
+    if s.cloud_error:
+        return " (cloud unreachable)"
+    if s.last_pass is not None and s.last_pass.skipped:
+        return " (paused by the selective syncer)"
+    return ""
+
+
 def status_line(stats: AgentStats, rate: float | None = None) -> str:
     """`collectors 7 | readings 1234 (98.0/s) | failed 0 | late 3 | files 12 | 45.1 KiB`."""
     parts = [f"collectors {len(stats.collectors)}"]
@@ -27,6 +39,8 @@ def status_line(stats: AgentStats, rate: float | None = None) -> str:
         readings += f" ({rate:.1f}/s)"
     parts.append(readings)
     parts.append(f"failed {stats.failed}")
+    if stats.dropped:
+        parts.append(f"DROPPED {stats.dropped} (disk refused writes)")
     parts.append(f"late {sum(c.late_ticks for c in stats.collectors)}")
     parts.append(f"files {stats.files_finished}")
     parts.append(human_bytes(stats.bytes_written))
@@ -34,9 +48,8 @@ def status_line(stats: AgentStats, rate: float | None = None) -> str:
         s = stats.sync
         parts.append(f"backlog {s.backlog_files} files/{human_bytes(s.backlog_bytes)}")
         parts.append(f"synced {s.files_synced} files")
-        if s.last_pass is not None:
-            when = time.strftime("%H:%M:%S", time.localtime(s.last_pass.started_ns / 1e9))
-            parts.append(f"last sync {when}" + (" (cloud down)" if s.cloud_error else ""))
+        when = time.strftime("%H:%M:%S", time.localtime(s.last_upload_ns / 1e9)) if s.last_upload_ns else "never"
+        parts.append(f"last upload {when}" + sync_trouble(s))
         parts.append(s.cloud_url)
     elif stats.sync_off_reason:
         parts.append(f"sync off: {stats.sync_off_reason}")

@@ -41,12 +41,16 @@ def render_status(s: dict[str, Any]) -> str:
         if rej:
             line += f"  (revision {rej['revision']} rejected: {'; '.join(rej['issues'])})"
         lines.append(line)
+    dropped = sum(c.get("dropped", 0) for c in s["collectors"])
+    if dropped:
+        lines.append(f"DROPPED {dropped} readings: the disk refused to store them (see each collector's last error)")
     lines.append(f"collectors ({len(s['collectors'])}):")
     for c in s["collectors"]:
         measured = c.get("measured_hz")
         rate = f"{c['target_hz']:g} Hz" + (f" (measured {measured:.1f})" if measured is not None else "")
         lines.append(f"  {c['name']:<56} {rate:<24} captured {c['captured']:<7} failed {c['failed']:<5} "
-                     f"late {c['late_ticks']:<5} missed {c['missed_ticks']}")
+                     f"late {c['late_ticks']:<5} missed {c['missed_ticks']}"
+                     + (f" DROPPED {c['dropped']}" if c.get("dropped") else ""))
         if c.get("last_error"):
             lines.append(f"      last error: {c['last_error']}")
     for u in s.get("unavailable") or []:
@@ -60,12 +64,15 @@ def render_status(s: dict[str, Any]) -> str:
         last = sync.get("last_pass")
         if last:
             lines.append(f"  last pass {_when(last['started_ns'])}: {_pass_summary(last)}")
+        lines.append(f"  last upload: {_when(sync.get('last_upload_ns'))}")
         if sync.get("salvaged"):
             lines.append(f"  damaged capture files salvaged: {sync['salvaged']} (intact records synced, "
                          "damaged tails and reports in failed/)")
         if sync.get("skipped_by_selective_syncer"):
             lines.append(f"  passes skipped by the selective syncer: {sync['skipped_by_selective_syncer']}")
-        if sync.get("cloud_error"):
+        if sync.get("credentials_refused"):
+            lines.append(f"  CLOUD REFUSES THIS PART'S SECRET: {sync['cloud_error']}")
+        elif sync.get("cloud_error"):
             lines.append(f"  cloud unavailable: {sync['cloud_error']}")
     else:
         lines.append(f"sync off: {s.get('sync_off_reason')}")
@@ -92,6 +99,8 @@ def render_status(s: dict[str, Any]) -> str:
 
 
 def _pass_summary(p: dict[str, Any]) -> str:
+    if p.get("skipped"):
+        return f"skipped: {p['skipped']}"
     s = f"uploaded {p['uploaded']} files ({human_bytes(p['bytes_sent'])}), {p['failed']} failed, {p['waiting']} waiting"
     if p.get("cloud_error"):
         s += f"; cloud unavailable: {p['cloud_error']}"

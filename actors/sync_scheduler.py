@@ -30,7 +30,7 @@ import trio
 from capsync.actors.uploader import UnverifiedCommit, upload_file
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.capture_file import CaptureFormatError
-from capsync.runtime.cloud_client import CloudClient, CloudUnavailable, UploadRejected
+from capsync.runtime.cloud_client import CloudClient, CloudRefusedCredentials, CloudUnavailable, UploadRejected
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.ready_index import Entry, ReadyIndex, lstat_of
 from capsync.runtime.salvage import salvage_damaged_tail
@@ -89,6 +89,10 @@ class SyncStats:
     #: Capture files damaged after they were finished whose intact records were synced, their
     #: damaged tails kept in failed/ with a report (runtime/salvage.py).
     salvaged: int = 0
+    #: The last failure was the cloud refusing this part's id/secret (cloud_error says how), not an outage.
+    credentials_refused: bool = False
+    #: When a pass last uploaded a file (wall clock ns); None before the first.
+    last_upload_ns: int | None = None
 
 
 @dataclass
@@ -138,6 +142,8 @@ class SyncScheduler:
         self._in_flight: set[Path] = set()
         self._cloud_log = StateChangeLog(log)
         self._cloud_error: str | None = None
+        self._credentials_refused = False
+        self._last_upload_ns: int | None = None
         self._trigger = trio.Event()
         self._pass_done = trio.Event()
         self._passes = self._synced = self._bytes = self._set_aside = self._unverified = self._salvaged = 0
@@ -197,6 +203,8 @@ class SyncScheduler:
             last_pass=self._last,
             cloud_error=self._cloud_error,
             unverified_commits=self._unverified,
+            credentials_refused=self._credentials_refused,
+            last_upload_ns=self._last_upload_ns,
         )
 
     async def _pass(self) -> PassResult:
@@ -292,9 +300,12 @@ class SyncScheduler:
             self._note_failure(f, str(exc), cloud_down=True)
             counts["failed"] += 1
             self._cloud_error = str(exc)
+            self._credentials_refused = isinstance(exc, CloudRefusedCredentials)
             pass_error.append(str(exc))
             outage.set()
-            self._cloud_log.fail("cloud", "cloud unavailable; backing off", cloud=self._client.base_url, error=str(exc))
+            self._cloud_log.fail("cloud", "the cloud refused this part's credentials; backing off"
+                                 if self._credentials_refused else "cloud unavailable; backing off",
+                                 cloud=self._client.base_url, error=str(exc))
         except UnverifiedCommit as exc:  # the file is kept; retried with backoff like any failure
             counts["failed"] += 1
             self._unverified += 1
@@ -328,6 +339,8 @@ class SyncScheduler:
                     if r.cloud_down:
                         r.not_before = 0.0
             self._cloud_error = None
+            self._credentials_refused = False
+            self._last_upload_ns = int(self._wall_time() * 1e9)
             self._cloud_log.ok("cloud", "cloud reachable again", cloud=self._client.base_url)
         return None
 

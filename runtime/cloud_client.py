@@ -36,6 +36,11 @@ class CloudUnavailable(CloudError):
     """The cloud could not be reached or could not serve the request now; retry later."""
 
 
+class CloudRefusedCredentials(CloudUnavailable):
+    """The cloud refused this part's id and secret (401/403): nothing syncs until the config or the
+    cloud's part is fixed. Retried like an outage, since the fix (a new secret) needs no restart."""
+
+
 class UploadRejected(CloudError):
     """The cloud refused this file for good (4xx): retrying the same bytes will not help."""
 
@@ -153,7 +158,10 @@ class CloudClient:
         reason = f"HTTP {resp.status_code}: {error.error if error else resp.text[:200]}"
         if error and error.detail:
             reason += f" ({error.detail})"
-        if resp.status_code in (401, 403, 408, 429) or resp.status_code >= 500:
+        if resp.status_code in (401, 403):
+            raise CloudRefusedCredentials(f"the cloud refused part {self._auth[0]!r}'s credentials ({reason}); "
+                                          "check cloud.id and cloud.secret in the config against the cloud's part")
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
             raise CloudUnavailable(reason)
         raise UploadRejected(reason, resp.status_code)
 

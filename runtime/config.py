@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from capsync.runtime.resources.methods import DataKind
 __all__ = [
     "CaptureMethodPlan", "CloudConfig", "ConfigError", "ConfigIssue", "DataKind", "DataManagerAttributes",
     "MongoCaptureConfig", "NetworkConfig", "RemoteConfig", "ResourceRef", "RetentionPolicy", "RobotConfig",
-    "load_config", "log_warnings", "parse_config", "validate_file",
+    "ControlTarget", "control_target", "load_config", "log_warnings", "parse_config", "validate_file",
 ]
 
 
@@ -106,6 +107,40 @@ def log_warnings(config: RobotConfig, logger: logging.Logger, **extra: Any) -> N
     for w in config.warnings:
         logger.warning("config warning", extra={"config": config.source, "where": w.path or "(document)",
                                                 "problem": w.message, "fix": w.hint, **extra})
+
+
+@dataclass(frozen=True)
+class ControlTarget:
+    """Where a config's agent answers control calls, read even from a config with problems."""
+
+    path: Path  # the config file, absolute
+    address: str | None  # network.bind_address, None for the default
+    secret: str | None  # cloud.secret
+    problems: list[ConfigIssue]  # why the file is not a valid config now ([] when it is)
+
+
+def control_target(path: str | Path) -> ControlTarget:
+    """The control address and secret of the agent running the config at `path`.
+
+    A bad edit must not stop `capsync status` from showing the running agent (which keeps its last
+    good revision), so an invalid file is read for just its `network.bind_address` and
+    `cloud.secret`. Raises ConfigError only when the file cannot be read or is not JSON at all.
+    """
+    path = Path(os.path.abspath(path))
+    try:
+        cfg = load_config(path)
+        return ControlTarget(path, cfg.network.bind_address, cfg.cloud.secret or None, [])
+    except ConfigError as exc:
+        problems = exc.issues
+        try:
+            doc = _parse_json(path.read_bytes().decode("utf-8-sig"), str(path))
+        except (ConfigError, OSError, UnicodeDecodeError):
+            raise exc from None
+    network, cloud = (doc.get(k) if isinstance(doc, dict) and isinstance(doc.get(k), dict) else {}
+                      for k in ("network", "cloud"))
+    address, secret = network.get("bind_address"), cloud.get("secret")
+    return ControlTarget(path, address if isinstance(address, str) else None,
+                         secret if isinstance(secret, str) and secret else None, problems)
 
 
 def validate_file(path: str | Path) -> list[ConfigIssue]:
