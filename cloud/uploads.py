@@ -121,7 +121,7 @@ async def _start(cloud: Cloud, part_id: str, file_id: str, start: UploadStart) -
         await run_blocking(cloud.blobs.reset, part_id, file_id)
         new = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, 0, time.time_ns())
         await cloud.store.save_upload(new)
-    log.info("upload restarted" if u is not None else "upload started", extra=fields)
+    log.debug("upload restarted" if u is not None else "upload started", extra=fields)
     return _partial(new, 0)
 
 
@@ -232,7 +232,7 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
         await run_blocking(cloud.blobs.publish, part_id, file_id)
         inserted = await cloud.committer.commit(Commit(committed, tabular, binary, staged=u.kind is FileKind.CAPTURE))
         await run_blocking(cloud.blobs.discard, part_id, file_id)
-    log.info("file committed", extra={**fields, "records": committed.records, "new": inserted})
+    log.debug("file committed", extra={**fields, "records": committed.records, "new": inserted})
     f = await cloud.store.get_file(part_id, file_id)
     assert f is not None
     return committed_status(f)

@@ -93,7 +93,7 @@ async def _store(cloud: Cloud, part_id: str, file_id: str, start: UploadStart, d
         new = await cloud.committer.commit(Commit(rows.file, rows.tabular, rows.binary))
     if new:
         cloud.usage.committed(part_id, u.size)
-        log.info("file committed", extra={**fields, "records": rows.file.records, "new": True, "one_request": True})
+        log.debug("file committed", extra={**fields, "records": rows.file.records, "new": True, "one_request": True})
         return rows.file
     f = await cloud.store.get_file(part_id, file_id)  # another cloud process committed it meanwhile
     assert f is not None

@@ -138,7 +138,8 @@ class Process:
 
 class CloudProcess(Process):
     """`capsync cloud serve` on 127.0.0.1; `url` and `port` once it listens. `args` are more options
-    of `serve` (say `--store URL --blobs s3://...`), `env` more environment (say AWS_*)."""
+    of `serve` (say `--store URL --blobs s3://...`), `env` more environment (say AWS_*). It logs at
+    debug, so that tests see each upload and commit (routine lines a default cloud keeps quiet)."""
 
     def __init__(self, data_dir: Path, log: Path, port: int = 0, args: Sequence[str] = (),
                  env: Mapping[str, str | None] | None = None) -> None:
@@ -146,7 +147,7 @@ class CloudProcess(Process):
         self.args = tuple(args)
         self._from = log.stat().st_size if log.exists() else 0
         super().__init__([sys.executable, "-m", "capsync", "cloud", "serve", "--data-dir", str(data_dir),
-                          "--port", str(port), "--log-format", "json", *self.args], log, env)
+                          "--port", str(port), "--log-format", "json", "--log-level", "debug", *self.args], log, env)
         self.url = ""
         self.port = port
 

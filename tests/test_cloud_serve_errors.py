@@ -47,3 +47,30 @@ def test_an_unknown_log_level_is_a_usage_error_listing_the_levels(tmp_path: Path
     out = _serve("--data-dir", str(tmp_path / "cloud"), "--log-level", "verbose")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--log-level" in out.stderr and "'DEBUG', 'INFO', 'WARNING', 'ERROR'" in out.stderr
+
+
+def test_routine_uploads_are_quiet_by_default_and_a_rejection_is_loud(tmp_path: Path) -> None:
+    """Issue 16 item 13: no line per uploaded file at the default level; a refused file is a warning."""
+    import hashlib
+
+    import httpx
+
+    from tests.processkit import PART, CloudReader, ProcessKit, add_part, agent_config, log_lines, wait_for
+
+    with ProcessKit(tmp_path) as kit:
+        secret = add_part(tmp_path / "cloud")
+        cloud = kit.start_cloud(args=["--log-level", "info"])  # the default level; the kit's is debug
+        config = agent_config(tmp_path, cloud.url, secret, camera_hz=5, max_file_age_secs=0.2, interval_mins=0.01)
+        kit.start_agent(config)
+        with CloudReader(cloud.url, secret) as reader:
+            wait_for(lambda: len(reader.files()) >= 10, 30, "ten files to go up")
+        lines = log_lines(cloud.log)
+        assert len(lines) <= 3, [r["msg"] for r in lines]  # "cloud listening" and no line per file
+        assert not any(r["msg"] in ("file committed", "upload started") for r in lines)
+
+        garbage = b"not a capture file"
+        r = httpx.put(f"{cloud.url}/v1/files/{'ab' * 16}", auth=(PART, secret), content=garbage,
+                      params={"kind": "capture", "size": len(garbage), "sha256": hashlib.sha256(garbage).hexdigest()})
+        assert r.status_code == 422, r.text
+        rejected = [x for x in log_lines(cloud.log) if x.get("level") == "warning"]
+        assert rejected and "rejected" in rejected[-1]["msg"], rejected
