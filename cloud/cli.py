@@ -70,8 +70,10 @@ def add_cloud_commands(subparsers: Any) -> None:
 
     a = sub.add_parser("add-part", help="register a part and print its new secret")
     a.add_argument("--data-dir", type=Path, required=True)
-    a.add_argument("part_id", metavar="PART_ID")
+    a.add_argument("part_id", metavar="PART_ID", nargs="?")
     a.add_argument("--rotate", action="store_true", help="replace the secret of an existing part")
+    a.add_argument("--from-config", type=Path, metavar="ROBOT_JSON",
+                   help="register the part a robot config names (cloud.id) with the secret it holds (cloud.secret)")
     _store_options(a)
     a.set_defaults(func=_command("cmd_add_part"))
 

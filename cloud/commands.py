@@ -119,13 +119,36 @@ def open_blobs(args: argparse.Namespace) -> Any:
     return S3Blobs.from_uri(args.blobs, scratch_dir=Path(args.data_dir) / "scratch")
 
 
+def _part_from_config(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(part id, secret) of `add-part`: PART_ID and a new secret, or a robot config's `cloud.id` and
+    `cloud.secret` with `--from-config` (the robot then syncs as its config is); (None, why) if unusable."""
+    if args.from_config is None:
+        return (args.part_id, new_secret()) if args.part_id else (None, "give a PART_ID or --from-config ROBOT.json")
+    from capsync.runtime.config import ConfigError, load_config  # robot configs: only this command reads one
+
+    try:
+        cloud = load_config(args.from_config).cloud
+    except ConfigError as exc:
+        return None, f"--from-config: {exc}"
+    if not cloud.id:
+        return None, f"--from-config: {args.from_config} has no cloud.id; add \"cloud\": {{\"id\": ...}}"
+    if args.part_id and args.part_id != cloud.id:
+        return None, f"PART_ID {args.part_id!r} is not {args.from_config}'s cloud.id {cloud.id!r}"
+    return cloud.id, cloud.secret or new_secret()
+
+
 def cmd_add_part(args: argparse.Namespace) -> int:
-    """`capsync cloud add-part --data-dir DIR PART_ID`: print a new secret for the part (stdout)."""
+    """`capsync cloud add-part --data-dir DIR PART_ID`: print a new secret for the part (stdout).
+    With `--from-config ROBOT.json` the part is that config's `cloud.id` with its `cloud.secret`."""
+    part_id, secret = _part_from_config(args)
+    if part_id is None:
+        print(f"capsync cloud add-part: {secret}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.part_id = part_id
     if not PART_ID_RE.match(args.part_id):
         print(f"capsync cloud add-part: invalid part id {args.part_id!r} (letters, digits, . _ -; at most 128)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    secret = new_secret()
     try:
         store = open_store(args.data_dir, store_url(args))
     except StoreUrlError as exc:
