@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLOUD_MAY_IMPORT = {
     "capsync.runtime.capture_file", "capsync.runtime.sync_protocol", "capsync.runtime.logs", "capsync.runtime.blocking",
     "capsync.runtime.untrusted_cbor",
+    # The robot config format itself: `cloud add-part --from-config` reads a robot's cloud.id and secret.
+    "capsync.runtime.config",
 }
 #: The names the code was once imported under; nothing may import them any more.
 OLD_TOP_LEVEL = {"actors", "runtime", "cloud"}
