@@ -203,7 +203,7 @@ def test_wrong_secret_is_refused_and_files_stay_local(tmp_path):
         with CloudReader(cloud.url, secret) as reader:
             acc = account(reader, tmp_path / "capture", captured, {SENSOR: PERIODS[SENSOR]})
             assert reader.files() == []
-    refused = _msgs(agent.log, "cloud unavailable; backing off")
+    refused = _msgs(agent.log, "the cloud refused this part's credentials; backing off")
     assert len(refused) == 1, refused  # once per change of state, not once per pass
     assert "HTTP 401" in refused[0]["error"] and "secret" in refused[0]["error"]
     assert hashlib.sha256((extra / "keep.bin").read_bytes()).hexdigest() == digest
