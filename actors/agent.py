@@ -69,12 +69,13 @@ class RetiredTotals:
     dropped: int = 0
     files_finished: int = 0
     bytes_written: int = 0
+    skipped: int = 0
 
     def plus(self, c: CollectorStats) -> RetiredTotals:
         """These totals with one more stopped collector's counters added."""
         return RetiredTotals(self.collectors + 1, self.captured + c.captured, self.failed + c.failed,
                              self.dropped + c.dropped, self.files_finished + c.files_finished,
-                             self.bytes_written + c.bytes_written)
+                             self.bytes_written + c.bytes_written, self.skipped + c.skipped)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class AgentStats:
     def captured(self) -> int:
         """Readings captured by all collectors."""
         return self.retired.captured + sum(c.captured for c in self.collectors)
+
+    @property
+    def skipped(self) -> int:
+        """Ticks whose resource had nothing to capture (NoCapture) across all collectors: not failures."""
+        return self.retired.skipped + sum(c.skipped for c in self.collectors)
 
     @property
     def failed(self) -> int:

@@ -46,7 +46,8 @@ def render_status(s: dict[str, Any]) -> str:
         measured = c.get("measured_hz")
         rate = f"{c['target_hz']:g} Hz" + (f" (measured {measured:.1f})" if measured is not None else "")
         lines.append(f"  {c['name']:<56} {rate:<24} captured {c['captured']:<7} failed {c['failed']:<5} "
-                     f"late {c['late_ticks']:<5} missed {c['missed_ticks']}")
+                     f"late {c['late_ticks']:<5} missed {c['missed_ticks']}"
+                     + (f"  skipped {c['skipped']}" if c.get("skipped") else ""))
         if c.get("last_error"):
             lines.append(f"      last error: {c['last_error']}")
     for u in s.get("unavailable") or []:

@@ -26,7 +26,7 @@ from capsync.runtime.config_models import (
     suggest,
     validate_section,
 )
-from capsync.runtime.resources.methods import METHODS, DataKind, method_spec
+from capsync.runtime.resources.methods import DO_COMMAND_SPEC, METHODS, DataKind, method_spec, methods_of
 
 DATA_MANAGER = "data_manager"
 #: Names that end up in capture file paths: no separators, no "." / "..".
@@ -311,13 +311,15 @@ class Builder:
     def _method_spec(self, rtype: str, method: Any, path: str) -> Any:
         if not isinstance(method, str) or not method:
             return None  # reported by the entry's validation
+        if method == DO_COMMAND_SPEC.name:
+            return DO_COMMAND_SPEC  # every type has it
         if rtype not in METHODS:
-            self.issue(path, f"resource type {rtype!r} has no capture methods",
-                       "types with capture methods: " + ", ".join(sorted(METHODS)))
+            self.issue(path, f"resource type {rtype!r} has no capture methods but DoCommand",
+                       "types with capture methods: " + ", ".join(sorted(METHODS)) + "; any type can capture DoCommand")
             return None
         spec = method_spec(rtype, method)
         if spec is None:
-            valid = list(METHODS[rtype])
+            valid = methods_of(rtype)
             close = suggest(method, valid)
             did_you_mean = f"; did you mean {close!r}?" if close else ""
             self.issue(path, f"{rtype} has no capture method {method!r}{did_you_mean}",
