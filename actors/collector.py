@@ -425,7 +425,7 @@ class Collector:
             resource_name=r.name,
             method=self.plan.method,
             params=dict(self.plan.params),
-            tags=tuple(self._settings.tags),
+            tags=tuple(self._settings.tags if self.plan.tags is None else self.plan.tags),
             kind=self.plan.kind,
             mime_type=mime_type,
             metadata=metadata,

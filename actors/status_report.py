@@ -52,6 +52,11 @@ def render_status(s: dict[str, Any]) -> str:
             lines.append(f"      last error: {c['last_error']}")
     for u in s.get("unavailable") or []:
         lines.append(f"  not running: {u}")
+    control = s.get("capture_control")
+    if control:
+        active = ", ".join(_override_text(o) for o in control["active"]) or "none (capture follows the config)"
+        lines.append(f"capture control sensor {control['sensor']} ({control['key']}): overrides {active}"
+                     + (f"; last reading unusable: {control['last_error']}" if control.get("last_error") else ""))
     sync = s.get("sync")
     if sync:
         lines.append(f"sync to {sync['cloud_url']}: backlog {sync['backlog_files']} files "
@@ -90,6 +95,15 @@ def render_status(s: dict[str, Any]) -> str:
                      f"{mongo['queued']}/{mongo['queue_size']}, dropped {mongo['dropped']}, failed {mongo['failed']}"
                      + (f"; last error: {mongo['last_error']}" if mongo.get("last_error") else ""))
     return "\n".join(lines)
+
+
+def _override_text(o: dict[str, Any]) -> str:
+    parts = []
+    if o.get("frequency_hz") is not None:
+        parts.append(f"{o['frequency_hz']:g} Hz")
+    if o.get("tags") is not None:
+        parts.append("tags " + (",".join(o["tags"]) or "none"))
+    return f"{o['resource_name']} {o['method']} " + " ".join(parts)
 
 
 def _pass_summary(p: dict[str, Any]) -> str:

@@ -61,6 +61,7 @@ class CaptureMethodPlan:
     params: dict
     retention_policy: dict | None
     config_path: str  # JSON path of the capture_methods entry, for messages
+    tags: tuple[str, ...] | None = None  # set by a capture control override: replaces the part's tags
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,16 @@ class ConfiguredMethod:
         """Not disabled and a frequency above 0."""
         return not self.entry.disabled and self.entry.capture_frequency_hz > 0
 
-    def plan(self) -> CaptureMethodPlan:
-        """The plan a collector runs for this entry."""
+    def plan(self, frequency_hz: float | None = None, tags: tuple[str, ...] | None = None) -> CaptureMethodPlan:
+        """The plan a collector runs for this entry (at `frequency_hz` and with `tags` when a
+        capture control override sets them)."""
         r, e = self.resource, self.entry
         params = dict(e.additional_params)
         canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return CaptureMethodPlan(
             key=f"{r.remote or ''}|{r.type}/{r.name}/{e.method}|{canonical}", resource=r, method=e.method,
-            kind=self.kind, frequency_hz=e.capture_frequency_hz, params=params,
-            retention_policy=self.retention_policy, config_path=self.path)
+            kind=self.kind, frequency_hz=e.capture_frequency_hz if frequency_hz is None else frequency_hz,
+            params=params, retention_policy=self.retention_policy, config_path=self.path, tags=tags)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +167,10 @@ class Builder:
         if dm is not None and dm.selective_syncer_name and dm.selective_syncer_name not in {r.name for r in resources}:
             self.warnings.append(ConfigIssue("", f"selective_syncer_name {dm.selective_syncer_name!r} names no "
                                              "resource in this config"))
+        control = dm.capture_control_sensor if dm is not None else None
+        if control is not None and control.name not in {r.name for r in resources if r.remote is None}:
+            self.warnings.append(ConfigIssue("", f"capture_control_sensor.name {control.name!r} names no "
+                                             "resource in this config; capture follows the config"))
         return Built(dm, cloud or CloudConfig(), network or NetworkConfig(), remotes, self.warnings,
                      tuple(resources + remote_refs), tuple(self.methods))
 
