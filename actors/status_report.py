@@ -63,6 +63,11 @@ def render_status(s: dict[str, Any]) -> str:
                      f"({human_bytes(sync['backlog_bytes'])}), in flight {sync['in_flight']}, "
                      f"synced {sync['files_synced']} files ({human_bytes(sync['bytes_sent'])}), "
                      f"set aside {sync['set_aside']}")
+        age = sync.get("oldest_unsynced_age_s")
+        if age is not None:
+            stale = "  (stale: waiting longer than " + _duration(sync.get("stale_after_s") or 0) + ")" \
+                if age > (sync.get("stale_after_s") or float("inf")) else ""
+            lines.append(f"  oldest unsynced file waiting {_duration(age)}{stale}")
         last = sync.get("last_pass")
         if last:
             lines.append(f"  last pass {_when(last['started_ns'])}: {_pass_summary(last)}")
@@ -95,6 +100,15 @@ def render_status(s: dict[str, Any]) -> str:
                      f"{mongo['queued']}/{mongo['queue_size']}, dropped {mongo['dropped']}, failed {mongo['failed']}"
                      + (f"; last error: {mongo['last_error']}" if mongo.get("last_error") else ""))
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120 and s % 60:
+        return f"{seconds:.0f} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _override_text(o: dict[str, Any]) -> str:
