@@ -70,6 +70,14 @@ PROTOCOL_VERSION = 2
 _ADDED_IN = {"sha256": 2}
 
 
+#: The request header in which an agent states a plain file's modification time (ns since the
+#: epoch) on its commit and one-request upload. Optional: a cloud that does not know it ignores it,
+#: and an agent that does not send it leaves the cloud without the time; see docs/sync-protocol.md.
+MTIME_HEADER = "Capsync-File-Mtime"
+#: A folder of an additional sync path named `tag=<name>` tags every file under it with `<name>`.
+TAG_FOLDER_PREFIX = "tag="
+
+
 def protocol_version(value: str | None) -> int:
     """The revision a request's `Capsync-Protocol` header states (1 when absent or not a number)."""
     try:
