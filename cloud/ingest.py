@@ -21,8 +21,7 @@ from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
 from capsync.runtime.capture_file import (
     CaptureFormatError, CaptureHeader, CaptureRecord, DataKind, Damage, iter_capture, iter_capture_bytes,
 )
-from capsync.runtime.config_models import TAG_PATTERN
-from capsync.runtime.sync_protocol import TAG_FOLDER_PREFIX, FileKind
+from capsync.runtime.sync_protocol import FileKind, folder_tags
 
 #: Deepest nesting of a payload the cloud stores; deeper ones are rejected, not crashed on.
 MAX_JSON_DEPTH = 200
@@ -120,20 +119,6 @@ def plain_file(upload: Upload, size: int, committed_ns: int, mtime_ns: int | Non
         tags=tags, metadata=dict(metadata), name=upload.name, from_capture=False,
     )
     return Ingest(f, [], [item])
-
-
-_TAG = re.compile(TAG_PATTERN)
-
-
-def folder_tags(name: str) -> tuple[str, ...]:
-    """The tags of a plain file's folders: `tag=a/x/tag=b/f.jpg` -> ("a", "b"), each once, in order."""
-    tags = []
-    for folder in name.split("/")[:-1]:
-        if folder.startswith(TAG_FOLDER_PREFIX):
-            tag = folder[len(TAG_FOLDER_PREFIX):]
-            if _TAG.match(tag) and len(tag) <= 256 and tag not in tags:
-                tags.append(tag)
-    return tuple(tags)
 
 
 #: Rows parsed and stored per batch when a capture file is committed: memory and every store

@@ -10,10 +10,9 @@ import os
 import pytest
 
 from capsync.actors.uploader import upload_file
-from capsync.cloud.ingest import folder_tags
 from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.sync_files import SyncFile
-from capsync.runtime.sync_protocol import MTIME_HEADER, FileKind
+from capsync.runtime.sync_protocol import MTIME_HEADER, FileKind, folder_tags
 from tests.cloudkit import InProcessCloud, all_pages
 
 MTIME_NS = 1_767_322_245_123_456_789
