@@ -10,6 +10,7 @@
     │   (the scheduler, running its uploaders)
     ├── governor                               the disk-full rule, whenever there is a data manager
     ├── config_watcher                         when the agent was started from a config file
+    ├── capture_control                        while the data manager names a capture_control_sensor
     ├── remotes                                one connection per remote part (runtime/remote.py)
     └── control                                status, sync now, Sync and DoCommand over WebSocket RPC,
                                                and this part's resources for other parts on /resources
@@ -18,8 +19,10 @@ The MongoDB sink starts before capture and stops after it, so it sees every read
 
 At start it recovers any `.prog` file a crash left in the capture dir, builds the configured
 resources, and starts one collector per enabled capture method. A new config is applied as a
-diff (`apply_config`, see actors/reconcile.py). Shutdown is cancellation: every collector
-finishes its open file before the agent returns.
+diff (`apply_config`, see actors/reconcile.py). The capture control sensor's overrides
+(`apply_overrides`) go the same way: the running config is the file's config with the overrides
+in force on top, so a file edit keeps them and an override outlives no config that lost its
+method. Shutdown is cancellation: every collector finishes its open file before the agent returns.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import httpx
 import trio
 
 from capsync.actors.agent_api import agent_handlers
+from capsync.actors.capture_control import CaptureControl, CaptureControlStats
 from capsync.actors.collector import Collector, CollectorSettings, CollectorStats, collector_name
 from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
 from capsync.actors.control import ControlEndpoint
@@ -55,6 +59,7 @@ from capsync.runtime.backoff import Backoff
 from capsync.runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
 from capsync.runtime.wallclock import WallClock
 from capsync.runtime.blocking import run_blocking
+from capsync.runtime.capture_control import CaptureOverride
 
 log = logging.getLogger("capsync.agent")
 
@@ -69,12 +74,13 @@ class RetiredTotals:
     dropped: int = 0
     files_finished: int = 0
     bytes_written: int = 0
+    skipped: int = 0
 
     def plus(self, c: CollectorStats) -> RetiredTotals:
         """These totals with one more stopped collector's counters added."""
         return RetiredTotals(self.collectors + 1, self.captured + c.captured, self.failed + c.failed,
                              self.dropped + c.dropped, self.files_finished + c.files_finished,
-                             self.bytes_written + c.bytes_written)
+                             self.bytes_written + c.bytes_written, self.skipped + c.skipped)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class AgentStats:
     retired: RetiredTotals = RetiredTotals()
     remotes: tuple[RemoteStats, ...] = ()  # connections to remote parts this part captures from
     served: ResourceServerStats | None = None  # this part's resources served to other parts
+    capture_control: CaptureControlStats | None = None  # None unless capture_control_sensor is set
 
     @property
     def dropped(self) -> int:
@@ -107,6 +114,11 @@ class AgentStats:
     def captured(self) -> int:
         """Readings captured by all collectors."""
         return self.retired.captured + sum(c.captured for c in self.collectors)
+
+    @property
+    def skipped(self) -> int:
+        """Ticks whose resource had nothing to capture (NoCapture) across all collectors: not failures."""
+        return self.retired.skipped + sum(c.skipped for c in self.collectors)
 
     @property
     def failed(self) -> int:
@@ -219,6 +231,7 @@ class Agent:
         self.control: ControlEndpoint | None = None
         if control:
             self.control = self._make_control(config)
+        self.capture_control = CaptureControl(lambda: self.config, self._registry, self.apply_overrides)
 
     # -- building the parts --------------------------------------------------------------
 
@@ -316,6 +329,7 @@ class Agent:
                                     ("config_watcher", self.watcher), ("control", self.control)):
                     if actor is not None:
                         await self._root.start_child(ChildSpec(name, actor.run))
+                await self._follow_capture_control()
                 log.info(
                     "agent running",
                     extra={"part_id": self.part_id, "collectors": len(self.collectors),
@@ -391,49 +405,74 @@ class Agent:
     # -- reconfiguration -----------------------------------------------------------------
 
     async def apply_config(self, new: RobotConfig, revision: int | None = None) -> None:
-        """Change the running agent to `new`, touching only what changed; no reading is lost."""
+        """Change the running agent to `new`, touching only what changed; no reading is lost. The
+        capture control sensor's overrides in force stay applied on top of `new` (none once `new`
+        names no capture_control_sensor)."""
         async with self._reload_lock:
-            old = self.config
-            diff = diff_configs(old, new)
-            log.info("applying config", extra={"revision": revision, "changes": diff.summary()})
-            by_key = {c.plan.key: name for name, c in self.collectors.items()}
-            _log_collector_changes(diff, by_key, revision)
-            for key in [*diff.removed, *(p.key for p in diff.restarted)]:
-                if key in by_key:
-                    await self._stop_collector(by_key[key])
-                self._unavailable.pop(key, None)
-            self.config = new
-            self.remotes.reconfigure(new.remotes)
-            self.part_id = part_id_of(new) if old.cloud.id != new.cloud.id else self.part_id
-            if diff.resources_changed:
-                self._build_resources(new)
-                await self._registry.close_retired()
-            dm = new.data_manager
-            if dm is not None and dm.mongo_capture_config.uri and self.mongo_sink is None:
-                self.mongo_sink = MongoSink(dm.mongo_capture_config)
-                await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
-            elif diff.mongo_changed and self.mongo_sink is not None:
-                self.mongo_sink.reconfigure(dm.mongo_capture_config if dm else None)
-            if dm is not None:  # the new dir first; earlier ones are still synced until they are empty
-                current = dm.capture_dir_path()
-                self._capture_dirs = [current, *(d for d in self._capture_dirs if d != current)]
-            for plan in [*diff.restarted, *diff.added]:
-                await self._start_collector(plan)
-            for plan in diff.rate_changed:
-                name = by_key.get(plan.key)
-                if name in self.collectors:
-                    self.collectors[name].set_frequency(plan.frequency_hz)
-                    self.collectors[name].plan = plan
-            await self._apply_sync(new, diff)
-            if self.governor is not None and dm is not None and diff.governor_changed:
-                self.governor.reconfigure(dm.capture_dir_path(), every_nth=dm.delete_every_nth_when_disk_full,
-                                          capture_enabled=new.capture_enabled)
-            if self.control is not None and (old.network != new.network or old.cloud.secret != new.cloud.secret):
-                await self._root.stop_child("control")
-                self.control = self._make_control(new)
-                await self._root.start_child(ChildSpec("control", self.control.run))
-            if revision is not None:
-                self.revision = revision
+            keep = self.config.overrides if new.data_manager and new.data_manager.capture_control_sensor else ()
+            await self._apply(new.with_overrides(keep), revision, "applying config")
+            await self._follow_capture_control()
+
+    async def apply_overrides(self, overrides: tuple[CaptureOverride, ...]) -> None:
+        """Apply the capture control sensor's `overrides` (() for none: the config as it is) to the
+        running config, exactly as a config edit: only changed collectors are touched."""
+        async with self._reload_lock:
+            if overrides != self.config.overrides:
+                await self._apply(self.config.with_overrides(overrides), None, "applying capture control overrides")
+
+    async def _follow_capture_control(self) -> None:
+        """Run the capture control actor while the config names a capture_control_sensor."""
+        dm = self.config.data_manager
+        wanted = dm is not None and dm.capture_control_sensor is not None
+        running = self._root.has_child("capture_control")
+        if wanted and not running:
+            await self._root.start_child(ChildSpec("capture_control", self.capture_control.run))
+        elif running and not wanted:
+            await self._root.stop_child("capture_control")
+
+    async def _apply(self, new: RobotConfig, revision: int | None, what: str) -> None:
+        """Change the running agent to `new` (the reload lock held)."""
+        old = self.config
+        diff = diff_configs(old, new)
+        log.info(what, extra={"revision": revision, "changes": diff.summary()})
+        by_key = {c.plan.key: name for name, c in self.collectors.items()}
+        _log_collector_changes(diff, by_key, revision)
+        for key in [*diff.removed, *(p.key for p in diff.restarted)]:
+            if key in by_key:
+                await self._stop_collector(by_key[key])
+            self._unavailable.pop(key, None)
+        self.config = new
+        self.remotes.reconfigure(new.remotes)
+        self.part_id = part_id_of(new) if old.cloud.id != new.cloud.id else self.part_id
+        if diff.resources_changed:
+            self._build_resources(new)
+            await self._registry.close_retired()
+        dm = new.data_manager
+        if dm is not None and dm.mongo_capture_config.uri and self.mongo_sink is None:
+            self.mongo_sink = MongoSink(dm.mongo_capture_config)
+            await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
+        elif diff.mongo_changed and self.mongo_sink is not None:
+            self.mongo_sink.reconfigure(dm.mongo_capture_config if dm else None)
+        if dm is not None:  # the new dir first; earlier ones are still synced until they are empty
+            current = dm.capture_dir_path()
+            self._capture_dirs = [current, *(d for d in self._capture_dirs if d != current)]
+        for plan in [*diff.restarted, *diff.added]:
+            await self._start_collector(plan)
+        for plan in diff.rate_changed:
+            name = by_key.get(plan.key)
+            if name in self.collectors:
+                self.collectors[name].set_frequency(plan.frequency_hz)
+                self.collectors[name].plan = plan
+        await self._apply_sync(new, diff)
+        if self.governor is not None and dm is not None and diff.governor_changed:
+            self.governor.reconfigure(dm.capture_dir_path(), every_nth=dm.delete_every_nth_when_disk_full,
+                                      capture_enabled=new.capture_enabled)
+        if self.control is not None and (old.network != new.network or old.cloud.secret != new.cloud.secret):
+            await self._root.stop_child("control")
+            self.control = self._make_control(new)
+            await self._root.start_child(ChildSpec("control", self.control.run))
+        if revision is not None:
+            self.revision = revision
 
     async def _apply_sync(self, new: RobotConfig, diff) -> None:
         if diff.sync_restart:
@@ -475,6 +514,8 @@ class Agent:
             retired=self._retired,
             remotes=self.remotes.statistics(),
             served=self.resource_server.statistics() if self.resource_server else None,
+            capture_control=(self.capture_control.statistics()
+                             if self._root.has_child("capture_control") else None),
         )
 
 

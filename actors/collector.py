@@ -10,7 +10,10 @@ tick captured more than max(LATE_FLOOR_S, LATE_SHARE of a period) after its due 
 A long burst yields to other tasks every BURST_SLICE_S, so a fast collector cannot hold up others.
 
 A resource call that raises or times out is logged (once per change of error) and counted; the
-collector keeps its schedule. Files (see actors/capture_files.py) are opened ahead, fsynced and
+collector keeps its schedule. A resource that answers NoCapture ("nothing to capture this time",
+e.g. a filtered camera that declined the frame) is counted as skipped: nothing is written or
+logged, and that is not a failure. A binary result with an `age_s` (a frame taken earlier) is
+written with its requested and received times moved back by that much. Files (see actors/capture_files.py) are opened ahead, fsynced and
 finished in the background, so a file switch never delays a tick; they finish by size, by age,
 on request (sync pass) and at shutdown. A write that the disk refuses (ENOSPC, EIO, ...) drops
 that reading: it is counted as dropped, the error is logged once per change of state, the file
@@ -38,7 +41,7 @@ from capsync.runtime.faults import FaultPlan
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.metronome import Metronome
 from capsync.runtime.resources.methods import DataKind
-from capsync.runtime.resources.registry import Binary, Resource
+from capsync.runtime.resources.registry import MAX_AGE_S, Binary, NoCapture, Resource, capture_call
 from capsync.runtime.wallclock import WallClock
 
 log = logging.getLogger("capsync.collector")
@@ -91,6 +94,7 @@ class CollectorStats:
     open_file: str | None
     last_error: str | None
     dropped: int = 0  # readings the disk refused (ENOSPC, EIO, ...): lost, and counted here
+    skipped: int = 0  # ticks the resource answered "nothing to capture this time" (NoCapture)
 
 
 def collector_name(plan: CaptureMethodPlan) -> str:
@@ -121,6 +125,7 @@ class Collector:
         self.plan = plan
         self.name = collector_name(plan)
         self._resource = resource
+        self._call = capture_call(resource, plan.method)  # resource.capture, or its do_command
         self._settings = settings
         self._wall = wall
         self._on_tabular = on_tabular
@@ -139,7 +144,7 @@ class Collector:
         self._errors = StateChangeLog(log)
         self._disk_errors = StateChangeLog(log)  # disk-full handling: once per change of state
         self._failing = self._disk_failing = False
-        self._dropped = 0
+        self._dropped = self._skipped = 0
         self._captured = self._failed = self._late = self._missed = 0
         self._bytes = 0
         self._max_lateness = 0.0
@@ -207,6 +212,7 @@ class Collector:
             open_file=str(w.path) if w is not None else None,
             last_error=self._last_error,
             dropped=self._dropped,
+            skipped=self._skipped,
         )
 
     # -- the actor -----------------------------------------------------------------------
@@ -309,9 +315,13 @@ class Collector:
         try:
             if self.faults is not None:
                 await self.faults.hit(self.name, "before_call")
-            result = await self._resource.capture(self.plan.method, self.plan.params)
+            result = await self._call(self.plan.method, self.plan.params)
             if self.faults is not None:
                 result = await self.faults.hit(self.name, "after_call", result)
+        except NoCapture:  # the resource had nothing to capture this time: not a failure
+            self._in_call = False
+            self._skipped += 1
+            return
         except Exception as exc:  # a resource error is data about the robot, not a bug in us
             self._in_call = False
             self._count_failure(f"{type(exc).__name__}: {exc}")
@@ -336,7 +346,10 @@ class Collector:
                 self._count_failure("resource returned no binary data")
                 return
             for img in images:
-                if await self._write(requested_ns, received_ns, img.data, img.metadata, img.mime_type) is None:
+                age = img.age_s  # a frame taken earlier gets its own times (an absurd age is ignored)
+                back = round(age * 1e9) if 0.0 < age <= MAX_AGE_S else 0
+                if await self._write(requested_ns - back, received_ns - back, img.data, img.metadata,
+                                     img.mime_type) is None:
                     return  # dropped: the disk refused it
             if self._size_limit <= 0:  # one capture per file
                 self._files.retire()
@@ -412,7 +425,7 @@ class Collector:
             resource_name=r.name,
             method=self.plan.method,
             params=dict(self.plan.params),
-            tags=tuple(self._settings.tags),
+            tags=tuple(self._settings.tags if self.plan.tags is None else self.plan.tags),
             kind=self.plan.kind,
             mime_type=mime_type,
             metadata=metadata,

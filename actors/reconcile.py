@@ -5,7 +5,8 @@ Reconfiguration is a diff: only what changed is touched. The rules:
 - a capture method is identified by its plan key (resource, method and additional_params), so a
   changed `additional_params` is a removed method plus an added one (a new file);
 - a changed frequency alone is applied to the running collector (its open file is kept);
-- a changed retention policy, resource model or resource attributes restarts that collector;
+- a changed retention policy, resource model or resource attributes, or tags set by a capture
+  control override, restarts that collector (a new file carries the new tags);
 - a change to what every file carries (capture_dir, tags, file limits, part id) restarts all
   collectors, each finishing its file first;
 - sync restarts when it is switched on or off or when the cloud identity or the additional sync
@@ -81,7 +82,7 @@ def diff_configs(old: RobotConfig, new: RobotConfig) -> ConfigDiff:
     for key in old_plans.keys() & new_plans.keys():
         a, b = old_plans[key], new_plans[key]
         if collector_wide or a.retention_policy != b.retention_policy or a.resource != b.resource \
-                or a.resource.name in resources_changed:
+                or a.resource.name in resources_changed or a.tags != b.tags:
             restart.append(b)
         elif a.frequency_hz != b.frequency_hz:
             rate.append(b)

@@ -28,8 +28,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.remote import encode_result
-from capsync.runtime.resources.methods import METHODS, method_spec
-from capsync.runtime.resources.registry import ResourceError, ResourceLookup
+from capsync.runtime.resources.methods import METHODS, method_spec, methods_of
+from capsync.runtime.resources.registry import NoCapture, ResourceError, ResourceLookup, capture_call
 from capsync.runtime.rpc import (MAX_CALL_BYTES, BadMessage, RpcError, bearer_secret, call_id, close_bad, decode,
                                  encode_reply, error_reply, peer_name)
 
@@ -192,13 +192,15 @@ class ResourceServer:
             raise RpcError("WrongType", f"resource {name!r} is a {resource.type}, not a {wanted_type}")
         if resource.type in METHODS and method_spec(resource.type, method) is None:
             raise RpcError("UnknownMethod", f"{resource.type} has no capture method {method!r}; "
-                           f"valid: {', '.join(METHODS[resource.type])}")
+                           f"valid: {', '.join(methods_of(resource.type))}")
         try:
             with trio.fail_after(self.call_timeout_s):
-                result = await resource.capture(method, call_params)
+                result = await capture_call(resource, method)(method, call_params)
             return encode_result(result)
         except trio.TooSlowError:
             raise RpcError("Timeout", f"{resource.type} {name!r} {method} took more than "
                            f"{self.call_timeout_s:g} s") from None
+        except NoCapture:
+            raise RpcError("NoCapture", "nothing to capture this time") from None
         except ResourceError as exc:
             raise RpcError("ResourceError", str(exc)) from None

@@ -50,17 +50,28 @@ def render_status(s: dict[str, Any]) -> str:
         rate = f"{c['target_hz']:g} Hz" + (f" (measured {measured:.1f})" if measured is not None else "")
         lines.append(f"  {c['name']:<56} {rate:<24} captured {c['captured']:<7} failed {c['failed']:<5} "
                      f"late {c['late_ticks']:<5} missed {c['missed_ticks']}"
-                     + (f" DROPPED {c['dropped']}" if c.get("dropped") else ""))
+                     + (f"  DROPPED {c['dropped']}" if c.get("dropped") else "")
+                     + (f"  skipped {c['skipped']}" if c.get("skipped") else ""))
         if c.get("last_error"):
             lines.append(f"      last error: {c['last_error']}")
     for u in s.get("unavailable") or []:
         lines.append(f"  not running: {u}")
+    control = s.get("capture_control")
+    if control:
+        active = ", ".join(_override_text(o) for o in control["active"]) or "none (capture follows the config)"
+        lines.append(f"capture control sensor {control['sensor']} ({control['key']}): overrides {active}"
+                     + (f"; last reading unusable: {control['last_error']}" if control.get("last_error") else ""))
     sync = s.get("sync")
     if sync:
         lines.append(f"sync to {sync['cloud_url']}: backlog {sync['backlog_files']} files "
                      f"({human_bytes(sync['backlog_bytes'])}), in flight {sync['in_flight']}, "
                      f"synced {sync['files_synced']} files ({human_bytes(sync['bytes_sent'])}), "
                      f"set aside {sync['set_aside']}")
+        age = sync.get("oldest_unsynced_age_s")
+        if age is not None:
+            stale = "  (stale: waiting longer than " + _duration(sync.get("stale_after_s") or 0) + ")" \
+                if age > (sync.get("stale_after_s") or float("inf")) else ""
+            lines.append(f"  oldest unsynced file waiting {_duration(age)}{stale}")
         last = sync.get("last_pass")
         if last:
             lines.append(f"  last pass {_when(last['started_ns'])}: {_pass_summary(last)}")
@@ -96,6 +107,24 @@ def render_status(s: dict[str, Any]) -> str:
                      f"{mongo['queued']}/{mongo['queue_size']}, dropped {mongo['dropped']}, failed {mongo['failed']}"
                      + (f"; last error: {mongo['last_error']}" if mongo.get("last_error") else ""))
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120 and s % 60:
+        return f"{seconds:.0f} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _override_text(o: dict[str, Any]) -> str:
+    parts = []
+    if o.get("frequency_hz") is not None:
+        parts.append(f"{o['frequency_hz']:g} Hz")
+    if o.get("tags") is not None:
+        parts.append("tags " + (",".join(o["tags"]) or "none"))
+    return f"{o['resource_name']} {o['method']} " + " ".join(parts)
 
 
 def _pass_summary(p: dict[str, Any]) -> str:

@@ -12,6 +12,11 @@ refuses for good is moved to `<capture_dir>/failed/` and reported. The backlog i
 `statistics()` is the index's: it goes down as each file syncs or is set aside, and up as each
 pass finds new ready files (a long pass refreshes the index every interval meanwhile). Capture
 never waits for sync.
+
+The age of the oldest file waiting to sync (`oldest_unsynced_age_s`) is the index's oldest
+modification time. When it passes max(10 x sync_interval_mins, 3 minutes), each pass warns, at
+most once every STALE_WARN_EVERY_S; while the selective syncer deliberately pauses sync the same
+line is logged at INFO instead (the data is old because the user asked for it).
 """
 
 from __future__ import annotations
@@ -45,6 +50,14 @@ log = logging.getLogger("capsync.sync")
 FILE_BACKOFF = Backoff(initial=1.0, factor=2.0, cap=3600.0, jitter=0.1)
 #: How long a pass waits for collectors to finish their open files before going on without them.
 FINISH_WAIT_S = 2.0
+#: Data waiting to sync is stale past max(STALE_INTERVALS x the sync interval, STALE_FLOOR_S) ...
+STALE_INTERVALS, STALE_FLOOR_S = 10, 180.0
+#: ... and is warned about at most this often.
+STALE_WARN_EVERY_S = 300.0
+
+
+#: Why a pass is skipped when the selective syncer deliberately says no.
+PAUSED = "the selective syncer says should_sync is false"
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,10 @@ class SyncStats:
     credentials_refused: bool = False
     #: When a pass last uploaded a file (wall clock ns); None before the first.
     last_upload_ns: int | None = None
+    #: Seconds since the oldest file waiting to sync was last modified; None when none waits.
+    oldest_unsynced_age_s: float | None = None
+    #: When data waiting counts as stale (and is warned about): max(10 x interval, 180 s).
+    stale_after_s: float = STALE_FLOOR_S
 
 
 @dataclass
@@ -150,6 +167,7 @@ class SyncScheduler:
         self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
         self._started = False
+        self._stale_warned_at: float | None = None  # trio time of the last stale-data line
 
     def is_uploading(self, path: Path) -> bool:
         """True while `path` is being uploaded."""
@@ -205,7 +223,37 @@ class SyncScheduler:
             unverified_commits=self._unverified,
             credentials_refused=self._credentials_refused,
             last_upload_ns=self._last_upload_ns,
+            oldest_unsynced_age_s=self.oldest_unsynced_age_s(),
+            stale_after_s=self.stale_after_s,
         )
+
+    @property
+    def stale_after_s(self) -> float:
+        """How old the oldest unsynced file may get before it is warned about."""
+        return max(STALE_INTERVALS * self.interval_s, STALE_FLOOR_S)
+
+    def oldest_unsynced_age_s(self) -> float | None:
+        """Seconds since the oldest file waiting to sync was modified; None when nothing waits."""
+        oldest = self._index.oldest_mtime_ns()
+        return None if oldest is None else max(0.0, self._wall_time() - oldest / 1e9)
+
+    def _check_stale(self, paused: bool) -> None:
+        """Warn (at most every STALE_WARN_EVERY_S) when the oldest unsynced file is stale; at INFO
+        while the selective syncer deliberately pauses sync."""
+        age = self.oldest_unsynced_age_s()
+        if age is None or age <= self.stale_after_s:
+            return
+        now = trio.current_time()
+        if self._stale_warned_at is not None and now - self._stale_warned_at < STALE_WARN_EVERY_S:
+            return
+        self._stale_warned_at = now
+        fields = {"oldest_unsynced_age_s": round(age, 1), "stale_after_s": self.stale_after_s,
+                  "backlog_files": self._index.files, "cloud_error": self._cloud_error}
+        if paused:
+            log.info("data waiting to sync is old while the selective syncer pauses sync", extra=fields)
+        else:
+            log.warning("data waiting to sync is getting old: the oldest unsynced file has waited longer than "
+                        "10 sync intervals (at least 3 minutes)", extra=fields)
 
     async def _pass(self) -> PassResult:
         started_ns, t0 = time.time_ns(), trio.current_time()
@@ -217,6 +265,7 @@ class SyncScheduler:
             self._passes += 1
             log.debug("sync pass skipped", extra={"reason": skip})
             await run_blocking(self._index.refresh, self._capture_dirs(), self._sync_paths, self._wall_time())
+            self._check_stale(paused=skip == PAUSED)
             return PassResult(started_ns, 0.0, 0, 0, 0, self._index.files, self._cloud_error, skipped=skip)
         if self._finish_open_files is not None:
             with trio.move_on_after(FINISH_WAIT_S):
@@ -270,6 +319,7 @@ class SyncScheduler:
         self._passes += 1
         if result.uploaded or result.failed:
             log.info("sync pass", extra={"result": result.summary})
+        self._check_stale(paused=False)
         return result
 
     async def _refresh_during_pass(self, scope: trio.CancelScope) -> None:
@@ -355,7 +405,7 @@ class SyncScheduler:
             self._selective_log.fail("selective", "cannot read the selective syncer; not syncing", error=reason)
             return reason
         self._selective_log.ok("selective", "selective syncer readable again")
-        return None if go else "the selective syncer says should_sync is false"
+        return None if go else PAUSED
 
     def _note_failure(self, f: SyncFile, error: str, *, cloud_down: bool = False) -> None:
         r = self._retries.setdefault(str(f.path), _Retry())

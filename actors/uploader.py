@@ -29,7 +29,7 @@ from capsync.runtime.cloud_client import (
 )
 from capsync.runtime.faults import FaultPlan, InjectedNetworkError
 from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, hashed_stamp, read_at, stamp
-from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileState, FileStatus, UploadStart
+from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileKind, FileState, FileStatus, UploadStart
 from capsync.runtime.blocking import run_blocking
 
 log = logging.getLogger("capsync.uploader")
@@ -118,7 +118,7 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
                 # The cloud finishes a commit even if we go away; so do we, or a stop right now would
                 # leave a committed file on disk (harmless, but re-declared at the next start).
                 with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
-                    status = await client.commit(file_id)
+                    status = await client.commit(file_id, _mtime_of(f))
                     if status.state is FileState.COMMITTED:
                         await _delete_verified(f.path, status, file_id, size, digest, seen)
                         deleted = True
@@ -136,6 +136,11 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
         await _delete_verified(f.path, status, file_id, size, digest, seen)
     log.debug("file synced", extra={"file_id": file_id, "path": str(f.path), "bytes": sent})
     return UploadResult(file_id, f.path, size, sent, status.records)
+
+
+def _mtime_of(f: SyncFile) -> int | None:
+    """The modification time a plain file's commit states (the cloud keeps it); None for capture files."""
+    return f.mtime_ns if f.kind is FileKind.FILE else None
 
 
 def _declaration(f: SyncFile, size: int, digest: str) -> UploadStart:
@@ -166,7 +171,7 @@ async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: U
     # committed file on disk (harmless, but declared again at the next start).
     with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
         try:
-            status = await client.put_whole(file_id, start, data)
+            status = await client.put_whole(file_id, start, data, _mtime_of(f))
         except (OneRequestUnsupported, ChecksumMismatch):
             return None
         await _delete_verified(f.path, status, file_id, start.size, start.sha256, seen)

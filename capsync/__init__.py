@@ -39,6 +39,7 @@ _EXPORTS = {
     "Binary": "capsync.runtime.resources.registry",
     "Resource": "capsync.runtime.resources.registry",
     "ResourceError": "capsync.runtime.resources.registry",
+    "NoCapture": "capsync.runtime.resources.registry",
     "ResourceRegistry": "capsync.runtime.resources.registry",
     "UnknownModel": "capsync.runtime.resources.registry",
     # capture files
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from capsync.runtime.config import ConfigError, ConfigIssue, RobotConfig, load_config, parse_config, validate_file
     from capsync.runtime.resources.registry import (
         Binary,
+        NoCapture,
         Resource,
         ResourceError,
         ResourceRegistry,

@@ -26,7 +26,7 @@ from capsync.cloud.group_commit import GroupCommitter
 from capsync.cloud.limits import UploadLimits
 from capsync.cloud.store import Store, StoreUnavailable
 from capsync.cloud.usage_cache import UsageCache
-from capsync.runtime.sync_protocol import FILE_ID_RE, ErrorBody, FileStatus
+from capsync.runtime.sync_protocol import FILE_ID_RE, MTIME_HEADER, ErrorBody, FileStatus
 
 log = logging.getLogger("capsync.cloud")
 
@@ -166,6 +166,17 @@ def file_id_param(request: Request) -> str:
     if not isinstance(file_id, str) or not FILE_ID_RE.fullmatch(file_id):
         raise ApiError(400, "invalid file id", "file ids are 8-64 characters of A-Z a-z 0-9 _ -")
     return file_id
+
+
+def file_mtime(request: Request) -> int | None:
+    """The plain file's modification time the agent states (MTIME_HEADER), None when absent; 400
+    when it is not a whole number of nanoseconds 0..2^63-1."""
+    raw = request.headers.get(MTIME_HEADER)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+        raise ApiError(400, f"invalid {MTIME_HEADER}", f"expected nanoseconds since the epoch, got {raw[:32]!r}")
+    return int(raw)
 
 
 def content_length(request: Request, limit: int) -> int | None:

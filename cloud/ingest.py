@@ -21,7 +21,7 @@ from capsync.cloud.store import BinaryItem, CommittedFile, TabularRow, Upload
 from capsync.runtime.capture_file import (
     CaptureFormatError, CaptureHeader, CaptureRecord, DataKind, Damage, iter_capture, iter_capture_bytes,
 )
-from capsync.runtime.sync_protocol import FileKind
+from capsync.runtime.sync_protocol import FileKind, folder_tags
 
 #: Deepest nesting of a payload the cloud stores; deeper ones are rejected, not crashed on.
 MAX_JSON_DEPTH = 200
@@ -100,17 +100,23 @@ def _flat_and_plain(d: dict) -> bool:
     return True
 
 
-def plain_file(upload: Upload, size: int, committed_ns: int) -> Ingest:
-    """The rows of a plain file (kind=file): the file row and one binary item for the whole file."""
+def plain_file(upload: Upload, size: int, committed_ns: int, mtime_ns: int | None = None) -> Ingest:
+    """The rows of a plain file (kind=file): the file row and one binary item for the whole file.
+
+    Its folders named `tag=<name>` tag it with `<name>` (names that are not valid tags are left
+    out); `mtime_ns`, the modification time the agent stated, goes in its metadata as `mtime_ns`."""
     mime = _mime_or_default(upload.mime_type, mimetypes.guess_type(upload.name)[0])
+    tags = folder_tags(upload.name)
+    metadata = {} if mtime_ns is None else {"mtime_ns": mtime_ns}
     f = CommittedFile(
         part_id=upload.part_id, file_id=upload.file_id, kind=FileKind.FILE, size=size, sha256=upload.sha256,
-        records=1, committed_ns=committed_ns, name=upload.name, mime_type=mime, created_ns=committed_ns,
+        records=1, committed_ns=committed_ns, name=upload.name, mime_type=mime, tags=tags, created_ns=committed_ns,
+        metadata=metadata,
     )
     item = BinaryItem(
         part_id=upload.part_id, file_id=upload.file_id, record_index=0, resource_type="", resource_name="",
         method="", mime_type=mime, size=size, requested_ns=committed_ns, received_ns=committed_ns,
-        name=upload.name, from_capture=False,
+        tags=tags, metadata=dict(metadata), name=upload.name, from_capture=False,
     )
     return Ingest(f, [], [item])
 

@@ -26,6 +26,7 @@ from capsync.cloud.http import (
     content_length,
     endpoint,
     file_id_param,
+    file_mtime,
     read_body,
     read_json_body,
 )
@@ -193,11 +194,12 @@ async def file_commit(request: Request) -> Response:
     cloud = cloud_of(request)
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
+    mtime_ns = file_mtime(request)
     async with cloud.locks.hold((part_id, file_id)):
-        return ok(request, await _commit(cloud, part_id, file_id))
+        return ok(request, await _commit(cloud, part_id, file_id, mtime_ns))
 
 
-async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
+async def _commit(cloud: Cloud, part_id: str, file_id: str, mtime_ns: int | None) -> FileStatus:
     status, u = await lookup(cloud, part_id, file_id)
     if status.state is FileState.COMMITTED:
         await run_blocking(cloud.blobs.discard, part_id, file_id)
@@ -221,7 +223,7 @@ async def _commit(cloud: Cloud, part_id: str, file_id: str) -> FileStatus:
             committed = await _stage_capture(cloud, u, now)
             tabular, binary = [], []
         else:
-            plain = ingest.plain_file(u, u.size, now)
+            plain = ingest.plain_file(u, u.size, now, mtime_ns)
             committed, tabular, binary = plain.file, plain.tabular, plain.binary
     except ingest.Rejected as exc:
         await _discard(cloud, u)

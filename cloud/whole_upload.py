@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from capsync.cloud import ingest, quotas
-from capsync.cloud.http import ApiError, Cloud, cloud_of, content_length, endpoint, file_id_param, read_body
+from capsync.cloud.http import ApiError, Cloud, cloud_of, content_length, endpoint, file_id_param, file_mtime, read_body
 from capsync.cloud.store import Commit, CommittedFile, Upload
 from capsync.cloud.uploads import check_servable, committed_status, ok, summarize, unknown_status
 from capsync.runtime.blocking import run_blocking
@@ -55,6 +55,7 @@ async def put_file(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     file_id = file_id_param(request)
     start = _declaration(request)
+    mtime_ns = file_mtime(request)
     check_servable(start)
     if start.size > MAX_WHOLE_BYTES:
         raise ApiError(413, "file too large for one request",
@@ -69,11 +70,12 @@ async def put_file(request: Request) -> Response:
         await quotas.check_whole_upload(cloud, part_id, start.size)
         with cloud.usage.in_flight(part_id, start.size):
             data = await read_body(request, start.size)
-            f = await _store(cloud, part_id, file_id, start, data)
+            f = await _store(cloud, part_id, file_id, start, data, mtime_ns)
     return ok(request, committed_status(f))
 
 
-async def _store(cloud: Cloud, part_id: str, file_id: str, start: UploadStart, data: bytes) -> CommittedFile:
+async def _store(cloud: Cloud, part_id: str, file_id: str, start: UploadStart, data: bytes,
+                 mtime_ns: int | None) -> CommittedFile:
     if len(data) != start.size:
         raise ApiError(400, "wrong body size", f"the body has {len(data)} bytes, size says {start.size}")
     fields = {"part": part_id, "file_id": file_id, "kind": start.kind.value, "size": start.size}
@@ -81,7 +83,7 @@ async def _store(cloud: Cloud, part_id: str, file_id: str, start: UploadStart, d
     u = Upload(part_id, file_id, start.kind, start.size, start.sha256, start.name, start.mime_type, start.size, now)
     with trio.CancelScope(shield=True):  # bytes then rows, both durable, before anyone hears "committed"
         try:
-            rows = await run_blocking(_check_and_write, cloud, u, data)
+            rows = await run_blocking(_check_and_write, cloud, u, data, mtime_ns)
         except _ChecksumMismatch as exc:
             log.warning("checksum mismatch; one-request upload refused", extra={**fields, "declared": start.sha256,
                                                                               "actual": exc.digest})
@@ -106,13 +108,13 @@ class _ChecksumMismatch(Exception):
         self.digest = digest
 
 
-def _check_and_write(cloud: Cloud, u: Upload, data: bytes) -> ingest.Ingest:
+def _check_and_write(cloud: Cloud, u: Upload, data: bytes, mtime_ns: int | None) -> ingest.Ingest:
     """In one worker thread: check the sha256, parse, and write the bytes as the committed file."""
     digest = hashlib.sha256(data).hexdigest()
     if digest != u.sha256:
         raise _ChecksumMismatch(digest)
     rows = (ingest.capture_file(u, data, u.size, u.created_ns) if u.kind is FileKind.CAPTURE
-            else ingest.plain_file(u, u.size, u.created_ns))
+            else ingest.plain_file(u, u.size, u.created_ns, mtime_ns))
     cloud.blobs.put_committed(u.part_id, u.file_id, data)
     cloud.blobs.discard(u.part_id, u.file_id)  # a resumable upload of the same file, given up for this one
     return rows

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from capsync.runtime.rpc import warn_plain_text_secret
 from capsync.runtime.sync_protocol import (
+    MTIME_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     ErrorBody,
@@ -113,13 +114,14 @@ class CloudClient:
         self.bytes_sent += len(data)
         return status
 
-    async def put_whole(self, file_id: str, start: UploadStart, data: bytes) -> FileStatus:
+    async def put_whole(self, file_id: str, start: UploadStart, data: bytes, mtime_ns: int | None = None) -> FileStatus:
         """Upload a small file in one request (declaration, bytes and commit); raises
-        OneRequestUnsupported when this cloud cannot (and, for an older cloud, remembers it)."""
+        OneRequestUnsupported when this cloud cannot (and, for an older cloud, remembers it).
+        `mtime_ns`: a plain file's modification time, for the cloud to keep."""
         params = {k: str(v) for k, v in start.model_dump(mode="json").items() if v != ""}
         try:
             status = await self._call("PUT", file_route(file_id), params=params, content=data,
-                                      headers={"Content-Type": "application/octet-stream"})
+                                      headers={"Content-Type": "application/octet-stream", **_mtime(mtime_ns)})
         except UploadRejected as exc:
             if exc.status_code in (404, 405):
                 self.one_request = False
@@ -131,9 +133,10 @@ class CloudClient:
         self.bytes_sent += len(data)
         return status
 
-    async def commit(self, file_id: str) -> FileStatus:
-        """Ask the cloud to verify and commit the file; raises ChecksumMismatch if the bytes are wrong."""
-        return await self._call("POST", file_route(file_id) + "/commit")
+    async def commit(self, file_id: str, mtime_ns: int | None = None) -> FileStatus:
+        """Ask the cloud to verify and commit the file; raises ChecksumMismatch if the bytes are wrong.
+        `mtime_ns`: a plain file's modification time, for the cloud to keep."""
+        return await self._call("POST", file_route(file_id) + "/commit", headers=_mtime(mtime_ns))
 
     async def _call(self, method: str, url: str, **kw) -> FileStatus:
         if self._http is None:
@@ -164,6 +167,12 @@ class CloudClient:
         if resp.status_code in (408, 429) or resp.status_code >= 500:
             raise CloudUnavailable(reason)
         raise UploadRejected(reason, resp.status_code)
+
+
+def _mtime(mtime_ns: int | None) -> dict[str, str]:
+    """The header stating a plain file's modification time (none for a capture file); clouds that
+    do not know it ignore it."""
+    return {} if mtime_ns is None else {MTIME_HEADER: str(mtime_ns)}
 
 
 def _error_body(resp: httpx.Response) -> ErrorBody | None:

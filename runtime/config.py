@@ -13,6 +13,7 @@ validating walk in `capsync.runtime.config_build`; docs/config.md is the referen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capsync.runtime.capture_control import CaptureOverride
 from capsync.runtime.config_build import Builder, CaptureMethodPlan, ConfiguredMethod, RemoteConfig, ResourceRef
 from capsync.runtime.config_structure import structure_warnings
 from capsync.runtime.config_models import (
@@ -54,6 +56,8 @@ class RobotConfig:
     warnings: list[ConfigIssue]  # allowed but probably not meant, e.g. capture methods but no data manager
     _resources: tuple[ResourceRef, ...] = ()
     _methods: tuple[ConfiguredMethod, ...] = ()
+    #: What the capture control sensor asks for now (see with_overrides); () follows the file.
+    overrides: tuple[CaptureOverride, ...] = ()
 
     @property
     def capture_off_reason(self) -> str | None:
@@ -79,10 +83,29 @@ class RobotConfig:
         return list(self._resources)
 
     def capture_plan(self) -> list[CaptureMethodPlan]:
-        """Every enabled capture method in config order; empty when capture is off for the whole part."""
+        """Every enabled capture method in config order, with the overrides applied; empty when
+        capture is off for the whole part."""
         if not self.capture_enabled:
             return []
-        return [m.plan() for m in self._methods if m.enabled]
+        if not self.overrides:
+            return [m.plan() for m in self._methods if m.enabled]
+        wanted = {(o.resource_name, o.method): o for o in self.overrides}
+        plans = []
+        for m in self._methods:
+            o = wanted.get((m.resource.name, m.entry.method))
+            hz = m.entry.capture_frequency_hz if o is None or o.frequency_hz is None else o.frequency_hz
+            if not m.entry.disabled and hz > 0:
+                plans.append(m.plan(hz, o.tags if o is not None else None))
+        return plans
+
+    def with_overrides(self, overrides: tuple[CaptureOverride, ...]) -> RobotConfig:
+        """This config with the capture control sensor's `overrides` in place of any earlier ones."""
+        return dataclasses.replace(self, overrides=tuple(overrides))
+
+    def unmatched(self, overrides: tuple[CaptureOverride, ...]) -> list[CaptureOverride]:
+        """The overrides that name no configured capture method (of a local or remote resource)."""
+        known = {(m.resource.name, m.entry.method) for m in self._methods}
+        return [o for o in overrides if (o.resource_name, o.method) not in known]
 
 
 # ---------------------------------------------------------------------------------------------

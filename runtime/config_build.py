@@ -26,7 +26,7 @@ from capsync.runtime.config_models import (
     suggest,
     validate_section,
 )
-from capsync.runtime.resources.methods import METHODS, DataKind, method_spec
+from capsync.runtime.resources.methods import DO_COMMAND_SPEC, METHODS, DataKind, method_spec, methods_of
 
 DATA_MANAGER = "data_manager"
 #: Names that end up in capture file paths: no separators, no "." / "..".
@@ -61,6 +61,7 @@ class CaptureMethodPlan:
     params: dict
     retention_policy: dict | None
     config_path: str  # JSON path of the capture_methods entry, for messages
+    tags: tuple[str, ...] | None = None  # set by a capture control override: replaces the part's tags
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,16 @@ class ConfiguredMethod:
         """Not disabled and a frequency above 0."""
         return not self.entry.disabled and self.entry.capture_frequency_hz > 0
 
-    def plan(self) -> CaptureMethodPlan:
-        """The plan a collector runs for this entry."""
+    def plan(self, frequency_hz: float | None = None, tags: tuple[str, ...] | None = None) -> CaptureMethodPlan:
+        """The plan a collector runs for this entry (at `frequency_hz` and with `tags` when a
+        capture control override sets them)."""
         r, e = self.resource, self.entry
         params = dict(e.additional_params)
         canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return CaptureMethodPlan(
             key=f"{r.remote or ''}|{r.type}/{r.name}/{e.method}|{canonical}", resource=r, method=e.method,
-            kind=self.kind, frequency_hz=e.capture_frequency_hz, params=params,
-            retention_policy=self.retention_policy, config_path=self.path)
+            kind=self.kind, frequency_hz=e.capture_frequency_hz if frequency_hz is None else frequency_hz,
+            params=params, retention_policy=self.retention_policy, config_path=self.path, tags=tags)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +173,11 @@ class Builder:
                                              "in this config" + (f"; did you mean {close!r}?" if close else ""),
                                              "name a sensor of this config: " + ", ".join(names) if names else
                                              "add the selective syncer sensor to the config"))
+        control = dm.capture_control_sensor if dm is not None else None
+        if control is not None and control.name not in {r.name for r in resources if r.remote is None}:
+            self.warnings.append(ConfigIssue(f"{self.dm_path}.attributes.capture_control_sensor.name",
+                                             f"capture_control_sensor.name {control.name!r} names no "
+                                             "resource in this config; capture follows the config"))
         return Built(dm, cloud or CloudConfig(), network or NetworkConfig(), remotes, self.warnings,
                      tuple(resources + remote_refs), tuple(self.methods))
 
@@ -317,13 +324,15 @@ class Builder:
     def _method_spec(self, rtype: str, method: Any, path: str) -> Any:
         if not isinstance(method, str) or not method:
             return None  # reported by the entry's validation
+        if method == DO_COMMAND_SPEC.name:
+            return DO_COMMAND_SPEC  # every type has it
         if rtype not in METHODS:
-            self.issue(path, f"resource type {rtype!r} has no capture methods",
-                       "types with capture methods: " + ", ".join(sorted(METHODS)))
+            self.issue(path, f"resource type {rtype!r} has no capture methods but DoCommand",
+                       "types with capture methods: " + ", ".join(sorted(METHODS)) + "; any type can capture DoCommand")
             return None
         spec = method_spec(rtype, method)
         if spec is None:
-            valid = list(METHODS[rtype])
+            valid = methods_of(rtype)
             close = suggest(method, valid)
             did_you_mean = f"; did you mean {close!r}?" if close else ""
             self.issue(path, f"{rtype} has no capture method {method!r}{did_you_mean}",

@@ -113,6 +113,13 @@ class MongoCaptureConfig(_Section):
         return v or cls.model_fields[info.field_name].default
 
 
+class CaptureControlSensor(_Section):
+    """`capture_control_sensor`: the sensor whose reading under `key` overrides capture at run time."""
+
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
 class DataManagerAttributes(_Section):
     """The `attributes` of the data_manager service: the documented ones, then capsync's extensions."""
 
@@ -126,6 +133,7 @@ class DataManagerAttributes(_Section):
     maximum_num_sync_threads: int = Field(default_factory=default_sync_threads, ge=1)
     mongo_capture_config: MongoCaptureConfig = Field(default_factory=MongoCaptureConfig)
     selective_syncer_name: str = ""
+    capture_control_sensor: CaptureControlSensor | None = None
     cache_size_kb: float | None = None  # viam-micro-server only: accepted and ignored
     # capsync extensions
     max_file_size_kb: float = Field(64.0, gt=0)

@@ -360,6 +360,16 @@ class ReadyIndex:
                     return True
         return False
 
+    def oldest_mtime_ns(self) -> int | None:
+        """The modification time (ns since the epoch) of the oldest ready file, None when there is
+        none. Cheap: the heap's top, after dropping the stale slots above it."""
+        with self._lock:
+            heap = self._heap
+            while heap and not self.is_live(heap[0]):
+                heapq.heappop(heap)
+                self._stale -= 1
+            return mtime_ns_of(heap[0]) if heap else None
+
     def oldest_first(self) -> Iterator[Entry]:
         """Every ready file, oldest (by mtime) first, as indexed now; entries discarded meanwhile
         are skipped. Walks a copy of the heap, so the index may change while this runs."""

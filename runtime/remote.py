@@ -44,7 +44,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError,
 
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.config_build import RemoteConfig, ResourceRef
-from capsync.runtime.resources.registry import Binary, CaptureResult, ResourceError
+from capsync.runtime.resources.registry import MAX_AGE_S, Binary, CaptureResult, NoCapture, ResourceError
 from capsync.runtime.rpc import (MAX_MESSAGE_BYTES, BadMessage, RpcError, auth_headers, call_id, decode, encode,
                                  check_tls, no_handshake, reply_outcome, warn_plain_text_secret)
 
@@ -79,7 +79,8 @@ def encode_result(result: CaptureResult) -> dict[str, Any]:
     items = result if many else [result]
     if not all(isinstance(b, Binary) for b in items):
         raise ResourceError(f"resource returned {type(result).__name__}, expected a dict, Binary or list of Binary")
-    return {"binary": [{"data": b.data, "mime_type": b.mime_type, "metadata": b.metadata} for b in items],
+    return {"binary": [{"data": b.data, "mime_type": b.mime_type, "metadata": b.metadata,
+                        **({"age_s": b.age_s} if b.age_s else {})} for b in items],
             "many": many}
 
 
@@ -95,7 +96,10 @@ def decode_result(wire: Any) -> CaptureResult:
             mime, meta = item.get("mime_type") or "", item.get("metadata")
             if not isinstance(mime, str) or len(mime) > 200:
                 raise RemotePartError("BadMessage", "binary result item with a mime_type that is not a short string")
-            out.append(Binary(item["data"], mime, meta if isinstance(meta, dict) else None))
+            age = item.get("age_s", 0.0)
+            if isinstance(age, bool) or not isinstance(age, int | float) or not 0.0 <= age <= MAX_AGE_S:
+                raise RemotePartError("BadMessage", f"binary result item with an age_s that is not 0..{MAX_AGE_S:g} s")
+            out.append(Binary(item["data"], mime, meta if isinstance(meta, dict) else None, float(age)))
         return out if wire.get("many") else (out[0] if out else [])
     raise RemotePartError("BadMessage", f"unexpected capture result {type(wire).__name__}")
 
@@ -368,9 +372,18 @@ class RemoteResource:
     async def capture(self, method: str, params: dict) -> CaptureResult:
         """Capture `method` on the remote resource; RemotePartError when the remote cannot answer."""
         conn = self._parts.connection(self.remote)
-        wire = await conn.call("resource.capture", {"resource": self.name, "type": self.type,
-                                                    "method": method, "params": dict(params)})
+        try:
+            wire = await conn.call("resource.capture", {"resource": self.name, "type": self.type,
+                                                        "method": method, "params": dict(params)})
+        except RemotePartError as exc:
+            if exc.kind == "NoCapture":  # the remote resource had nothing to capture this time
+                raise NoCapture() from None
+            raise
         return decode_result(wire)
+
+    async def do_command(self, command: dict) -> CaptureResult:
+        """DoCommand capture on the remote resource (the remote part calls its `do_command`)."""
+        return await self.capture("DoCommand", command)
 
     async def close(self) -> None:
         """Nothing to close: the connection belongs to the remote, not to one resource."""

@@ -70,6 +70,27 @@ PROTOCOL_VERSION = 2
 _ADDED_IN = {"sha256": 2}
 
 
+#: The request header in which an agent states a plain file's modification time (ns since the
+#: epoch) on its commit and one-request upload. Optional: a cloud that does not know it ignores it,
+#: and an agent that does not send it leaves the cloud without the time; see docs/sync-protocol.md.
+MTIME_HEADER = "Capsync-File-Mtime"
+#: A folder of an additional sync path named `tag=<name>` tags every file under it with `<name>`
+#: (a valid tag: the same characters as the config's tags).
+TAG_FOLDER_PREFIX = "tag="
+_FOLDER_TAG_RE = re.compile(r"\A[A-Za-z0-9_-]{1,256}\Z")
+
+
+def folder_tags(name: str) -> tuple[str, ...]:
+    """The tags of a plain file's folders: `tag=a/x/tag=b/f.jpg` -> ("a", "b"), each once, in order."""
+    tags: list[str] = []
+    for folder in name.split("/")[:-1]:
+        if folder.startswith(TAG_FOLDER_PREFIX):
+            tag = folder[len(TAG_FOLDER_PREFIX):]
+            if _FOLDER_TAG_RE.match(tag) and tag not in tags:
+                tags.append(tag)
+    return tuple(tags)
+
+
 def protocol_version(value: str | None) -> int:
     """The revision a request's `Capsync-Protocol` header states (1 when absent or not a number)."""
     try:

@@ -108,7 +108,7 @@ def test_importing_the_cloud_does_not_load_the_agent(tmp_path):
 PUBLIC = {
     "capsync": ["__version__", "load_config", "parse_config", "validate_file", "RobotConfig", "ConfigError",
                 "ConfigIssue", "Agent", "AgentStats", "register_model", "registered_models", "Binary", "Resource",
-                "ResourceError", "ResourceRegistry", "UnknownModel", "read_capture", "recover_dir", "CaptureHeader", "CaptureRecord",
+                "ResourceError", "NoCapture", "ResourceRegistry", "UnknownModel", "read_capture", "recover_dir", "CaptureHeader", "CaptureRecord",
                 "CaptureFormatError"],
     "capsync.testing": ["Simulation", "Accounting", "SimDisk", "FaultPlan", "FaultKind", "Fault", "FaultEvent",
                         "InjectedFault", "FaultProxy", "ProxyStats", "ProxyThread"],

@@ -299,7 +299,7 @@ def test_misspelled_attribute_reports_both_problems():
 
 def test_unknown_method_lists_valid_methods():
     [issue] = validate_file(BAD_CONFIGS / "unknown_method.json")
-    assert issue.hint == "valid methods for camera: GetImages, ReadImage, NextPointCloud"
+    assert issue.hint == "valid methods for camera: GetImages, ReadImage, NextPointCloud, DoCommand"
 
 
 def test_error_str_is_one_line_per_issue():

@@ -303,3 +303,11 @@ class FakeServo(FakeResource):
 
     def m_Position(self, params: dict) -> dict:
         return {"position_deg": int(min(max(self._angle(self.elapsed()), self._lo), self._hi))}
+
+
+@register_fake
+class FakeGeneric(FakeResource):
+    """A ``generic`` component or service: no capture methods of its own, only DoCommand (which
+    echoes the command; see FakeResource.do_command)."""
+
+    type = "generic"

@@ -126,6 +126,7 @@ class FakeResource:
         if entry is None:
             known = ", ".join(self._methods)
             raise ResourceError(f"{self.type} {self.name!r} has no capture method {method!r} (methods: {known})")
+        # _call_starts, inline: this is the hot path of every fake reading
         if self.closed:
             raise ResourceError(f"{self.type} {self.name!r} is closed")
         self.calls += 1
@@ -137,6 +138,22 @@ class FakeResource:
         if is_async:
             return await fn(params or {})
         return fn(params or {})
+
+    async def do_command(self, command: dict) -> dict:
+        """DoCommand (and its capture): the command echoed back, with this resource's call count
+        and seconds since its first capture."""
+        await self._call_starts("DoCommand")
+        return {"command": dict(command), "calls": self.calls, "elapsed_s": self.elapsed()}
+
+    async def _call_starts(self, method: str) -> None:
+        """What every call does first: refuse when closed, count, wait `latency_ms`, fail at `fail_rate`."""
+        if self.closed:
+            raise ResourceError(f"{self.type} {self.name!r} is closed")
+        self.calls += 1
+        if self.latency_s:
+            await trio.sleep(self.latency_s)
+        if self.fail_rate and self._fail_rng.random() < self.fail_rate:
+            raise ResourceError(f"{self.type} {self.name!r}: injected failure in {method} (fail_rate={self.fail_rate})")
 
     async def close(self) -> None:
         self.closed = True

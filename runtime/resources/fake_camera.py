@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import math
+import random
+from collections.abc import Iterator
 
 from PIL import Image
 
@@ -112,10 +114,20 @@ class FakeCamera(FakeResource):
         return Binary(data, MIME_PCD)
 
 
+def fake_detection_draws(vision_name: str, class_name: str, rate: float, seed: object = None) -> Iterator[bool]:
+    """Whether a fake vision service finds `class_name` in its 1st, 2nd, ... call, for its
+    ``fake_detections`` entry of that class at `rate`: seeded, so a test can predict them."""
+    rng = random.Random(f"detect/{vision_name if seed is None else seed}/{class_name}")
+    while True:
+        yield rng.random() < rate
+
+
 @register_fake
 class FakeVision(FakeResource):
     """Attributes: ``labels`` (classification labels, default ["ball", "box", "floor"]),
-    ``camera_name`` (used when the capture has no camera_name param)."""
+    ``camera_name`` (used when the capture has no camera_name param), ``fake_detections``
+    (``[{"class_name", "rate", "confidence"}]``: a detector that finds that class in that share of
+    frames, seeded by name; confidence default 0.9)."""
 
     type = "vision"
 
@@ -130,6 +142,22 @@ class FakeVision(FakeResource):
         self._confidence = {c: smooth(rng, 0.8, 0.15) for c in ("ball", "box")}
         self._ghost = smooth(rng, 0.3, 0.15)  # a low-confidence false positive
         self._ghost_xy = (smooth(rng, 0.5, 0.35), smooth(rng, 0.5, 0.35))
+        self._planted = self._fake_detections(self.attributes.get("fake_detections") or [])
+
+    def _fake_detections(self, spec: object) -> list[tuple[str, float, Iterator[bool]]]:
+        if not isinstance(spec, list):
+            raise ResourceError(f"attribute 'fake_detections' must be a list of objects, got {spec!r}")
+        out = []
+        for entry in spec:
+            if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+                raise ResourceError(f"each fake_detections entry needs a class_name, got {entry!r}")
+            rate = as_float(entry, "rate", what="fake_detections")
+            confidence = as_float(entry, "confidence", 0.9, what="fake_detections")
+            if not (0.0 <= rate <= 1.0 and 0.0 <= confidence <= 1.0):
+                raise ResourceError(f"fake_detections {entry['class_name']!r}: rate and confidence must be 0..1")
+            name = entry["class_name"]
+            out.append((name, confidence, fake_detection_draws(self.name, name, rate, self.attributes.get("seed"))))
+        return out
 
     async def m_CaptureAllFromCamera(self, params: dict) -> Binary:
         camera_name = as_str(params, "camera_name", self.attributes.get("camera_name"))
@@ -153,6 +181,9 @@ class FakeVision(FakeResource):
         x, y = int(min(max(gx(t), 0.0), 0.9) * w), int(min(max(gy(t), 0.0), 0.9) * h)
         ghost = _Box("shadow", x, y, min(w, x + max(2, w // 10)), min(h, y + max(2, h // 10)))
         detections.append(self._detection("shadow", self._ghost(t), ghost))
+        for class_name, confidence, draws in self._planted:
+            if next(draws):
+                detections.append(self._detection(class_name, confidence, _Box(class_name, w // 4, h // 4, w // 2, h // 2)))
         detections = [d for d in detections if d["confidence"] >= min_conf]
         classifications = [c for c in self._classify(t) if c["confidence"] >= min_conf]
         return Binary(image.data, image.mime_type, {"detections": detections, "classifications": classifications})

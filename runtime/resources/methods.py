@@ -1,6 +1,7 @@
 """The capture methods each resource type supports, as documented, and what each one produces.
 
-This table is the single source of truth for "which methods does a type have": the config
+This table is the single source of truth for "which methods does a type have" (plus `DoCommand`,
+which every type has): the config
 validator uses it to reject an unknown method, the collector uses it to tell tabular methods
 from binary ones, and the fake models implement exactly these.
 """
@@ -60,6 +61,18 @@ METHODS: dict[str, dict[str, MethodSpec]] = {
 }
 
 
+#: `DoCommand` is a capture method of every resource type, those above and any other (`generic`
+#: components, services): its `additional_params` are the command, its answer a tabular reading.
+DO_COMMAND_SPEC = MethodSpec("DoCommand", DataKind.TABULAR)
+
+
 def method_spec(resource_type: str, method: str) -> MethodSpec | None:
     """The spec of `method` on `resource_type`, or None when that type has no such capture method."""
+    if method == DO_COMMAND_SPEC.name:
+        return DO_COMMAND_SPEC
     return METHODS.get(resource_type, {}).get(method)
+
+
+def methods_of(resource_type: str) -> list[str]:
+    """The capture methods of `resource_type`, DoCommand last (every type has it)."""
+    return [*METHODS.get(resource_type, {}), DO_COMMAND_SPEC.name]

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -36,11 +36,21 @@ _PY_PREFIX = "py:"
 
 @dataclass(frozen=True)
 class Binary:
-    """One binary capture result: the file's bytes, its MIME type, and optional JSON-like metadata."""
+    """One binary capture result: the file's bytes, its MIME type, and optional JSON-like metadata.
+
+    `age_s` is how long before the capture returned this datum was taken (0: just now). A result
+    that hands over frames taken earlier (a filtered camera's window) sets it, and the record's
+    requested and received times are moved back by that much.
+    """
 
     data: bytes
     mime_type: str
     metadata: dict | None = None
+    age_s: float = 0.0
+
+
+#: The oldest a Binary may say it is (`age_s`); a larger age is ignored (a window is seconds long).
+MAX_AGE_S = 3600.0
 
 
 #: What ``Resource.capture`` returns: a dict of JSON-like values for tabular methods, a
@@ -50,6 +60,12 @@ CaptureResult = dict | Binary | list[Binary]
 
 class ResourceError(Exception):
     """A resource call (or building a resource) failed; the message is the user-facing reason."""
+
+
+class NoCapture(Exception):
+    """Raised by ``capture`` to say "nothing to capture this time" (e.g. a filter declined the
+    frame). Not a failure: the collector writes nothing, counts it as skipped, logs nothing and
+    keeps its schedule."""
 
 
 class UnknownModel(Exception):
@@ -65,6 +81,29 @@ class Resource(Protocol):
     async def capture(self, method: str, params: dict) -> CaptureResult: ...
 
     async def close(self) -> None: ...
+
+    # Optional: `async def do_command(self, command: dict) -> dict`, for DoCommand capture.
+
+
+#: The capture method every resource type has: its `additional_params` are the command sent to
+#: the resource's `do_command`, and the answer is a tabular reading.
+DO_COMMAND = "DoCommand"
+
+
+def capture_call(resource: Resource, method: str) -> Callable[[str, dict], Awaitable[CaptureResult]]:
+    """What a collector awaits as `call(method, params)` for `method` of `resource`: its `capture`,
+    or for DoCommand its `do_command` (a ResourceError when the model has none)."""
+    if method != DO_COMMAND:
+        return resource.capture
+    do_command = getattr(resource, "do_command", None)
+
+    async def call(method: str, params: dict) -> CaptureResult:
+        if do_command is None:
+            raise ResourceError(f"{resource.type} {resource.name!r} (model {getattr(resource, 'model', '?')!r}) has "
+                                "no do_command, so it cannot capture DoCommand")
+        return await do_command(dict(params))
+
+    return call
 
 
 class ResourceLookup(Protocol):
@@ -96,7 +135,8 @@ def _load_builtins() -> None:
         importlib.import_module("capsync.runtime.resources.fake")
         importlib.import_module("capsync.runtime.resources.fake_camera")
         importlib.import_module("capsync.runtime.resources.selective_syncer")
-        for real in ("system", "wifi_rssi", "image_dir", "command"):  # real data sources
+        importlib.import_module("capsync.runtime.resources.filtered_camera")
+        for real in ("system", "wifi_rssi", "image_dir", "command", "json_file"):  # real data sources
             importlib.import_module(f"capsync.runtime.resources.{real}")
 
 
