@@ -11,8 +11,9 @@
     ├── governor                               the disk-full rule, whenever there is a data manager
     ├── config_watcher                         when the agent was started from a config file
     ├── remotes                                one connection per remote part (runtime/remote.py)
-    └── control                                status, sync now, Sync and DoCommand over WebSocket RPC,
-                                               and this part's resources for other parts on /resources
+    ├── control                                status, sync now, Sync and DoCommand over WebSocket RPC,
+    │                                          and this part's resources for other parts on /resources
+    └── metrics                                /metrics and /v1/health over HTTP, when a metrics address is given
 
 The MongoDB sink starts before capture and stops after it, so it sees every reading.
 
@@ -35,10 +36,12 @@ import httpx
 import trio
 
 from capsync.actors.agent_api import agent_handlers
+from capsync.actors.agent_metrics import TreeHealth
 from capsync.actors.collector import Collector, CollectorSettings, CollectorStats
 from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
 from capsync.actors.control import ControlEndpoint
 from capsync.actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
+from capsync.actors.metrics_endpoint import MetricsEndpoint
 from capsync.actors.mongo_sink import MongoSink, MongoSinkStats
 from capsync.actors.reconcile import diff_configs
 from capsync.actors.resource_server import ResourceServer, ResourceServerStats
@@ -157,7 +160,8 @@ class Agent:
 
     With `config_path` the agent watches that file and applies each valid edit. `cloud_transport`
     replaces the network for the cloud client (tests); `control` False leaves the control
-    endpoint out (tests that run several agents in one process).
+    endpoint out (tests that run several agents in one process). `metrics_address` (host, port)
+    serves /metrics and /v1/health there (actors/metrics_endpoint.py); None leaves them out.
     """
 
     def __init__(
@@ -174,6 +178,7 @@ class Agent:
         faults: FaultPlan | None = None,
         disk_usage: Callable[[Path], DiskUsage] | None = None,
         ledger: Counter[str] | None = None,
+        metrics_address: tuple[str, int] | None = None,
     ) -> None:
         self.config = config
         self.faults = faults
@@ -219,6 +224,11 @@ class Agent:
         self.control: ControlEndpoint | None = None
         if control:
             self.control = self._make_control(config)
+        #: The health rule of /v1/health and the systemd watchdog (actors/agent_metrics.py).
+        self.health = TreeHealth()
+        self.metrics: MetricsEndpoint | None = None
+        if metrics_address is not None:
+            self.metrics = MetricsEndpoint(self, *metrics_address)
 
     # -- building the parts --------------------------------------------------------------
 
@@ -313,7 +323,8 @@ class Agent:
                 for plan in plans:
                     await self._start_collector(plan)
                 for name, actor in (("sync", self.sync), ("governor", self.governor),
-                                    ("config_watcher", self.watcher), ("control", self.control)):
+                                    ("config_watcher", self.watcher), ("control", self.control),
+                                    ("metrics", self.metrics)):
                     if actor is not None:
                         await self._root.start_child(ChildSpec(name, actor.run))
                 log.info(

@@ -17,6 +17,7 @@ import trio
 
 from capsync import __version__
 from capsync.actors.agent import Agent
+from capsync.actors.metrics_endpoint import split_address
 from capsync.actors.status_line import status_line
 from capsync.actors.status_report import render_status
 from capsync.runtime import rpc
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", type=log_level, choices=LOG_LEVELS)
     run.add_argument("--status-interval", type=float, default=30.0, metavar="SECS",
                      help="log a status line this often (0: never)")
+    run.add_argument("--metrics-address", type=_address, metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /v1/health over HTTP there (default: off; "
+                          "127.0.0.1:9791 keeps them on this machine)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config; exit 0 if good, 2 with every problem if not")
@@ -79,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_cloud_commands(sub)
     return p
+
+
+def _address(value: str) -> tuple[str, int]:
+    try:
+        return split_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -169,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.error("invalid config", extra={"config": str(args.config), "where": issue.path,
                                                "problem": issue.message})
         return EXIT_BAD_INPUT
-    agent = Agent(config, config_path=args.config, config_text=text)
+    agent = Agent(config, config_path=args.config, config_text=text, metrics_address=args.metrics_address)
     try:
         trio.run(_run_until_signal, agent, args.status_interval)
     except KeyboardInterrupt:  # a second Ctrl-C while the open files were being finished

@@ -89,6 +89,8 @@ class SyncStats:
     #: Capture files damaged after they were finished whose intact records were synced, their
     #: damaged tails kept in failed/ with a report (runtime/salvage.py).
     salvaged: int = 0
+    #: Upload attempts that failed since start (cloud down, refused, local trouble); each is retried.
+    upload_failures: int = 0
 
 
 @dataclass
@@ -141,6 +143,7 @@ class SyncScheduler:
         self._trigger = trio.Event()
         self._pass_done = trio.Event()
         self._passes = self._synced = self._bytes = self._set_aside = self._unverified = self._salvaged = 0
+        self._upload_failures = 0
         self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
         self._started = False
@@ -181,6 +184,11 @@ class SyncScheduler:
             with trio.move_on_after(2, shield=True):
                 await self._client.aclose()
 
+    def oldest_unsynced_mtime_ns(self) -> int | None:
+        """When the oldest file waiting to sync was last modified (ns since the epoch), or None when
+        nothing waits: from the ready index, as of its last refresh."""
+        return self._index.oldest_mtime_ns()
+
     def statistics(self) -> SyncStats:
         """Counters since start, and the backlog: ready files not synced yet, as of now."""
         return SyncStats(
@@ -197,6 +205,7 @@ class SyncScheduler:
             last_pass=self._last,
             cloud_error=self._cloud_error,
             unverified_commits=self._unverified,
+            upload_failures=self._upload_failures,
         )
 
     async def _pass(self) -> PassResult:
@@ -260,6 +269,7 @@ class SyncScheduler:
             cloud_error=pass_error[0] if pass_error else None,
         )
         self._passes += 1
+        self._upload_failures += counts["failed"]
         if result.uploaded or result.failed:
             log.info("sync pass", extra={"result": result.summary})
         return result
