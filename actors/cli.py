@@ -18,6 +18,7 @@ import trio
 from capsync import __version__
 from capsync.actors.agent import Agent
 from capsync.actors.metrics_endpoint import split_address
+from capsync.actors.service_notify import notify_service_manager
 from capsync.actors.status_line import status_line
 from capsync.actors.status_report import render_status
 from capsync.runtime import rpc
@@ -25,6 +26,7 @@ from capsync.cloud.cli import add_cloud_commands
 from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
 from capsync.runtime.config import ConfigError, load_config, parse_config
 from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
+from capsync.runtime.sd_notify import SdNotifier
 
 log = logging.getLogger("capsync.cli")
 
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", type=_address, metavar="HOST:PORT",
                      help="serve Prometheus /metrics and /v1/health over HTTP there (default: off; "
                           "127.0.0.1:9791 keeps them on this machine)")
+    run.add_argument("--notify", action="store_true",
+                     help="speak sd_notify to systemd (a Type=notify unit): READY, STATUS, WATCHDOG, STOPPING")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config; exit 0 if good, 2 with every problem if not")
@@ -181,8 +185,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                "problem": issue.message})
         return EXIT_BAD_INPUT
     agent = Agent(config, config_path=args.config, config_text=text, metrics_address=args.metrics_address)
+    notifier = SdNotifier() if args.notify else None
+    if notifier is not None and not notifier.enabled:
+        log.warning("--notify: NOTIFY_SOCKET is not set (not started by systemd as a Type=notify unit); "
+                    "nothing will be sent")
     try:
-        trio.run(_run_until_signal, agent, args.status_interval)
+        trio.run(_run_until_signal, agent, args.status_interval, notifier)
     except KeyboardInterrupt:  # a second Ctrl-C while the open files were being finished
         log.warning("interrupted again while stopping; the next start recovers every open capture file")
         return EXIT_INTERRUPTED
@@ -192,13 +200,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_until_signal(agent: Agent, status_interval: float) -> None:
+async def _run_until_signal(agent: Agent, status_interval: float, notifier: SdNotifier | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             if status_interval > 0:
                 nursery.start_soon(_log_status, agent, status_interval)
+            if notifier is not None and notifier.enabled:
+                nursery.start_soon(notify_service_manager, agent, notifier)
             async for signum in signals:
+                if notifier is not None:
+                    notifier.send(STOPPING=1, STATUS="stopping: finishing open capture files")
                 log.info("stopping: finishing open capture files", extra={"signal": signal.Signals(signum).name})
                 nursery.cancel_scope.cancel()
                 break
