@@ -17,14 +17,16 @@ import trio
 
 from capsync import __version__
 from capsync.actors.agent import Agent
+from capsync.actors.backlog_report import backlog_json, render_backlog
 from capsync.actors.metrics_endpoint import split_address
 from capsync.actors.service_notify import notify_service_manager
 from capsync.actors.status_line import status_line
 from capsync.actors.status_report import render_status
 from capsync.runtime import rpc
 from capsync.cloud.cli import add_cloud_commands
+from capsync.runtime.backlog import read_backlog, retry_set_aside
 from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
-from capsync.runtime.config import ConfigError, load_config, parse_config
+from capsync.runtime.config import ConfigError, DataManagerAttributes, load_config, parse_config
 from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
 from capsync.runtime.sd_notify import SdNotifier
 
@@ -84,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--secret", help="the part secret (needed when the agent is not on loopback)")
         c.add_argument("--json", action="store_true", help="print JSON instead of text")
         c.set_defaults(func=func)
+
+    bl = sub.add_parser("backlog", help="list what waits to sync and what was set aside in failed/, with why")
+    bl.add_argument("config", type=Path, nargs="?",
+                    help="the agent's config (its capture_dir and additional_sync_paths); default: the default capture dir")
+    bl.add_argument("--retry-failed", action="store_true",
+                    help="put the files set aside in failed/ back to sync (safe while the agent runs)")
+    bl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    bl.set_defaults(func=cmd_backlog)
 
     add_cloud_commands(sub)
     return p
@@ -168,6 +178,28 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if code == EXIT_OK:
         print(json.dumps(result, indent=2) if args.json else f"sync pass: {result['summary']}")
     return code
+
+
+def cmd_backlog(args: argparse.Namespace) -> int:
+    """`capsync backlog [CONFIG]`: waiting files by resource, set-aside files with why; `--retry-failed`."""
+    dm = DataManagerAttributes()
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            print(f"capsync backlog: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if cfg.data_manager is None:
+            print(f"capsync backlog: {args.config} has no data_manager service: nothing is captured or synced",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        dm = cfg.data_manager
+    capture_dir = dm.capture_dir_path()
+    sync_paths = [Path(p).expanduser() for p in dm.additional_sync_paths]
+    retried = retry_set_aside(capture_dir, sync_paths) if args.retry_failed else None
+    backlog = read_backlog([capture_dir], sync_paths)
+    print(json.dumps(backlog_json(backlog, retried), indent=2) if args.json else render_backlog(backlog, retried))
+    return EXIT_FAILURE if retried and any(r.error for r in retried) else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
