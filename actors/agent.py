@@ -30,7 +30,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from collections import Counter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 import trio
@@ -41,7 +41,6 @@ from capsync.actors.collector import Collector, CollectorSettings, CollectorStat
 from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
 from capsync.actors.control import ControlEndpoint
 from capsync.actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
-from capsync.actors.metrics_endpoint import MetricsEndpoint
 from capsync.actors.mongo_sink import MongoSink, MongoSinkStats
 from capsync.actors.reconcile import diff_configs
 from capsync.actors.resource_server import ResourceServer, ResourceServerStats
@@ -58,6 +57,9 @@ from capsync.runtime.backoff import Backoff
 from capsync.runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
 from capsync.runtime.wallclock import WallClock
 from capsync.runtime.blocking import run_blocking
+
+if TYPE_CHECKING:
+    from capsync.actors.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger("capsync.agent")
 
@@ -228,6 +230,9 @@ class Agent:
         self.health = TreeHealth()
         self.metrics: MetricsEndpoint | None = None
         if metrics_address is not None:
+            # Imported here: its HTTP server (hypercorn, starlette) costs ~0.1 s of a small board's start.
+            from capsync.actors.metrics_endpoint import MetricsEndpoint
+
             self.metrics = MetricsEndpoint(self, *metrics_address)
 
     # -- building the parts --------------------------------------------------------------

@@ -18,7 +18,6 @@ import trio
 from capsync import __version__
 from capsync.actors.agent import Agent
 from capsync.actors.backlog_report import backlog_json, render_backlog
-from capsync.actors.metrics_endpoint import split_address
 from capsync.actors.service_notify import notify_service_manager
 from capsync.actors.status_line import status_line
 from capsync.actors.status_report import render_status
@@ -100,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _address(value: str) -> tuple[str, int]:
+    from capsync.actors.metrics_endpoint import split_address  # late: its HTTP server is only loaded when used
+
     try:
         return split_address(value)
     except ValueError as exc:
