@@ -12,8 +12,9 @@
     ├── config_watcher                         when the agent was started from a config file
     ├── capture_control                        while the data manager names a capture_control_sensor
     ├── remotes                                one connection per remote part (runtime/remote.py)
-    └── control                                status, sync now, Sync and DoCommand over WebSocket RPC,
-                                               and this part's resources for other parts on /resources
+    ├── control                                status, sync now, Sync and DoCommand over WebSocket RPC,
+    │                                          and this part's resources for other parts on /resources
+    └── metrics                                /metrics and /v1/health over HTTP, when a metrics address is given
 
 The MongoDB sink starts before capture and stops after it, so it sees every reading.
 
@@ -32,12 +33,13 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from collections import Counter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 import trio
 
 from capsync.actors.agent_api import agent_handlers
+from capsync.actors.agent_metrics import TreeHealth
 from capsync.actors.capture_control import CaptureControl, CaptureControlStats
 from capsync.actors.collector import Collector, CollectorSettings, CollectorStats, collector_name
 from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
@@ -60,6 +62,9 @@ from capsync.runtime.supervision import ChildSpec, Restart, Supervisor, Supervis
 from capsync.runtime.wallclock import WallClock
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.capture_control import CaptureOverride
+
+if TYPE_CHECKING:
+    from capsync.actors.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger("capsync.agent")
 
@@ -169,7 +174,8 @@ class Agent:
 
     With `config_path` the agent watches that file and applies each valid edit. `cloud_transport`
     replaces the network for the cloud client (tests); `control` False leaves the control
-    endpoint out (tests that run several agents in one process).
+    endpoint out (tests that run several agents in one process). `metrics_address` (host, port)
+    serves /metrics and /v1/health there (actors/metrics_endpoint.py); None leaves them out.
     """
 
     def __init__(
@@ -186,6 +192,7 @@ class Agent:
         faults: FaultPlan | None = None,
         disk_usage: Callable[[Path], DiskUsage] | None = None,
         ledger: Counter[str] | None = None,
+        metrics_address: tuple[str, int] | None = None,
     ) -> None:
         self.config = config
         self.faults = faults
@@ -232,6 +239,14 @@ class Agent:
         if control:
             self.control = self._make_control(config)
         self.capture_control = CaptureControl(lambda: self.config, self._registry, self.apply_overrides)
+        #: The health rule of /v1/health and the systemd watchdog (actors/agent_metrics.py).
+        self.health = TreeHealth()
+        self.metrics: MetricsEndpoint | None = None
+        if metrics_address is not None:
+            # Imported here: its HTTP server (hypercorn, starlette) costs ~0.1 s of a small board's start.
+            from capsync.actors.metrics_endpoint import MetricsEndpoint
+
+            self.metrics = MetricsEndpoint(self, *metrics_address)
 
     # -- building the parts --------------------------------------------------------------
 
@@ -326,7 +341,8 @@ class Agent:
                 for plan in plans:
                     await self._start_collector(plan)
                 for name, actor in (("sync", self.sync), ("governor", self.governor),
-                                    ("config_watcher", self.watcher), ("control", self.control)):
+                                    ("config_watcher", self.watcher), ("control", self.control),
+                                    ("metrics", self.metrics)):
                     if actor is not None:
                         await self._root.start_child(ChildSpec(name, actor.run))
                 await self._follow_capture_control()

@@ -17,13 +17,18 @@ import trio
 
 from capsync import __version__
 from capsync.actors.agent import Agent
+from capsync.actors.backlog_report import backlog_json, render_backlog
+from capsync.actors.service_notify import notify_service_manager
 from capsync.actors.status_line import status_line
 from capsync.actors.status_report import render_status
 from capsync.runtime import rpc
 from capsync.cloud.cli import add_cloud_commands
+from capsync.runtime.backlog import read_backlog, retry_set_aside
 from capsync.runtime.capture_file import CaptureFormatError, contents_as_json_lines
-from capsync.runtime.config import ConfigError, control_target, load_config, log_warnings, parse_config
+from capsync.runtime.config import (ConfigError, DataManagerAttributes, control_target, load_config, log_warnings,
+                                    parse_config)
 from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
+from capsync.runtime.sd_notify import SdNotifier
 
 log = logging.getLogger("capsync.cli")
 
@@ -55,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--status-interval", type=float, default=30.0, metavar="SECS",
                      help="log a status line this often (0: never)")
     run.add_argument("--strict", action="store_true", help="refuse to start when the config has warnings")
+    run.add_argument("--metrics-address", type=_address, metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /v1/health over HTTP there (default: off; "
+                          "127.0.0.1:9791 keeps them on this machine)")
+    run.add_argument("--notify", action="store_true",
+                     help="speak sd_notify to systemd (a Type=notify unit): READY, STATUS, WATCHDOG, STOPPING")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config; exit 0 if good, 2 with every problem if not")
@@ -79,8 +89,25 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="print JSON instead of text")
         c.set_defaults(func=func)
 
+    bl = sub.add_parser("backlog", help="list what waits to sync and what was set aside in failed/, with why")
+    bl.add_argument("config", type=Path, nargs="?",
+                    help="the agent's config (its capture_dir and additional_sync_paths); default: the default capture dir")
+    bl.add_argument("--retry-failed", action="store_true",
+                    help="put the files set aside in failed/ back to sync (safe while the agent runs)")
+    bl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    bl.set_defaults(func=cmd_backlog)
+
     add_cloud_commands(sub)
     return p
+
+
+def _address(value: str) -> tuple[str, int]:
+    from capsync.actors.metrics_endpoint import split_address  # late: its HTTP server is only loaded when used
+
+    try:
+        return split_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -181,6 +208,28 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_backlog(args: argparse.Namespace) -> int:
+    """`capsync backlog [CONFIG]`: waiting files by resource, set-aside files with why; `--retry-failed`."""
+    dm = DataManagerAttributes()
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            print(f"capsync backlog: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if cfg.data_manager is None:
+            print(f"capsync backlog: {args.config} has no data_manager service: nothing is captured or synced",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        dm = cfg.data_manager
+    capture_dir = dm.capture_dir_path()
+    sync_paths = [Path(p).expanduser() for p in dm.additional_sync_paths]
+    retried = retry_set_aside(capture_dir, sync_paths) if args.retry_failed else None
+    backlog = read_backlog([capture_dir], sync_paths)
+    print(json.dumps(backlog_json(backlog, retried), indent=2) if args.json else render_backlog(backlog, retried))
+    return EXIT_FAILURE if retried and any(r.error for r in retried) else EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """`capsync run CONFIG`: capture until SIGINT/SIGTERM, then finish every open file and exit 0."""
     configure_logging(args.log_format, args.log_level)
@@ -200,9 +249,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("not starting: the config has warnings and --strict is set",
                   extra={"config": str(args.config), "warnings": len(config.warnings)})
         return EXIT_BAD_INPUT
-    agent = Agent(config, config_path=args.config, config_text=text)
+    agent = Agent(config, config_path=args.config, config_text=text, metrics_address=args.metrics_address)
+    notifier = SdNotifier() if args.notify else None
+    if notifier is not None and not notifier.enabled:
+        log.warning("--notify: NOTIFY_SOCKET is not set (not started by systemd as a Type=notify unit); "
+                    "nothing will be sent")
     try:
-        trio.run(_run_until_signal, agent, args.status_interval)
+        trio.run(_run_until_signal, agent, args.status_interval, notifier)
     except KeyboardInterrupt:  # a second Ctrl-C while the open files were being finished
         log.warning("interrupted again while stopping; the next start recovers every open capture file")
         return EXIT_INTERRUPTED
@@ -212,13 +265,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_until_signal(agent: Agent, status_interval: float) -> None:
+async def _run_until_signal(agent: Agent, status_interval: float, notifier: SdNotifier | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             if status_interval > 0:
                 nursery.start_soon(_log_status, agent, status_interval)
+            if notifier is not None and notifier.enabled:
+                nursery.start_soon(notify_service_manager, agent, notifier)
             async for signum in signals:
+                if notifier is not None:
+                    notifier.send(STOPPING=1, STATUS="stopping: finishing open capture files")
                 log.info("stopping: finishing open capture files", extra={"signal": signal.Signals(signum).name})
                 nursery.cancel_scope.cancel()
                 break

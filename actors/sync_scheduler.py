@@ -8,7 +8,8 @@ fails backs off on its own: about 1 s, doubling, capped at one hour (then hourly
 holding up other files. When the cloud is unreachable the rest of the pass is skipped (the files
 not tried keep their schedule), and that is logged once per change of state; once an upload
 succeeds again, files that were waiting only for the cloud are due at once. A file the cloud
-refuses for good is moved to `<capture_dir>/failed/` and reported. The backlog in
+refuses for good is moved to `<capture_dir>/failed/`, with a report of why beside it
+(`<name>.set-aside.json`; `capsync backlog` lists them and `--retry-failed` puts them back). The backlog in
 `statistics()` is the index's: it goes down as each file syncs or is set aside, and up as each
 pass finds new ready files (a long pass refreshes the index every interval meanwhile). Capture
 never waits for sync.
@@ -110,6 +111,8 @@ class SyncStats:
     oldest_unsynced_age_s: float | None = None
     #: When data waiting counts as stale (and is warned about): max(10 x interval, 180 s).
     stale_after_s: float = STALE_FLOOR_S
+    #: Upload attempts that failed since start (cloud down, refused, local trouble); each is retried.
+    upload_failures: int = 0
 
 
 @dataclass
@@ -164,6 +167,7 @@ class SyncScheduler:
         self._trigger = trio.Event()
         self._pass_done = trio.Event()
         self._passes = self._synced = self._bytes = self._set_aside = self._unverified = self._salvaged = 0
+        self._upload_failures = 0
         self._commit_log = StateChangeLog(log)
         self._last: PassResult | None = None
         self._started = False
@@ -225,6 +229,7 @@ class SyncScheduler:
             last_upload_ns=self._last_upload_ns,
             oldest_unsynced_age_s=self.oldest_unsynced_age_s(),
             stale_after_s=self.stale_after_s,
+            upload_failures=self._upload_failures,
         )
 
     @property
@@ -317,6 +322,7 @@ class SyncScheduler:
             cloud_error=pass_error[0] if pass_error else None,
         )
         self._passes += 1
+        self._upload_failures += counts["failed"]
         if result.uploaded or result.failed:
             log.info("sync pass", extra={"result": result.summary})
         self._check_stale(paused=False)
@@ -368,10 +374,10 @@ class SyncScheduler:
             if retry is not None:  # its intact records, cut free of a damaged tail, go up now
                 return retry
             counts["failed"] += 1
-            self._reject(entry, f, capture_dirs, str(exc))
+            await self._reject(entry, f, capture_dirs, str(exc))
         except CaptureFormatError as exc:  # not a capture file at all: the cloud would refuse it too
             counts["failed"] += 1
-            self._reject(entry, f, capture_dirs, str(exc))
+            await self._reject(entry, f, capture_dirs, str(exc))
         except (OSError, ValueError) as exc:  # local trouble with this file: retry it later
             counts["failed"] += 1
             self._note_failure(f, f"{type(exc).__name__}: {exc}")
@@ -437,12 +443,12 @@ class SyncScheduler:
         st = await run_blocking(os.stat, f.path)
         return dataclasses.replace(f, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
-    def _reject(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], error: str) -> None:
+    async def _reject(self, entry: Entry, f: SyncFile, capture_dirs: list[Path], error: str) -> None:
         home = f.root if f.root in capture_dirs else (capture_dirs[0] if capture_dirs else None)
         if home is None:
             self._note_failure(f, error)
             return
-        dest = set_aside(f, home)
+        dest = await run_blocking(set_aside, f, home, error)
         self._index.discard(entry)
         self._set_aside += 1
         self._retries.pop(str(f.path), None)

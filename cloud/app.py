@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capsync.cloud import browser, query, quotas, uploads, user_queries, whole_upload
+from capsync.cloud import browser, metrics, query, quotas, uploads, user_queries, whole_upload
 from capsync.cloud.auth import CredentialCache
 from capsync.cloud.blobs import Blobs, LocalBlobs
 from capsync.cloud.http import Cloud, error_response
@@ -138,9 +138,11 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
         Route(f"{p}/summary", user_queries.summary, methods=["GET"]),
         Route(f"{p}/tabular/sql", user_queries.sql, methods=["POST"]),
         Route(f"{p}/tabular/mql", user_queries.mql, methods=["POST"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         *browser.routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
+    app.add_middleware(metrics.RequestCounter, metrics=cloud.metrics, routes=routes)
     app.state.cloud = cloud
     return app
 

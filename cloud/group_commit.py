@@ -14,11 +14,13 @@ row) fails only its own request, never the others that happened to share its rou
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
 
+from capsync.cloud.metrics import CloudMetrics
 from capsync.cloud.store import Commit, Store
 
 log = logging.getLogger("capsync.cloud.group_commit")
@@ -38,8 +40,9 @@ class _Waiter:
 class GroupCommitter:
     """Batches concurrent `commit` calls into `Store.commit_many` rounds (see the module doc)."""
 
-    def __init__(self, store: Store, *, max_round: int = MAX_ROUND) -> None:
+    def __init__(self, store: Store, *, max_round: int = MAX_ROUND, metrics: CloudMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._max_round = max_round
         self._queue: list[_Waiter] = []
         self._lock = trio.Lock()
@@ -53,6 +56,7 @@ class GroupCommitter:
         Shielded from cancellation: once queued, a commit finishes even if its request goes away.
         """
         me = _Waiter(c)
+        arrived = time.perf_counter()
         self._queue.append(me)
         with trio.CancelScope(shield=True):
             while not me.done:
@@ -60,7 +64,11 @@ class GroupCommitter:
                     if not me.done:
                         await self._round()
         if me.error is not None:
+            if self._metrics is not None:
+                self._metrics.store_errors.labels("commit").inc()
             raise me.error
+        if me.new and self._metrics is not None:
+            self._metrics.committed(c.file, time.perf_counter() - arrived)
         return me.new
 
     async def _round(self) -> None:

@@ -24,6 +24,7 @@ from capsync.cloud.auth import CredentialCache, RejectionLog, SignInThrottled, p
 from capsync.cloud.blobs import Blobs, BlobsUnavailable
 from capsync.cloud.group_commit import GroupCommitter
 from capsync.cloud.limits import UploadLimits
+from capsync.cloud.metrics import CloudMetrics
 from capsync.cloud.store import Store, StoreUnavailable
 from capsync.cloud.usage_cache import UsageCache
 from capsync.runtime.sync_protocol import FILE_ID_RE, MTIME_HEADER, ErrorBody, FileStatus
@@ -101,13 +102,15 @@ class Cloud:
     #: Addresses of the reverse proxies in front of this process (`serve --trusted-proxy`): for a
     #: request from one of them, the client is the one X-Forwarded-For names (see `client_address`).
     trusted_proxies: frozenset[str] = frozenset()
+    #: The Prometheus metrics this process serves at /metrics (capsync.cloud.metrics).
+    metrics: CloudMetrics = field(default_factory=CloudMetrics)
     #: Every commit goes through it, so that commits arriving together share one transaction.
     committer: GroupCommitter = field(init=False)
     #: Recent part usage, for the quotas of one-request uploads.
     usage: UsageCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.committer = GroupCommitter(self.store)
+        self.committer = GroupCommitter(self.store, metrics=self.metrics)
         self.usage = UsageCache(self.store, self.blobs)
 
     async def authenticate(self, request: Request) -> str:
@@ -257,10 +260,12 @@ def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
                 log.error("request failed", extra={"path": request.url.path, "error": exc.body.error})
             return exc.response()
         except BlobsUnavailable as exc:
+            cloud_of(request).metrics.store_errors.labels("blobs").inc()
             log.error("object store unavailable", extra={"path": request.url.path, "error": str(exc)})
             return error_response(503, ErrorBody(error="object store unavailable", detail="the cloud's file store "
                                                  f"cannot be used ({exc.reason}); retry later"), {"Retry-After": "5"})
         except StoreUnavailable as exc:
+            cloud_of(request).metrics.store_errors.labels("store").inc()
             log.error("store unavailable", extra={"path": request.url.path, "error": str(exc)})
             return error_response(503, ErrorBody(error="store unavailable", detail="the cloud's database cannot be "
                                                  "reached; retry later"), {"Retry-After": "5"})

@@ -3,12 +3,18 @@
 Callers log with the standard `logging` module and pass fields through `extra`, e.g.
 ``log.info("file finished", extra={"actor": name, "path": str(p), "records": n})``;
 the formatters here print every such field, so logs stay greppable and machine-readable.
+
+Under systemd, when stderr is the journal (`$JOURNAL_STREAM` names its device and inode), every line
+starts with its syslog priority (`<3>` for errors, `<6>` for info; journald turns it into the entry's
+priority and strips it, so `journalctl -p warning` works) and the text format leaves out its own
+timestamp, which journald already records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -44,11 +50,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Formats a record as `ts LEVEL logger: msg key=value ...` for people reading a terminal."""
+    """Formats a record as `ts LEVEL logger: msg key=value ...` for people reading a terminal
+    (without `ts` when `timestamps` is False: the journal stamps each line itself)."""
+
+    def __init__(self, timestamps: bool = True) -> None:
+        super().__init__()
+        self._timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k}={_text_value(v)}" for k, v in record_fields(record).items())
-        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        if self._timestamps:
+            line = f"{_timestamp(record)} {line}"
         if fields:
             line += " " + fields
         if record.exc_info:
@@ -59,6 +72,33 @@ class TextFormatter(logging.Formatter):
 def _text_value(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return json.dumps(s) if (" " in s or not s) else s
+
+
+#: syslog priorities of the log levels, for the journal's `<N>` line prefix (sd-daemon(3)).
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Wraps another formatter for the journal: each line of a record starts with `<priority>`."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = max((lv for lv in _PRIORITY if lv <= record.levelno), default=logging.DEBUG)
+        prefix = f"<{_PRIORITY[level]}>"
+        return prefix + self._inner.format(record).replace("\n", "\n" + prefix)
+
+
+def is_journal(stream: TextIO, env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """Whether `stream` is systemd's journal: $JOURNAL_STREAM is its `device:inode`."""
+    value = env.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return value == f"{st.st_dev}:{st.st_ino}"
 
 
 #: The values `--log-level` takes (any case).
@@ -74,8 +114,11 @@ def configure_logging(fmt: str = "text", level: str | int = "INFO", stream: Text
     """Send all `capsync.*` and root logs to `stream` (stderr by default) in format `fmt` (text or json)."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    stream = stream or sys.stderr
+    journal = is_journal(stream)
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter(timestamps=not journal)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JournalFormatter(formatter) if journal else formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -380,6 +380,16 @@ class ReadyIndex:
             if self.is_live(e):
                 yield e
 
+    def oldest_mtime_ns(self) -> int | None:
+        """The modification time of the oldest ready file (ns since the epoch), or None when there is
+        none. Cheap: it looks at the top of the heap, dropping the stale slots it finds there."""
+        with self._lock:
+            heap = self._heap
+            while heap and not self.is_live(heap[0]):
+                heapq.heappop(heap)
+                self._stale = max(0, self._stale - 1)
+            return mtime_ns_of(heap[0]) if heap else None
+
     def sync_file(self, e: Entry, st: os.stat_result | None, now_s: float) -> SyncFile | None:
         """`e` as a SyncFile from `st`, a fresh `lstat_of` its file, or None if it is no longer
         ready (vanished, or an additional-path file changed less than 10 s ago); the index follows

@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsync.runtime.capture_file import CaptureFormatError, fsync_dir
+from capsync.runtime.capture_file import CaptureFormatError
 from capsync.runtime.capture_reader import intact_prefix
+from capsync.runtime.sync_files import write_durably
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def salvage_damaged_tail(path: Path, failed_dir: Path, relative: str) -> Salvage
     with open(path, "rb") as src:
         src.seek(good)
         rest = src.read()
-    _write_durably(tail, rest)
-    _write_durably(report, json.dumps({
+    write_durably(tail, rest)
+    write_durably(report, json.dumps({
         "file": str(path), "file_id": header.file_id, "offset": good, "reason": damage.reason,
         "intact_records": records, "damaged_bytes": len(rest),
         "what_happened": "the intact records before this offset stay in the file and sync; these bytes did not",
@@ -64,11 +65,3 @@ def salvage_damaged_tail(path: Path, failed_dir: Path, relative: str) -> Salvage
     return Salvage(path, good, damage.reason, records, tail, report)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)

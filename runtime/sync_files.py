@@ -10,18 +10,22 @@ across sync passes.
 from __future__ import annotations
 
 import hashlib
+import json
 import mimetypes
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from capsync.runtime.capture_file import iter_capture, iter_capture_bytes
+from capsync.runtime.capture_file import fsync_dir, iter_capture, iter_capture_bytes
 from capsync.runtime.capture_writer import make_private_dirs
 from capsync.runtime.sync_protocol import FileKind
 
 #: Folder inside a capture dir where files the cloud refused for good are set aside.
 FAILED_DIR = "failed"
+#: Beside each file set aside, `<name>` + this: why, when, and where it came from (JSON).
+SET_ASIDE_REPORT = ".set-aside.json"
 #: A file under additional_sync_paths is ready once it has not been modified for this long.
 QUIET_S = 10.0
 _CHUNK = 1 << 20
@@ -138,10 +142,30 @@ def find_ready_files(capture_dirs: Iterable[Path], sync_paths: Iterable[Path], n
     return find(capture_dirs, sync_paths, now_s, quiet_s)
 
 
-def set_aside(f: SyncFile, capture_dir: Path) -> Path:
-    """Move a file the cloud refused into `<capture_dir>/failed/`, keeping its relative path."""
+def set_aside(f: SyncFile, capture_dir: Path, error: str = "") -> Path:
+    """Move a file the cloud refused into `<capture_dir>/failed/`, keeping its relative path, and
+    write a report beside it (`<name>.set-aside.json`: the error, when, and the original path, which
+    `capsync backlog` shows and `capsync backlog --retry-failed` puts it back to)."""
     dest = capture_dir / FAILED_DIR / f.name if f.kind is FileKind.CAPTURE else \
         capture_dir / FAILED_DIR / "additional" / f.name
     make_private_dirs(dest.parent)
     os.replace(f.path, dest)
+    try:  # the file is aside already; without its report (a full disk) the agent's log still says why
+        write_durably(dest.with_name(dest.name + SET_ASIDE_REPORT), json.dumps({
+            "file": str(f.path), "root": str(f.root), "kind": f.kind.value, "name": f.name, "size": f.size,
+            "error": error, "set_aside_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }, indent=2).encode())
+    except OSError:
+        pass
     return dest
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all (a temp file, fsync, rename, fsync of the dir)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
