@@ -18,7 +18,7 @@ T0 = 1_700_000_000 * S
 ANALOGS = ("board", "b1", "Analogs")
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[b for b in BACKENDS if b != "s3"])  # the S3 backend changes where bytes go, not rows
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudEnv]:
     """The aggregate holds on every backend the cloud runs on."""
     with open_env(request.param, tmp_path) as e:
@@ -34,11 +34,11 @@ def _payload(reader: str):
 
 
 async def _data(env: CloudEnv) -> dict:
-    """A1 and A2 at 10 Hz for 60 s with a gap from 20 s to 40 s; part B has a series of its own."""
-    times = [t for t in every(T0, T0 + 60 * S, 10) if not T0 + 20 * S <= t < T0 + 40 * S]
+    """A1 and A2 at 5 Hz for 60 s with a gap from 20 s to 40 s; part B has a series of its own."""
+    times = [t for t in every(T0, T0 + 60 * S, 5) if not T0 + 20 * S <= t < T0 + 40 * S]
     rows = {}
     for reader in ("A1", "A2"):
-        commits = list(reading_files(PART_A, ANALOGS, times, _payload(reader), params={"reader_name": reader}, per_file=150))
+        commits = list(reading_files(PART_A, ANALOGS, times, _payload(reader), params={"reader_name": reader}, per_file=80))
         await commit_all(env.store, commits)
         rows[reader] = [r for c in commits for r in c.tabular]
     await commit_all(env.store, reading_files(PART_B, ("sensor", "other", "Readings"), times, lambda i, t: {"v": i}))
@@ -75,9 +75,9 @@ async def test_buckets_match_the_rows_series_stay_apart_and_gaps_stay_gaps(env: 
             for b in want:
                 assert got[b][:3] == want[b][:3] and got[b][3] == pytest.approx(want[b][3])
         assert fields["value"]["bucket"] == [0, 1, 2, 3, 8, 9, 10, 11]  # 20 s to 40 s: a gap, not zeros
-        assert sum(fields["value"]["count"]) == 400
+        assert sum(fields["value"]["count"]) == 200
     a1 = {f["field"]: f for f in body["series"][0]["fields"]}["value"]
-    assert a1["min"][0] == 0 and a1["max"][-1] == 399  # A1 climbs on its own line
+    assert a1["min"][0] == 0 and a1["max"][-1] == 199  # A1 climbs on its own line
     assert other.json()["series"] == []  # part B's resource is not part A's to see
 
 
@@ -88,9 +88,9 @@ async def test_a_window_and_filters_select_rows_and_part_b_sees_only_its_own(env
     async with env.client() as c:
         a = (await c.get("/v1/tabular/aggregate", params={
             "start": T0 + 5 * S, "end": T0 + 10 * S, "buckets": 5, "method": "Analogs"})).json()
-    assert [s["resource_name"] for s in b["series"]] == ["other"] and b["series"][0]["fields"][0]["count"] == [400]
+    assert [s["resource_name"] for s in b["series"]] == ["other"] and b["series"][0]["fields"][0]["count"] == [200]
     counts = {s["params"]["reader_name"]: sum(f["count"]) for s in a["series"] for f in s["fields"] if f["field"] == "value"}
-    assert counts == {"A1": 50, "A2": 50}
+    assert counts == {"A1": 25, "A2": 25}
 
 
 @pytest.mark.parametrize("params, error", [
@@ -123,5 +123,5 @@ async def test_the_newest_rows_come_first_with_order_desc_and_page_backwards(env
             cursor = page["next_cursor"]
         bad = await c.get("/v1/tabular", params={"order": "sideways"})
     assert len(seen) == 21 and seen == sorted(seen, reverse=True) and len(set(seen)) == 21
-    assert seen[0][0] == T0 + 60 * S - S // 10  # the newest reading first
+    assert seen[0][0] == T0 + 60 * S - S // 5  # the newest reading first
     assert bad.status_code == 400 and bad.json()["error"] == "invalid order"
