@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capsync.cloud import browser, metrics, query, quotas, uploads, user_queries, whole_upload
+from capsync.cloud import aggregate, browser, export, metrics, query, quotas, uploads, user_queries, whole_upload
 from capsync.cloud.auth import CredentialCache
 from capsync.cloud.blobs import Blobs, LocalBlobs
 from capsync.cloud.http import Cloud, error_response
@@ -133,6 +133,9 @@ def create_app(data_dir: Path, store: Store | None = None, *, auth_cache_ttl_s: 
         Route(f"{p}/files/{{file_id}}/data", uploads.file_data, methods=["PUT"]),
         Route(f"{p}/files/{{file_id}}/commit", uploads.file_commit, methods=["POST"]),
         Route(f"{p}/tabular", query.tabular, methods=["GET"]),
+        Route(f"{p}/tabular/aggregate", aggregate.aggregate, methods=["GET"]),
+        Route(f"{p}/export/tabular", export.export_tabular, methods=["GET"]),
+        Route(f"{p}/export/binary", export.export_binary, methods=["GET"]),
         Route(f"{p}/binary", query.binary, methods=["GET"]),
         Route(f"{p}/binary/{{item_id}}", query.binary_bytes, methods=["GET"]),
         Route(f"{p}/summary", user_queries.summary, methods=["GET"]),

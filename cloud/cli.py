@@ -1,5 +1,6 @@
 """The `capsync cloud ...` command line: the parser of the commands that run the cloud, register and
-manage parts (list, disable, enable, remove, rotate secrets) and apply retention.
+manage parts (list, disable, enable, remove, rotate secrets), export a part's data from a running
+cloud (cloud/export_client.py) and apply retention.
 
 `add_cloud_commands(subparsers)` adds them to the `capsync` parser (each sets `func`, which
 returns the exit code); `python -m capsync.cloud.cli` runs them alone. The commands themselves
@@ -79,11 +80,40 @@ def add_cloud_commands(subparsers: Any) -> None:
 
     _add_part_commands(sub)
 
+    _add_export_command(sub)
+
     r = sub.add_parser("retention", help="apply every file's retention_policy now, and print what was deleted")
     r.add_argument("--data-dir", type=Path, required=True)
     _store_options(r)
     _blobs_option(r, "the cloud keeps its files in this object store (as `serve --blobs`)")
     r.set_defaults(func=_command("cmd_retention"))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from capsync.cloud.export_client import cmd_export
+
+    return cmd_export(args)
+
+
+def _add_export_command(sub: Any) -> None:
+    x = sub.add_parser("export", help="export a part's readings and files from a running cloud into a folder (resumable)",
+                       description="Every reading and/or binary item of a part matching the filters, from a running "
+                                   "cloud, into --out: readings.jsonl|csv, binary.jsonl|csv and the bytes under files/. "
+                                   "Run the same command again to resume an interrupted export (or to add newer rows).")
+    x.add_argument("--config", type=Path, help="a robot config: its cloud.app_address, cloud.id and cloud.secret are used")
+    x.add_argument("--url", help="the cloud's URL (default: the config's cloud.app_address)")
+    x.add_argument("--part", help="the part id (default: the config's cloud.id)")
+    x.add_argument("--secret-file", type=Path, help="a file holding the part's secret (else $CAPSYNC_SECRET or the config's)")
+    x.add_argument("--out", type=Path, required=True, help="the folder to export into (created; resumed when it holds this export)")
+    x.add_argument("--data", choices=["all", "tabular", "binary"], default="all", help="readings, binary items or both")
+    x.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="of readings.* and binary.* (default jsonl)")
+    x.add_argument("--resource-type")
+    x.add_argument("--resource-name")
+    x.add_argument("--method")
+    x.add_argument("--start", help="from this time on (RFC 3339 or integer ns; inclusive)")
+    x.add_argument("--end", help="before this time (exclusive)")
+    x.add_argument("--tag", action="append", default=[], help="rows carrying this tag (repeatable: all of them)")
+    x.set_defaults(func=_export)
 
 
 def _store_options(parser: argparse.ArgumentParser, text: str = "the store the cloud runs on (as `serve --store`)") -> None:

@@ -41,13 +41,16 @@ from pymongo.errors import (
     OperationFailure,
 )
 
+from capsync.cloud import aggregate_mongo
 from capsync.cloud import mongo_docs as docs
 from capsync.cloud import retention
 from capsync.cloud.auth import check_secret, hash_secret
 from capsync.cloud.mql import confine, to_json
 from capsync.cloud.sql import MAX_RESULT_BYTES, RowCollector, run_readonly
 from capsync.cloud.store import (
+    AggregateRow,
     BinaryItem,
+    Buckets,
     Commit,
     CommittedFile,
     PartExistsError,
@@ -281,12 +284,44 @@ class MongoStore:
             flt["tags"] = {"$all": list(q.tags)}
         if q.after is not None:
             t, fid, idx = q.after
-            flt["$or"] = [{"requested_ns": {"$gt": t}}, {"requested_ns": t, "file_id": {"$gt": fid}},
-                          {"requested_ns": t, "file_id": fid, "record_index": {"$gt": idx}}]
+            op = "$lt" if q.descending else "$gt"
+            flt["$or"] = [{"requested_ns": {op: t}}, {"requested_ns": t, "file_id": {op: fid}},
+                          {"requested_ns": t, "file_id": fid, "record_index": {op: idx}}]
         return flt
 
     def _select(self, coll: Any, part_id: str, q: Query) -> list[dict]:
-        return list(coll.find(self._filter(part_id, q)).sort(_SORT).limit(q.limit))
+        order = [(k, -1) for k, _ in _SORT] if q.descending else _SORT
+        return list(coll.find(self._filter(part_id, q)).sort(order).limit(q.limit))
+
+    async def count(self, part_id: str, kind: str, query: Query) -> int:
+        """How many tabular rows or binary items of the part match `query` (see `Store.count`)."""
+        coll = {"tabular": self.readings, "binary": self.binary}[kind]
+        return await self._run(coll.count_documents, self._filter(part_id, query))
+
+    def _aggregate_sync(self, part_id: str, q: Query, b: Buckets, max_rows: int, timeout_s: float) -> list[AggregateRow]:
+        match = self._filter(part_id, q)
+        deadline = time.monotonic() + timeout_s
+        try:
+            per_series: dict[Any, set] = {}
+            for g in self.readings.aggregate(aggregate_mongo.discovery(match), maxTimeMS=max(1, int(timeout_s * 1000))):
+                found = aggregate_mongo.numeric_paths(g.get("first"))
+                found += [p for p in aggregate_mongo.numeric_paths(g.get("last")) if p not in found]
+                per_series[aggregate_mongo.series_key(g["_id"])] = set(found[:aggregate_mongo.MAX_FIELDS_PER_SERIES])
+            fields = sorted({p for paths in per_series.values() for p in paths}, key=repr)[:aggregate_mongo.MAX_FIELDS]
+            if not fields:
+                return []
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            groups = list(self.readings.aggregate(aggregate_mongo.buckets(match, b, fields), maxTimeMS=left_ms))
+        except ExecutionTimeout:
+            raise QueryRefused(f"the aggregate ran longer than {timeout_s:g} s and was stopped; "
+                               "narrow the time range or the filters") from None
+        return aggregate_mongo.rows_of(groups, b, fields, per_series)[:max_rows + 1]
+
+    async def aggregate_tabular(self, part_id: str, query: Query, buckets: Buckets, *, max_rows: int,
+                                timeout_s: float) -> list[AggregateRow]:
+        """Per series, numeric field and time bucket: count, min, max, sum, by aggregation pipelines
+        (cloud/aggregate_mongo.py)."""
+        return await self._run(self._aggregate_sync, part_id, query, buckets, max_rows, timeout_s)
 
     async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:
         """Tabular rows of a part matching `query`, in (requested_ns, file_id, record_index) order."""

@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from capsync.cloud import retention
+from capsync.cloud.aggregate_sql import POSTGRES_TAG_TEST, postgres_statement, rows_of
 from capsync.cloud.auth import check_secret, hash_secret
 from capsync.cloud.postgres_schema import (
     BINARY_COLS, FILE_COLS, TABULAR_COLS, binary_values, cols, ddl, file_values, placeholders, tabular_values,
@@ -50,8 +51,8 @@ from capsync.cloud.postgres_schema import (
 from capsync.cloud.postgres_sql import SqlLogins, run_query
 from capsync.cloud.sqlite_schema import binary_from_row, file_from_row, tabular_from_row
 from capsync.cloud.store import (
-    BinaryItem, Commit, CommittedFile, PartExistsError, PartUsage, Query, ResourceSummary, SqlResult,
-    StoreStatistics, StoreUnavailable, TabularRow, UnknownPartError, Upload, summaries,
+    AggregateRow, BinaryItem, Buckets, Commit, CommittedFile, PartExistsError, PartUsage, Query, QueryRefused,
+    ResourceSummary, SqlResult, StoreStatistics, StoreUnavailable, TabularRow, UnknownPartError, Upload, summaries,
 )
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.sync_protocol import FileKind
@@ -407,9 +408,38 @@ class PostgresStore:
     # -- queries ------------------------------------------------------------------------------
 
     def _select(self, db: psycopg.Connection, table: str, part_id: str, q: Query) -> list[dict[str, Any]]:
-        where, args = q.sql_filter(part_id, "%s", "tags::jsonb ? %s")
+        where, args = q.sql_filter(part_id, "%s", POSTGRES_TAG_TEST)
         return self._rows(db, f"SELECT * FROM {{s}}.{table} WHERE {where} "
-                              "ORDER BY requested_ns, file_id, record_index LIMIT %s", (*args, q.limit))
+                              f"ORDER BY {q.sql_order()} LIMIT %s", (*args, q.limit))
+
+    async def count(self, part_id: str, kind: str, query: Query) -> int:
+        """How many tabular rows or binary items of the part match `query` (see `Store.count`)."""
+        table = {"tabular": "tabular", "binary": "binary_items"}[kind]
+        where, args = query.sql_filter(part_id, "%s", POSTGRES_TAG_TEST)
+        return await self._run(lambda db: db.execute(self._q(f"SELECT count(*) FROM {{s}}.{table} WHERE {where}"),
+                                                      args).fetchone()[0])
+
+    def _aggregate_sync(self, db: psycopg.Connection, part_id: str, q: Query, b: Buckets, max_rows: int,
+                        timeout_s: float) -> list[AggregateRow]:
+        text, args = postgres_statement(part_id, q, b)
+        try:
+            with db.transaction():
+                db.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(max(1, int(timeout_s * 1000)))))
+                with db.cursor(name="capsync_aggregate") as cur:  # server-side: rows arrive as they are read
+                    cur.itersize = 2000
+                    cur.execute(self._q(text), args)
+                    return rows_of(cur, max_rows)
+        except errors.QueryCanceled:
+            raise QueryRefused(f"the aggregate ran longer than {timeout_s:g} s and was stopped; "
+                               "narrow the time range or the filters") from None
+
+    async def aggregate_tabular(self, part_id: str, query: Query, buckets: Buckets, *, max_rows: int,
+                                timeout_s: float) -> list[AggregateRow]:
+        """Per series, numeric field and time bucket: count, min, max, sum, by GROUP BY (cloud/aggregate_sql.py)."""
+        if self._sql_slots is None:
+            self._sql_slots = trio.Semaphore(SQL_CONCURRENCY)
+        async with self._sql_slots:
+            return await self._run(self._aggregate_sync, part_id, query, buckets, max_rows, timeout_s)
 
     async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:
         """Tabular rows of a part matching `query`, in (requested_ns, file_id, record_index) order."""

@@ -31,7 +31,9 @@ log = logging.getLogger("capsync.cloud.query")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-_QUERY_PARAMS = {"resource_type", "resource_name", "method", "start", "end", "tag", "limit", "cursor"}
+#: The filters every query route takes; the paged routes add `limit`, `cursor` and `order`.
+FILTER_PARAMS = frozenset({"resource_type", "resource_name", "method", "start", "end", "tag"})
+_QUERY_PARAMS = FILTER_PARAMS | {"limit", "cursor", "order"}
 _MAX_PARAM = 1024
 _LIMIT_RE = re.compile(r"^[0-9]{1,7}$")
 
@@ -69,7 +71,7 @@ def _decode_cursor(cursor: str) -> Any:
         raise ApiError(400, "invalid cursor", "pass back next_cursor exactly as received") from None
 
 
-def _sort_cursor(cursor: str) -> SortKey:
+def sort_cursor(cursor: str) -> SortKey:
     key = _decode_cursor(cursor)
     if (
         isinstance(key, list) and len(key) == 3
@@ -89,12 +91,13 @@ def _limit(request: Request) -> int:
     return int(raw)
 
 
-def parse_query(request: Request) -> Query:
-    """The filters of a tabular or binary query from the query string; 400 on anything malformed."""
+def parse_query(request: Request, allowed: frozenset[str] | set[str] = _QUERY_PARAMS) -> Query:
+    """The filters of a tabular or binary query from the query string; 400 on anything malformed or
+    not in `allowed` (the route's own parameters beyond the filters it reads itself)."""
     params = request.query_params
-    unknown = sorted(set(params.keys()) - _QUERY_PARAMS)
+    unknown = sorted(set(params.keys()) - set(allowed))
     if unknown:
-        raise ApiError(400, "unknown query parameter", f"{unknown[0][:64]!r}; known: {', '.join(sorted(_QUERY_PARAMS))}")
+        raise ApiError(400, "unknown query parameter", f"{unknown[0][:64]!r}; known: {', '.join(sorted(allowed))}")
     for key, value in params.multi_items():
         if len(value) > _MAX_PARAM:
             raise ApiError(400, "query parameter too long", f"{key} is longer than {_MAX_PARAM} characters")
@@ -105,6 +108,11 @@ def parse_query(request: Request) -> Query:
             times[name] = None if raw is None else parse_time(raw)
         except ValueError as exc:
             raise ApiError(400, f"invalid {name}", str(exc)) from None
+    if times["start"] is not None and times["end"] is not None and times["end"] <= times["start"]:
+        raise ApiError(400, "invalid time range", "end must be after start")
+    order = params.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "invalid order", "order is asc (oldest first, the default) or desc (newest first)")
     cursor = params.get("cursor")
     return Query(
         resource_type=params.get("resource_type"),
@@ -113,8 +121,9 @@ def parse_query(request: Request) -> Query:
         start_ns=times["start"],
         end_ns=times["end"],
         tags=tuple(params.getlist("tag")),
-        after=None if cursor is None else _sort_cursor(cursor),
+        after=None if cursor is None else sort_cursor(cursor),
         limit=_limit(request),
+        descending=order == "desc",
     )
 
 
@@ -158,7 +167,8 @@ def _page(items: list[Any], limit: int, render: Any, key: Any) -> Response:
     return JSONResponse({"items": [render(i) for i in items], "next_cursor": cursor})
 
 
-def _sort_key(row: TabularRow | BinaryItem) -> list[Any]:
+def sort_key(row: TabularRow | BinaryItem) -> list[Any]:
+    """The SortKey of a row as the JSON list a cursor encodes."""
     return [row.requested_ns, row.file_id, row.record_index]
 
 
@@ -169,7 +179,7 @@ async def tabular(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     q = parse_query(request)
     rows = await cloud.store.query_tabular(part_id, replace(q, limit=q.limit + 1))
-    return _page(rows, q.limit, tabular_json, _sort_key)
+    return _page(rows, q.limit, tabular_json, sort_key)
 
 
 @endpoint
@@ -179,7 +189,7 @@ async def binary(request: Request) -> Response:
     part_id = await cloud.authenticate(request)
     q = parse_query(request)
     items = await cloud.store.query_binary(part_id, replace(q, limit=q.limit + 1))
-    return _page(items, q.limit, binary_json, _sort_key)
+    return _page(items, q.limit, binary_json, sort_key)
 
 
 @endpoint

@@ -22,6 +22,7 @@ import trio
 
 from capsync.cloud import retention
 from capsync.cloud.auth import check_secret, hash_secret
+from capsync.cloud.aggregate_sql import SQLITE_TAG_TEST, rows_of, sqlite_statement
 from capsync.cloud.sql import run_readonly
 from capsync.cloud.sqlite_schema import (
     BINARY_COLS,
@@ -38,12 +39,15 @@ from capsync.cloud.sqlite_schema import (
     tabular_values,
 )
 from capsync.cloud.store import (
+    AggregateRow,
     BinaryItem,
+    Buckets,
     Commit,
     CommittedFile,
     PartExistsError,
     PartUsage,
     Query,
+    QueryRefused,
     ResourceSummary,
     SqlResult,
     StoreStatistics,
@@ -297,9 +301,41 @@ class SqliteStore:
     # -- queries ------------------------------------------------------------------------------
 
     def _select(self, table: str, part_id: str, q: Query) -> list[sqlite3.Row]:
-        where, args = q.sql_filter(part_id, "?", "EXISTS (SELECT 1 FROM json_each(tags) AS t WHERE t.value = ?)")
-        sql = f"SELECT * FROM {table} WHERE {where} ORDER BY requested_ns, file_id, record_index LIMIT ?"
+        where, args = q.sql_filter(part_id, "?", SQLITE_TAG_TEST)
+        sql = f"SELECT * FROM {table} WHERE {where} ORDER BY {q.sql_order()} LIMIT ?"
         return self._db.execute(sql, (*args, q.limit)).fetchall()
+
+    async def count(self, part_id: str, kind: str, query: Query) -> int:
+        """How many tabular rows or binary items of the part match `query` (see `Store.count`)."""
+        table = {"tabular": "tabular", "binary": "binary_items"}[kind]
+        where, args = query.sql_filter(part_id, "?", SQLITE_TAG_TEST)
+        return await self._run(lambda: self._db.execute(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0])
+
+    def _aggregate_sync(self, part_id: str, q: Query, b: Buckets, max_rows: int, timeout_s: float) -> list[AggregateRow]:
+        # Its own read-only connection: a long aggregate never holds the writer's lock, and WAL
+        # readers never wait for the writer. The progress handler stops it after timeout_s.
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            deadline = time.monotonic() + timeout_s
+            db.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+            sql, args = sqlite_statement(part_id, q, b)
+            try:
+                return rows_of(db.execute(sql, args), max_rows)
+            except sqlite3.OperationalError as exc:
+                if str(exc) == "interrupted":
+                    raise QueryRefused(f"the aggregate ran longer than {timeout_s:g} s and was stopped; "
+                                       "narrow the time range or the filters") from None
+                raise
+        finally:
+            db.close()
+
+    async def aggregate_tabular(self, part_id: str, query: Query, buckets: Buckets, *, max_rows: int,
+                                timeout_s: float) -> list[AggregateRow]:
+        """Per series, numeric field and time bucket: count, min, max, sum, by GROUP BY (cloud/aggregate_sql.py)."""
+        if self._sql_slots is None:
+            self._sql_slots = trio.Semaphore(SQL_CONCURRENCY)
+        async with self._sql_slots:
+            return await run_blocking(self._aggregate_sync, part_id, query, buckets, max_rows, timeout_s)
 
     async def query_tabular(self, part_id: str, query: Query) -> list[TabularRow]:
         """Tabular rows of a part matching `query`, in (requested_ns, file_id, record_index) order."""

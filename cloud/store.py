@@ -141,6 +141,8 @@ class Query:
     tags: tuple[str, ...] = ()
     after: SortKey | None = None
     limit: int = 100
+    #: Newest first: rows in descending SortKey order, and `after` selects the keys below it.
+    descending: bool = False
 
     def sql_filter(self, part_id: str, mark: str, tag_test: str) -> tuple[str, list[Any]]:
         """For an SQL store: the condition selecting this query's rows of `part_id` (no ORDER BY or
@@ -162,9 +164,42 @@ class Query:
             where.append(tag_test)
             args.append(tag)
         if self.after is not None:
-            where.append(f"(requested_ns, file_id, record_index) > ({mark}, {mark}, {mark})")
+            where.append(f"(requested_ns, file_id, record_index) {'<' if self.descending else '>'} ({mark}, {mark}, {mark})")
             args.extend(self.after)
         return " AND ".join(where), args
+
+    def sql_order(self) -> str:
+        """For an SQL store: the ORDER BY of this query's rows (SortKey order, or its reverse)."""
+        way = " DESC" if self.descending else ""
+        return f"requested_ns{way}, file_id{way}, record_index{way}"
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The time buckets of an aggregate: `count` buckets of `width_ns` from `start_ns`; bucket i holds
+    start_ns + i * width_ns <= requested_ns < start_ns + (i + 1) * width_ns."""
+
+    start_ns: int
+    width_ns: int
+    count: int
+
+
+@dataclass(frozen=True)
+class AggregateRow:
+    """One numeric field of one series (resource, method and params) in one time bucket: its count,
+    min, max and sum (the mean is sum / count). `params` is the params' JSON text as the store keeps it
+    (SQL stores) or the params themselves (MongoDB)."""
+
+    resource_type: str
+    resource_name: str
+    method: str
+    params: Any
+    field: str
+    bucket: int
+    count: int
+    min: float
+    max: float
+    sum: float
 
 
 @dataclass(frozen=True)
@@ -321,6 +356,21 @@ class Store(Protocol):
 
     async def get_binary(self, part_id: str, file_id: str, record_index: int) -> BinaryItem | None:
         """One binary item of a part, or None."""
+        ...
+
+    async def count(self, part_id: str, kind: str, query: Query) -> int:
+        """How many tabular rows (`kind` "tabular") or binary items ("binary") of a part match `query`
+        (`limit` ignored; `after` honoured), for an export's progress."""
+        ...
+
+    async def aggregate_tabular(self, part_id: str, query: Query, buckets: Buckets, *, max_rows: int,
+                                timeout_s: float) -> list[AggregateRow]:
+        """Per series (resource, method, params), numeric payload field and time bucket of the part's rows
+        matching `query` within `buckets`: count, min, max, sum, computed by the backend itself (GROUP
+        BY, an aggregation pipeline), sorted by series, field and bucket, at most `max_rows + 1` rows
+        (more means the caller cuts). Buckets without data have no row. Raises QueryRefused when it
+        runs longer than `timeout_s`. Field names are paths into the payload: `pose.x`, `joints[0]`,
+        `value` for a payload that is a number itself."""
         ...
 
     async def summary(self, part_id: str) -> list[ResourceSummary]:

@@ -5,7 +5,9 @@ with what cloud/mongo_store.py needs: createIndexes with unique indexes (duplica
 with error 11000, per document, honouring `ordered`), find with query operators, sort, skip,
 limit and projection, update (`$set`, `$unset`, replacement, upsert, multi), delete, and
 aggregate with the stages $match, $group ($sum, $min, $max, $avg, $first, $last, $push),
-$sort, $skip, $limit, $project/$unset (field paths), $addFields/$set, $count and $unwind.
+$sort, $skip, $limit, $project/$unset (field paths), $addFields/$set, $count and $unwind, and
+the expression operators $literal, $cond (array form), $isNumber, $arrayElemAt, $getField,
+$subtract and $mod (what the cloud's aggregate endpoint sends, cloud/aggregate_mongo.py).
 Query operators: $eq $ne $gt $gte $lt $lte $in $nin $exists $all $size, $and $or $nor. A
 `fail_next_update` hook makes the next update fail, to test a commit interrupted midway.
 """
@@ -13,6 +15,7 @@ Query operators: $eq $ne $gt $gte $lt $lte $in $nin $exists $all $size, $and $or
 from __future__ import annotations
 
 import copy
+import math
 from datetime import datetime
 from typing import Any
 
@@ -121,12 +124,49 @@ def _sort(docs: list[dict], spec: dict) -> list[dict]:
     return docs
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    return int(math.fmod(a, b)) if isinstance(a, int) and isinstance(b, int) else math.fmod(a, b)  # sign of a, as MongoDB
+
+
+def _elem_at(arr: Any, i: Any) -> Any:
+    if not isinstance(arr, list) or not -len(arr) <= i < len(arr):
+        return None  # missing, as MongoDB: out of range or not an array
+    return arr[i]
+
+
+def _get_field(spec: Any, doc: dict) -> Any:
+    target = _expr(doc, spec["input"]) if isinstance(spec, dict) else doc
+    name = spec["field"] if isinstance(spec, dict) else spec
+    return target.get(name) if isinstance(target, dict) else None
+
+
+#: Expression operators: name -> function of (the operator's argument, the document).
+_OPERATORS = {
+    "$literal": lambda arg, doc: arg,
+    "$cond": lambda arg, doc: _expr(doc, arg[1]) if _expr(doc, arg[0]) not in (None, False, 0) else _expr(doc, arg[2]),
+    "$isNumber": lambda arg, doc: _is_number(_expr(doc, arg[0] if isinstance(arg, list) else arg)),
+    "$arrayElemAt": lambda arg, doc: _elem_at(_expr(doc, arg[0]), _expr(doc, arg[1])),
+    "$getField": lambda arg, doc: _get_field(arg, doc),
+    "$subtract": lambda arg, doc: (lambda a, b: None if a is None or b is None else a - b)(*[_expr(doc, x) for x in arg]),
+    "$mod": lambda arg, doc: _mod(*[_expr(doc, x) for x in arg]),
+}
+
+
 def _expr(doc: dict, e: Any) -> Any:
     if isinstance(e, str) and e.startswith("$"):
         v = get_path(doc, e[1:])
         return None if v is _MISSING else v
-    if isinstance(e, dict) and len(e) == 1 and next(iter(e)) == "$literal":
-        return e["$literal"]
+    if isinstance(e, dict) and len(e) == 1 and next(iter(e)).startswith("$"):
+        (op, arg), = e.items()
+        if op not in _OPERATORS:
+            raise ValueError(f"Unrecognized expression '{op}'")
+        return _OPERATORS[op](arg, doc)
     if isinstance(e, dict):
         return {k: _expr(doc, v) for k, v in e.items()}
     return e

@@ -1,13 +1,15 @@
 """The data browser page: served offline by the cloud, and driven in a real headless Chromium.
 
 The Chromium test starts the real cloud (`capsync.cloud.server.serve` on port 0), syncs capture files of
-fake sensor, arm, camera and vision (detections) resources into it with the agent's own uploader,
+fake sensor, arm, camera and vision (detections) resources into it with the agent's own uploader, adds a
+day of board Analogs (A1, A2), IMU and `system` readings straight through the store (tests/bulk_data.py),
 then drives Debian's /usr/bin/chromium through playwright-core (tests/browser/drive.mjs). Both are
 installed by scripts/test when missing; where they cannot be, the test skips and says which.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -28,6 +30,7 @@ from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.resources.registry import Binary, build_resource
 from capsync.runtime.sync_files import SyncFile
 from capsync.runtime.sync_protocol import FileKind
+from tests.bulk_data import commit_all, every, reading_files
 from tests.test_cloud_support import PART_A, PART_B, SECRET_A, TEST_SCRYPT_N, CloudEnv, env, upload  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,56 +110,163 @@ def _browser_missing() -> str | None:
     return None
 
 
-async def test_the_page_in_headless_chromium_filters_charts_and_shows_images(tmp_path: Path) -> None:
+S = 10**9
+DAY = 86_400 * S
+GAP = (10 * 3600 * S, 12 * 3600 * S)  # A1 and A2 send nothing from 12 h to 10 h ago
+
+
+def _system_payload(i: int, t: int) -> dict:
+    """What a `system` sensor reports: many fields and one long string, JSON too wide for a cell."""
+    return {"cpu": {f"core{k}": (i * (k + 1)) % 100 for k in range(16)}, "load": [i % 3, 0.5, 0.25],
+            "memory": {"used": 1000 + i % 50, "total": 4096}, "cmdline": "capsync run robot.json " + "--flag " * 400}
+
+
+async def _a_day_of_data(store: SqliteStore, now_ns: int) -> dict:
+    """A day up to `now_ns`: board Analogs A1 and A2 at 1 Hz (same method, other params; a 2 h gap),
+    an IMU at 100 Hz for the last 15 minutes, a `system` sensor every 10 s. Written straight
+    through the store's commit API (tests/bulk_data.py)."""
+    start = now_ns - DAY
+    analog_times = [t for t in every(start, now_ns, 1) if not now_ns - GAP[1] <= t < now_ns - GAP[0]]
+    data = {}
+    for reader, fn in (("A1", lambda i, t: {"value": i % 997}), ("A2", lambda i, t: {"value": 2000 + i % 500})):
+        rows = await commit_all(store, reading_files(PART_A, ("board", "b1", "Analogs"), analog_times, fn,
+                                                     params={"reader_name": reader}, per_file=6000))
+        data[reader] = rows
+    data["imu"] = await commit_all(store, reading_files(PART_A, ("sensor", "imu", "Readings"),
+                                                        every(now_ns - 900 * S, now_ns - S, 100),
+                                                        lambda i, t: {"ax": (i % 200) / 100, "ay": -1.0, "az": 9.81}))
+    data["system"] = await commit_all(store, reading_files(PART_A, ("sensor", "system", "Readings"),
+                                                           every(start, now_ns, 0.1), _system_payload, per_file=500))
+    data["analog_times"] = analog_times
+    data["newest"] = max(analog_times[-1], every(now_ns - 900 * S, now_ns - S, 100)[-1], every(start, now_ns, 0.1)[-1])
+    return data
+
+
+@pytest.fixture
+def browser_ready() -> None:
+    """Skips, saying what is missing, where the headless browser cannot run (a sync fixture, so that
+    pytest reports the reason)."""
     missing = _browser_missing()
     if missing:
         pytest.skip(f"headless browser test: {missing}")
+
+
+async def test_the_page_in_headless_chromium_on_a_day_of_data(tmp_path: Path, browser_ready: None) -> None:
+    """The acceptance of issue 16 (items 1-5): newest data by default and live, a chart from the aggregates
+    of a whole day checked against the data, A1 and A2 apart, no horizontal overflow at 1,400 and 1,024 px
+    with the `system` sensor's wide JSON, a query's CSV, local time; images with detections drawn."""
     store = SqliteStore(tmp_path / "cloud" / DB_NAME, scrypt_n=TEST_SCRYPT_N)
     store.add_part_sync(PART_A, SECRET_A)
     store.add_part_sync(PART_B, "secret-b")
-    counts = await trio.to_thread.run_sync(capture_fake_robot, tmp_path / "capture", PART_A,
-                                           time.time_ns() - 600 * 10**9)
-    await trio.to_thread.run_sync(capture_fake_robot, tmp_path / "capture-b", PART_B, time.time_ns() - 900 * 10**9)
-    shots = {"tabular": tmp_path / "browser-readings.png", "gallery": tmp_path / "browser-gallery.png"}
+    now_ns = time.time_ns()
+    counts = await trio.to_thread.run_sync(capture_fake_robot, tmp_path / "capture", PART_A, now_ns - 600 * S)
+    await trio.to_thread.run_sync(capture_fake_robot, tmp_path / "capture-b", PART_B, now_ns - 900 * S)
+    data = await _a_day_of_data(store, now_ns)
+    shots = {name: tmp_path / f"browser-{name}.png" for name in ("newest", "day-1400", "wide-1400", "wide-1024", "gallery")}
+    config = tmp_path / "drive.json"
+    loaded, live_value = tmp_path / "loaded", 123456.5
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: serve(
             tmp_path / "cloud", "127.0.0.1", 0, store=store, retention_interval_s=float("inf"), task_status=task_status))
         url = f"http://127.0.0.1:{port}"
         assert await sync_dir(url, PART_A, SECRET_A, tmp_path / "capture") == 6
         assert await sync_dir(url, PART_B, "secret-b", tmp_path / "capture-b") == 6
-        config = tmp_path / "drive.json"
         config.write_text(json.dumps({
-            "url": url, "part": PART_A, "secret": SECRET_A, "imageResource": "detector",
-            "filter": {"resource_type": "sensor", "resource_name": "env", "method": "Readings"},
+            "url": url, "part": PART_A, "secret": SECRET_A, "imageResource": "detector", "timezone": "Asia/Kolkata",
+            "loadedPath": str(loaded), "liveValue": live_value,
             "screenshots": {k: str(v) for k, v in shots.items()}, "downloadPath": str(tmp_path / "download.jpg"),
+            "queryCsvPath": str(tmp_path / "query.csv"), "readingsCsvPath": str(tmp_path / "readings.csv"),
         }))
-        with trio.fail_after(90):
-            proc = await trio.run_process(["node", str(BROWSER_DIR / "drive.mjs"), str(config)], cwd=BROWSER_DIR,
-                                          capture_stdout=True, capture_stderr=True, check=False)
+        async with trio.open_nursery() as inner:
+            result: dict = {}
+
+            async def drive() -> None:
+                result["proc"] = await trio.run_process(["node", str(BROWSER_DIR / "drive.mjs"), str(config)],
+                                                        cwd=BROWSER_DIR, capture_stdout=True, capture_stderr=True, check=False)
+
+            inner.start_soon(drive)
+            with trio.fail_after(120):
+                while not loaded.exists() and "proc" not in result:
+                    await trio.sleep(0.05)
+                if loaded.exists():  # the page shows the newest data: a new reading must appear by itself
+                    t = time.time_ns()
+                    await commit_all(store, reading_files(PART_A, ("sensor", "imu", "Readings"), [t],
+                                                          lambda i, _: {"ax": live_value, "ay": 0, "az": 0}))
+        proc = result["proc"]
         nursery.cancel_scope.cancel()
+    sql_counts = {}
+    for name, n in ((r["resource_name"], r["items"]) for r in (await _summary(store))):
+        sql_counts[name] = sql_counts.get(name, 0) + n
     await store.aclose()
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert out["errors"] == [], out
     assert len(out["console"]) == 1 and "401" in out["console"][0], out  # only the deliberately wrong secret
     assert out["wrongSecretMessage"] == "unknown part or wrong secret"
-    assert out["partsRows"] == 5  # env, arm1 x2, cam, detector: part A's capture methods only
-    assert "part-b" not in out["partsText"]
-    # the filter to one resource: exactly its rows (two files), and a chart of its numeric fields
-    assert out["rowCount"] == counts["sensor/env/Readings"] == 40
-    assert out["tableRows"] == 40 and out["resourcesInTable"] == ["sensor/env"]
-    assert out["chart"]["series"] >= 4 and out["chart"]["points"] == 40 * out["chart"]["series"]
-    assert out["chart"]["coloredPixels"] > 500, out["chart"]
-    assert any("temperature" in item for item in out["legend"]), out["legend"]
-    # the vision service's images with their detections drawn
+    assert out["partsRows"] == 8 and "part-b" not in out["partsText"]  # part A's capture methods only
+
+    # 1. newest data by default: the last hour, newest reading first, and a live refresh
+    assert out["newest"]["firstCell"] == _utc_text(data["newest"]), out["newest"]
+    assert out["newest"]["live"] is True and out["newest"]["rows"] == 500
+    assert out["liveSeen"] is True  # the reading committed after the page loaded showed up without a click
+
+    # 2. the chart of a whole day of A1/A2 is built from aggregates, checked against the data
+    agg = out["day"]["aggregate"]
+    t0, t1 = agg["start_ns"], agg["end_ns"]
+    in_window = [t for t in data["analog_times"] if t0 <= t < t1]
+    assert t1 - t0 == DAY and len(in_window) > 75_000
+    by_reader = {s["params"]["reader_name"]: s["fields"][0] for s in agg["series"]}
+    assert set(by_reader) == {"A1", "A2"}  # 3. kept apart by params
+    for reader in ("A1", "A2"):
+        assert sum(by_reader[reader]["count"]) == len(in_window)
+    idx = {t: i for i, t in enumerate(data["analog_times"])}
+    a1_values = [idx[t] % 997 for t in in_window]
+    assert (min(by_reader["A1"]["min"]), max(by_reader["A1"]["max"])) == (min(a1_values), max(a1_values))
+    gap_buckets = [b for b in range(agg["buckets"])
+                   if t0 + (b + 1) * agg["bucket_ns"] <= now_ns - GAP[0] and t0 + b * agg["bucket_ns"] >= now_ns - GAP[1]]
+    assert gap_buckets and not set(gap_buckets) & set(by_reader["A1"]["bucket"])  # the gap has no buckets
+    assert out["day"]["chart"]["series"] == 2 and out["day"]["chart"]["gaps"] == 2
+    assert out["day"]["chart"]["points"] == sum(len(f["bucket"]) for f in by_reader.values())
+    assert out["day"]["chart"]["coloredPixels"] > 500
+    assert sorted(out["day"]["legend"]) == ["b1[A1].value (0 … 996)", "b1[A2].value (2000 … 2499)"]
+    assert out["allSeries"]["hidden"] > 0 and "hidden" in out["allSeries"]["note"]  # past 12 series: said so
+
+    # 4. layout at 1,400 and 1,024 px with the system sensor's wide JSON
+    for width in ("1400", "1024"):
+        lay = out["layout"][width]
+        assert lay["scrollWidth"] <= lay["innerWidth"] == int(width), lay
+        assert 0 <= lay["applyRight"] <= lay["innerWidth"] and lay["jsonCells"] > 0, lay
+
+    # 5. CSV of a query and of the loaded rows; local time as well as UTC
+    query_rows = list(csv.reader((tmp_path / "query.csv").open()))
+    assert query_rows[0] == ["resource_name", "n"]
+    assert {name: int(n) for name, n in query_rows[1:]} == sql_counts  # env, arm1, b1, imu, system
+    readings_csv = list(csv.reader((tmp_path / "readings.csv").open()))
+    assert readings_csv[0][:2] == ["requested (UTC)", "requested (local)"] and len(readings_csv) > 1
+    assert out["local"]["firstCell"].endswith("+05:30") and out["local"]["zoneLabel"] == "local"
+
+    # the vision service's images with their detections drawn, as before
     assert out["binaryCount"] == 3 and len(out["thumbnails"]) == 3
     assert all(t["width"] == 320 and t["height"] == 240 for t in out["thumbnails"])
     assert sum(t["detections"] for t in out["thumbnails"]) == out["detectionLines"] > 0
-    assert re.fullmatch(r"detector_CaptureAllFromCamera_.+-0\.jpg", out["downloadName"])
+    assert re.fullmatch(r"detector_CaptureAllFromCamera_.+-2\.jpg", out["downloadName"])  # the newest first
     assert (tmp_path / "download.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # the JPEG itself
-    assert out["sqlCount"] == sum(v for k, v in counts.items() if k.split("/")[0] in ("sensor", "arm"))
+    assert counts["vision/detector/CaptureAllFromCamera"] == 3
     for shot in shots.values():
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+async def _summary(store: SqliteStore) -> list[dict]:
+    return [{"resource_name": r.resource_name, "items": r.items} for r in await store.summary(PART_A)
+            if r.data_kind == "tabular"]
+
+
+def _utc_text(ns: int) -> str:
+    """A time as the page shows it in UTC: `YYYY-MM-DD HH:MM:SS.mmm UTC`."""
+    from datetime import datetime, timezone
+
+    d = datetime.fromtimestamp(ns // 10**6 / 1000, timezone.utc)
+    return d.strftime("%Y-%m-%d %H:%M:%S.") + f"{(ns // 10**6) % 1000:03d} UTC"
 
 
 async def test_the_page_and_its_files_are_served_without_auth_and_work_offline(env: CloudEnv) -> None:

@@ -3,12 +3,13 @@
 "use strict";
 
 (() => {
-  const MAX_ROWS = 10000;       // readings fetched for the count, the chart and the CSV
-  const MAX_BINARY = 500;       // binary items listed
-  const TABLE_ROWS = 500;       // readings shown in the table
+  const PAGE_ROWS = 500;        // readings per page of the table (newest first; "Older rows" loads the next)
+  const MAX_BINARY = 200;       // binary items listed (the newest of the window)
   const MAX_COLUMNS = 16;
+  const LIVE_EVERY_MS = 5000;   // refresh while the window includes now
   const $ = id => document.getElementById(id);
-  const state = { summaries: new Map(), rows: [], binary: [], series: [], hidden: new Set() };
+  const state = { summaries: new Map(), rows: [], cursors: new Map(), binary: [], series: [], hidden: new Set(),
+                  win: null, pagedEnd: null, loading: false, truncated: false };
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -74,14 +75,15 @@
       box.append(el("div", `${part} — ${summary.resources.length} capture method(s)`, "part-name"));
       const table = el("table", undefined, "parts-table");
       const head = el("tr");
-      for (const h of ["type", "name", "method", "data", "items", "files", "size", "first (UTC)", "last (UTC)", "tags"]) head.append(el("th", h));
+      for (const h of ["type", "name", "method", "data", "items", "files", "size", "first", "last", "tags"]) head.append(el("th", h));
       table.append(el("thead"), el("tbody"));
       table.tHead.append(head);
       for (const r of summary.resources) {
         const tr = el("tr", undefined, "clickable");
         tr.title = "show this resource";
         for (const v of [r.resource_type || "(file)", r.resource_name, r.method, r.data_kind, r.items, r.files,
-                         bytes(r.bytes), r.first || "", r.last || "", r.tags.join(", ")]) {
+                         bytes(r.bytes), r.first_ns == null ? "" : CapsyncTime.format(r.first_ns),
+                         r.last_ns == null ? "" : CapsyncTime.format(r.last_ns), r.tags.join(", ")]) {
           tr.append(el("td", String(v), typeof v === "number" ? "num" : ""));
         }
         tr.addEventListener("click", () => {
@@ -90,11 +92,14 @@
           $("f-name").value = r.resource_name;
           $("f-method").value = r.method;
           $("f-kind").value = r.data_kind;
+          state.pagedEnd = null;
           apply();
         });
         table.tBodies[0].append(tr);
       }
-      box.append(table);
+      const wrap = el("div", undefined, "table-wrap");
+      wrap.append(table);
+      box.append(wrap);
     }
   }
 
@@ -121,57 +126,105 @@
 
   // -- filters and results ---------------------------------------------------------------------
 
-  function utc(value) {
-    if (!value) return null;
-    return (value.length === 16 ? value + ":00" : value) + "Z";
-  }
-
   function params() {
     const p = new URLSearchParams();
     for (const [id, name] of [["f-type", "resource_type"], ["f-name", "resource_name"], ["f-method", "method"]]) {
       const v = $(id).value.trim();
       if (v) p.set(name, v);
     }
-    const start = utc($("f-start").value), end = utc($("f-end").value);
-    if (start) p.set("start", start);
-    if (end) p.set("end", end);
     for (const t of $("f-tags").value.split(",").map(s => s.trim()).filter(Boolean)) p.append("tag", t);
     return p;
   }
 
-  async function apply() {
+  /** The newest data time (ms) of the resources the filters select, from the parts' summaries. */
+  function newestMs(parts, kind) {
+    let newest = null;
+    const want = { resource_type: $("f-type").value.trim(), resource_name: $("f-name").value.trim(), method: $("f-method").value.trim() };
+    for (const part of parts) {
+      for (const r of (state.summaries.get(part) || { resources: [] }).resources) {
+        if (Object.entries(want).some(([k, v]) => v && r[k] !== v) || r.last_ns == null) continue;
+        if (kind !== "all" && r.data_kind !== kind) continue;
+        newest = Math.max(newest ?? -Infinity, r.last_ns / 1e6);
+      }
+    }
+    return newest;
+  }
+
+  function windowParams(p, win) {
+    const q = new URLSearchParams(p);
+    q.set("start", new Date(win.startMs).toISOString());
+    q.set("end", new Date(win.endMs).toISOString());
+    return q;
+  }
+
+  /** Load the window: the chart from aggregates, the newest page of rows, the newest binary items. */
+  async function apply(quiet) {
+    if (state.loading) return;
     const parts = $("f-part").value ? [$("f-part").value] : [...state.summaries.keys()];
     const kind = $("f-kind").value;
-    const p = params();
+    const win = CapsyncTime.windowOf(Number($("f-window").value) * 1000, newestMs(parts, kind), $("f-start").value,
+                                     $("f-end").value, state.pagedEnd);
+    const p = windowParams(params(), win);
     const began = performance.now();
-    status("Loading…");
+    if (!quiet) status("Loading…");
+    state.loading = true;
     $("apply-filters").disabled = true;
     try {
-      const rows = [], binary = [];
-      let more = false;
+      const binary = [], answers = [];
+      state.rows = [];
+      state.cursors.clear();
       for (const part of parts) {
         if (kind !== "binary") {
-          const got = await CapsyncApi.fetchAll(part, "/v1/tabular", p, MAX_ROWS - rows.length);
-          rows.push(...got.items);
-          more = more || got.more;
+          const agg = new URLSearchParams(p);
+          agg.set("buckets", String(Math.max(50, Math.min(1000, Math.round(($("chart").clientWidth || 1000) / 2)))));
+          answers.push({ part, answer: await CapsyncApi.getJson(part, "/v1/tabular/aggregate", agg) });
+          await olderRows(part, p);
         }
-        if (kind !== "tabular") binary.push(...(await CapsyncApi.fetchAll(part, "/v1/binary", p, MAX_BINARY)).items);
+        if (kind !== "tabular") {
+          const q = new URLSearchParams(p);
+          q.set("order", "desc");
+          binary.push(...(await CapsyncApi.fetchAll(part, "/v1/binary", q, MAX_BINARY)).items);
+        }
       }
-      const byTime = (a, b) => a.requested_ns - b.requested_ns;
-      state.rows = rows.sort(byTime);
-      state.binary = binary.sort(byTime);
-      state.hidden.clear();
+      state.win = win;
+      state.binary = binary.sort((a, b) => b.requested_ns - a.requested_ns);
+      state.series = CapsyncChart.measure(CapsyncChart.seriesOfAggregates(answers));
+      if (!quiet) {
+        state.hidden = new Set(state.series.slice(CapsyncChart.MAX_SERIES).map(s => s.label));
+        const spans = state.series.map(s => Math.max(Math.abs(s.min), Math.abs(s.max))).filter(v => v > 0);
+        $("own-scale").checked = spans.length > 1 && Math.max(...spans) / Math.min(...spans) > 20;
+      }
+      state.truncated = answers.some(a => a.answer.truncated);
+      $("live").checked = win.live && !$("f-end").value;
       $("tabular-section").hidden = kind === "binary";
       $("binary-section").hidden = kind === "tabular";
-      renderRows(more);
+      renderRows();
+      redrawChart();
       renderBinary();
       const ms = Math.round(performance.now() - began);
-      status(`Loaded ${rows.length}${more ? "+" : ""} readings and ${binary.length} binary items from ${parts.length} part(s) in ${ms} ms.`);
+      $("window-text").textContent = `${CapsyncTime.format(win.startMs * 1e6)} → ${CapsyncTime.format(win.endMs * 1e6)}`;
+      status(`Loaded the window: ${state.series.length} series from aggregates, the newest ${state.rows.length} readings ` +
+             `and ${binary.length} binary items from ${parts.length} part(s) in ${ms} ms.`);
     } catch (e) {
       showError(e);
     } finally {
+      state.loading = false;
       $("apply-filters").disabled = false;
     }
+  }
+
+  /** The next page (older) of a part's readings in the window, newest first. */
+  async function olderRows(part, p) {
+    const q = new URLSearchParams(p || windowParams(params(), state.win));
+    q.set("order", "desc");
+    q.set("limit", String(PAGE_ROWS));
+    const cursor = state.cursors.get(part);
+    if (cursor === null) return;
+    if (cursor) q.set("cursor", cursor);
+    const page = await CapsyncApi.getJson(part, "/v1/tabular", q);
+    state.rows.push(...page.items);
+    state.rows.sort((a, b) => b.requested_ns - a.requested_ns);
+    state.cursors.set(part, page.next_cursor);
   }
 
   function leaves(value, prefix, out) {
@@ -190,49 +243,55 @@
     return keys.length <= MAX_COLUMNS ? keys : null;  // null: show the payload as JSON
   }
 
-  function cells(r, cols) {
+  function cells(r, cols, forCsv) {
     const flat = cols ? leaves(r.payload, "", {}) : null;
     const multi = state.summaries.size > 1;
-    const head = [r.requested, ...(multi ? [r.part_id] : []), `${r.resource_type}/${r.resource_name}`, r.method];
+    const when = forCsv ? [r.requested, CapsyncTime.format(r.requested_ns, "local")] : [CapsyncTime.format(r.requested_ns)];
+    const params = Object.keys(r.params || {}).length ? JSON.stringify(r.params) : "";
+    const head = [...when, ...(multi ? [r.part_id] : []), `${r.resource_type}/${r.resource_name}`, r.method, params];
     const body = cols ? cols.map(c => flat[c]) : [JSON.stringify(r.payload)];
     return [...head, ...body, r.tags.join(" ")];
   }
 
-  function headers(cols) {
-    return ["requested (UTC)", ...(state.summaries.size > 1 ? ["part"] : []), "resource", "method", ...(cols || ["payload"]), "tags"];
+  function headers(cols, forCsv) {
+    const when = forCsv ? ["requested (UTC)", "requested (local)"] : [`requested (${CapsyncTime.getZone() === "utc" ? "UTC" : "local"})`];
+    return [...when, ...(state.summaries.size > 1 ? ["part"] : []), "resource", "method", "params", ...(cols || ["payload"]), "tags"];
   }
 
-  function renderRows(more) {
+  function renderRows() {
     const rows = state.rows;
+    const more = [...state.cursors.values()].some(Boolean);
     const count = $("row-count");
-    count.textContent = `${rows.length}${more ? "+" : ""} reading${rows.length === 1 ? "" : "s"}`;
+    count.textContent = `newest ${rows.length}${more ? "" : " (all)"} reading${rows.length === 1 ? "" : "s"} of the window`;
     count.dataset.count = String(rows.length);
+    $("older-rows").hidden = !more;
     const cols = columnsOf(rows);
     const table = $("readings");
     const head = el("tr");
     for (const h of headers(cols)) head.append(el("th", h));
     table.tHead.replaceChildren(head);
     const frag = document.createDocumentFragment();
-    for (const r of rows.slice(0, TABLE_ROWS)) {
+    for (const r of rows) {
       const tr = el("tr");
       for (const v of cells(r, cols)) {
         const isNum = typeof v === "number";
         const text = v === undefined ? "" : (typeof v === "object" && v !== null ? JSON.stringify(v) : String(isNum ? +v.toPrecision(8) : v));
-        tr.append(el("td", text, isNum ? "num" : (cols ? "" : "json")));
+        const td = el("td", text, isNum ? "num" : (cols ? "" : "json"));
+        if (text.length > 60) td.title = text.slice(0, 2000);
+        tr.append(td);
       }
       frag.append(tr);
     }
     table.tBodies[0].replaceChildren(frag);
-    $("table-note").textContent = rows.length > TABLE_ROWS ? `The table shows the first ${TABLE_ROWS}; the chart and the CSV have all ${rows.length}.` : "";
-    state.series = CapsyncChart.seriesOf(rows);
-    // Fields of very different magnitudes (pressure ~1000, voltage ~12) each get their own scale.
-    const spans = state.series.map(s => Math.max(...s.points.map(p => Math.abs(p[1])))).filter(v => v > 0);
-    $("own-scale").checked = spans.length > 1 && Math.max(...spans) / Math.min(...spans) > 20;
-    redrawChart();
+    $("table-note").textContent = state.truncated ? "The chart's aggregate was cut (too many series × fields × buckets): narrow the filters." : "";
   }
 
   function redrawChart() {
-    CapsyncChart.draw($("chart"), state.series, state.hidden, $("own-scale").checked);
+    const win = state.win || { startMs: 0, endMs: 1 };
+    CapsyncChart.draw($("chart"), state.series, state.hidden, $("own-scale").checked, win.startMs, win.endMs);
+    const hidden = state.series.filter(s => state.hidden.has(s.label)).length;
+    $("series-note").textContent = hidden ? `${hidden} of ${state.series.length} series hidden: click a name in the legend to show it.` : "";
+    $("series-note").dataset.hidden = String(hidden);
     CapsyncChart.legend($("legend"), state.series, state.hidden, label => {
       if (state.hidden.has(label)) state.hidden.delete(label); else state.hidden.add(label);
       redrawChart();
@@ -248,50 +307,18 @@
 
   function downloadCsv() {
     const cols = columnsOf(state.rows);
-    const csv = CapsyncCsv.text(headers(cols), state.rows.map(r => cells(r, cols)));
-    const url = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
-    const a = el("a");
-    a.href = url;
-    a.download = "readings.csv";
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 30000);
+    CapsyncCsv.download("readings.csv", headers(cols, true), state.rows.map(r => cells(r, cols, true)));
   }
 
-  // -- queries -----------------------------------------------------------------------------------
-
-  const EXAMPLES = {
-    sql: "SELECT resource_name, method, count(*) AS n, min(requested) AS first, max(requested) AS last\nFROM readings GROUP BY resource_name, method",
-    mql: '[{"$group": {"_id": "$resource_name", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]',
-  };
-
-  async function runQuery(ev) {
-    ev.preventDefault();
-    const part = $("f-part").value || [...state.summaries.keys()][0];
-    const lang = $("q-lang").value;
-    $("query-error").textContent = "";
-    try {
-      let body;
-      if (lang === "sql") body = { query: $("q-text").value };
-      else {
-        try { body = { pipeline: JSON.parse($("q-text").value) }; } catch (e) { throw new Error(`the pipeline is not JSON: ${e.message}`); }
-      }
-      const res = await CapsyncApi.postJson(part, `/v1/tabular/${lang}`, body);
-      const table = $("query-result");
-      const head = el("tr");
-      for (const c of res.columns) head.append(el("th", c));
-      table.tHead.replaceChildren(head);
-      table.tBodies[0].replaceChildren(...res.rows.map(row => {
-        const tr = el("tr");
-        for (const v of row) tr.append(el("td", typeof v === "object" && v !== null ? JSON.stringify(v) : String(v), typeof v === "number" ? "num" : ""));
-        return tr;
-      }));
-      table.dataset.rows = String(res.row_count);
-      if (res.truncated) $("query-error").textContent = `showing the first ${res.row_count} rows`;
-    } catch (e) {
-      $("query-error").textContent = e instanceof CapsyncApi.ApiError ? `${e.status} ${e.message}` : String(e.message || e);
-    }
+  /** Move the window by `steps` of its own width (negative: back in time); live again once it reaches now. */
+  function page(steps) {
+    if (!state.win) return;
+    const span = state.win.endMs - state.win.startMs;
+    $("f-start").value = "";
+    $("f-end").value = "";
+    state.pagedEnd = steps === 0 ? null : state.win.endMs + steps * span;
+    if (state.pagedEnd !== null && state.pagedEnd >= Date.now()) state.pagedEnd = null;
+    apply();
   }
 
   // -- wiring ------------------------------------------------------------------------------------
@@ -311,17 +338,33 @@
         $("login-error").textContent = e.status === 401 ? "unknown part or wrong secret" : String(e.message || e);
       }
     });
-    $("filter-form").addEventListener("submit", ev => { ev.preventDefault(); apply(); });
+    $("filter-form").addEventListener("submit", ev => { ev.preventDefault(); state.pagedEnd = null; apply(); });
     $("clear-filters").addEventListener("click", () => {
       for (const id of ["f-type", "f-name", "f-method", "f-start", "f-end", "f-tags"]) $(id).value = "";
       $("f-kind").value = "all";
+      state.pagedEnd = null;
       apply();
     });
+    $("win-earlier").addEventListener("click", () => page(-1));
+    $("win-later").addEventListener("click", () => page(1));
+    $("win-now").addEventListener("click", () => page(0));
+    $("older-rows").addEventListener("click", async () => {
+      try {
+        for (const part of [...state.cursors.keys()]) await olderRows(part);
+        renderRows();
+      } catch (e) { showError(e); }
+    });
+    $("f-zone").addEventListener("change", () => {
+      CapsyncTime.setZone($("f-zone").value);
+      for (const l of document.querySelectorAll(".zone")) l.textContent = $("f-zone").value === "utc" ? "UTC" : "local";
+      renderParts();
+      if (state.win) { renderRows(); redrawChart(); apply(true); }
+    });
+    setInterval(() => { if ($("live").checked && !document.hidden && state.win) apply(true); }, LIVE_EVERY_MS);
+
     $("own-scale").addEventListener("change", redrawChart);
     $("download-csv").addEventListener("click", downloadCsv);
-    $("q-lang").addEventListener("change", () => { $("q-text").value = EXAMPLES[$("q-lang").value]; });
-    $("q-text").value = EXAMPLES.sql;
-    $("query-form").addEventListener("submit", runQuery);
+    CapsyncQuery.wire(() => $("f-part").value || [...state.summaries.keys()][0]);
     window.addEventListener("resize", () => { if (state.series.length) redrawChart(); });
     refresh().then(() => { if (state.summaries.size) apply(); });
   });

@@ -17,7 +17,19 @@ const CapsyncCsv = (() => {
     return [header, ...rows].map(r => r.map(cell).join(",")).join("\n") + "\n";
   }
 
-  return { cell, text };
+  /** Save a CSV of `header` and `rows` as the file `name` (a download from the page itself). */
+  function download(name, header, rows) {
+    const url = URL.createObjectURL(new Blob([text(header, rows)], { type: "text/csv" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 30000);
+  }
+
+  return { cell, text, download };
 })();
 
 if (typeof module !== "undefined") module.exports = CapsyncCsv;
