@@ -45,7 +45,8 @@ def fuse_unavailable() -> str | None:
     try:
         import pyfuse3  # noqa: F401
     except ImportError as exc:
-        return f"pyfuse3 is not installed ({exc}); ./scripts/test installs it with the test extras"
+        return (f"pyfuse3 is not installed ({exc}); ./scripts/test builds it (pip install -e '.[powercut]') "
+                "where libfuse3-dev and a compiler are available")
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse does not exist (no FUSE in this kernel or container)"
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
