@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from capsync.runtime.blocking import run_blocking
+from capsync.runtime.blocking import durable_writes, run_blocking
 from capsync.runtime.capture_file import CaptureHeader, CaptureWriter, fsync_dir, recover_prog
 from capsync.runtime.faults import FaultPlan
 from capsync.runtime.logs import StateChangeLog
@@ -54,7 +54,8 @@ class CaptureFiles:
         self._dir = capture_dir
         self._name = name
         self._new_header = new_header
-        self._fsync_interval = fsync_interval_s
+        # Under without_fsync (the simulation) an fsync would do nothing: no wakeups for it either.
+        self._fsync_interval = fsync_interval_s if durable_writes() else math.inf
         self._max_age = max_file_age_s
         #: The collector calls want_spare() once the open file holds this many bytes (half its
         #: limit), so the spare is made about half a file's life before it is needed, not earlier:
