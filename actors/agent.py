@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
@@ -40,25 +39,26 @@ import trio
 
 from capsync.actors.agent_api import agent_handlers
 from capsync.actors.agent_metrics import TreeHealth
-from capsync.actors.capture_control import CaptureControl, CaptureControlStats
-from capsync.actors.collector import Collector, CollectorSettings, CollectorStats, collector_name
-from capsync.actors.config_watcher import ConfigWatcher, ConfigWatcherStats
+from capsync.actors.agent_stats import AgentStats, RetiredTotals
+from capsync.actors.capture_control import CaptureControl
+from capsync.actors.collector import Collector, CollectorSettings
+from capsync.actors.config_watcher import ConfigWatcher
 from capsync.actors.control import ControlEndpoint
-from capsync.actors.governor import DEFAULT_INTERVAL_S, DiskGovernor, GovernorStats
-from capsync.actors.mongo_sink import MongoSink, MongoSinkStats
-from capsync.actors.reconcile import ConfigDiff, diff_configs
-from capsync.actors.resource_server import ResourceServer, ResourceServerStats
-from capsync.actors.sync_scheduler import SyncScheduler, SyncStats
+from capsync.actors.governor import DEFAULT_INTERVAL_S, DiskGovernor
+from capsync.actors.mongo_sink import MongoSink
+from capsync.actors.reconcile import diff_configs, log_collector_changes
+from capsync.actors.resource_server import ResourceServer
+from capsync.actors.sync_scheduler import SyncScheduler
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
 from capsync.runtime.metronome import Metronome
 from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.disk_usage import DiskUsage
 from capsync.runtime.faults import FaultPlan
 from capsync.runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
-from capsync.runtime.remote import RESOURCES_PATH, RemoteParts, RemoteStats
+from capsync.runtime.remote import RESOURCES_PATH, RemoteParts
 from capsync.runtime.resources.registry import ResourceRegistry, model_search_dirs
 from capsync.runtime.backoff import Backoff
-from capsync.runtime.supervision import ChildSpec, Restart, Supervisor, SupervisorStats
+from capsync.runtime.supervision import ChildSpec, Restart, Supervisor
 from capsync.runtime.wallclock import WallClock
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.capture_control import CaptureOverride
@@ -67,78 +67,6 @@ if TYPE_CHECKING:
     from capsync.actors.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger("capsync.agent")
-
-
-@dataclass(frozen=True)
-class RetiredTotals:
-    """Counters of collectors that were stopped by reloads, so totals survive reconfiguration."""
-
-    collectors: int = 0
-    captured: int = 0
-    failed: int = 0
-    dropped: int = 0
-    files_finished: int = 0
-    bytes_written: int = 0
-    skipped: int = 0
-
-    def plus(self, c: CollectorStats) -> RetiredTotals:
-        """These totals with one more stopped collector's counters added."""
-        return RetiredTotals(self.collectors + 1, self.captured + c.captured, self.failed + c.failed,
-                             self.dropped + c.dropped, self.files_finished + c.files_finished,
-                             self.bytes_written + c.bytes_written, self.skipped + c.skipped)
-
-
-@dataclass(frozen=True)
-class AgentStats:
-    """A snapshot of the whole agent for `capsync status`, the demo and tests."""
-
-    part_id: str
-    capture_dir: str
-    collectors: tuple[CollectorStats, ...]
-    unavailable: tuple[str, ...]  # capture methods whose resource could not be built, with why
-    recovered_files: int
-    supervisors: tuple[SupervisorStats, ...]
-    sync: SyncStats | None  # None when sync is off
-    sync_off_reason: str | None
-    governor: GovernorStats | None = None  # None without a data manager
-    mongo: MongoSinkStats | None = None  # None unless mongo_capture_config.uri is set
-    config: ConfigWatcherStats | None = None  # None when not started from a config file
-    revision: int = 1
-    control_address: str | None = None
-    retired: RetiredTotals = RetiredTotals()
-    remotes: tuple[RemoteStats, ...] = ()  # connections to remote parts this part captures from
-    served: ResourceServerStats | None = None  # this part's resources served to other parts
-    capture_control: CaptureControlStats | None = None  # None unless capture_control_sensor is set
-
-    @property
-    def dropped(self) -> int:
-        """Readings the disk refused (ENOSPC, EIO, ...) across all collectors."""
-        return self.retired.dropped + sum(c.dropped for c in self.collectors)
-
-    @property
-    def captured(self) -> int:
-        """Readings captured by all collectors."""
-        return self.retired.captured + sum(c.captured for c in self.collectors)
-
-    @property
-    def skipped(self) -> int:
-        """Ticks whose resource had nothing to capture (NoCapture) across all collectors: not failures."""
-        return self.retired.skipped + sum(c.skipped for c in self.collectors)
-
-    @property
-    def failed(self) -> int:
-        """Captures that failed (resource errors and timeouts) across all collectors."""
-        return self.retired.failed + sum(c.failed for c in self.collectors)
-
-    @property
-    def files_finished(self) -> int:
-        """Capture files finished (renamed to .capture) since start."""
-        return self.retired.files_finished + sum(c.files_finished for c in self.collectors)
-
-    @property
-    def bytes_written(self) -> int:
-        """Bytes appended to capture files since start."""
-        return self.retired.bytes_written + sum(c.bytes_written for c in self.collectors)
 
 
 def part_id_of(config: RobotConfig) -> str:
@@ -452,7 +380,7 @@ class Agent:
         diff = diff_configs(old, new)
         log.info(what, extra={"revision": revision, "changes": diff.summary()})
         by_key = {c.plan.key: name for name, c in self.collectors.items()}
-        _log_collector_changes(diff, by_key, revision)
+        log_collector_changes(diff, by_key, revision)
         for key in [*diff.removed, *(p.key for p in diff.restarted)]:
             if key in by_key:
                 await self._stop_collector(by_key[key])
@@ -534,17 +462,3 @@ class Agent:
                              if self._root.has_child("capture_control") else None),
         )
 
-
-def _log_collector_changes(diff: ConfigDiff, by_key: dict[str, str], revision: int | None) -> None:
-    """One line per collector a reload touches, naming it and what changes."""
-    for plan in diff.added:
-        log.info("config change: collector added", extra={"collector": collector_name(plan), "revision": revision,
-                                                           "hz": plan.frequency_hz})
-    for key in diff.removed:
-        log.info("config change: collector removed", extra={"collector": by_key.get(key, key), "revision": revision})
-    for plan in diff.restarted:
-        log.info("config change: collector restarted with new settings",
-                 extra={"collector": collector_name(plan), "revision": revision})
-    for plan in diff.rate_changed:
-        log.info("config change: collector rate changed", extra={"collector": collector_name(plan),
-                                                                  "revision": revision, "hz": plan.frequency_hz})

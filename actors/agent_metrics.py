@@ -17,7 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from capsync import __version__
 
 if TYPE_CHECKING:
-    from capsync.actors.agent import Agent, AgentStats
+    from capsync.actors.agent import Agent
+    from capsync.actors.agent_stats import AgentStats
     from capsync.actors.sync_scheduler import SyncScheduler
 
 #: A child of the supervision tree may be down (waiting out its restart backoff) this long before

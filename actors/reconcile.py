@@ -17,10 +17,14 @@ Reconfiguration is a diff: only what changed is touched. The rules:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capsync.actors.collector import collector_name
 from capsync.runtime.config import CaptureMethodPlan, DataManagerAttributes, RobotConfig
+
+log = logging.getLogger("capsync.agent")
 
 _COLLECTOR_WIDE = ("capture_dir", "tags", "max_file_size_kb", "max_binary_file_size_kb", "max_file_age_secs",
                    "fsync_interval_secs", "resource_timeout_secs")
@@ -107,3 +111,18 @@ def diff_configs(old: RobotConfig, new: RobotConfig) -> ConfigDiff:
         governor_changed=any(_dm_field(old_dm, f) != _dm_field(new_dm, f)
                              for f in ("delete_every_nth_when_disk_full", "capture_dir", "capture_disabled")),
     )
+
+
+def log_collector_changes(diff: ConfigDiff, by_key: dict[str, str], revision: int | None) -> None:
+    """One line per collector a reload touches, naming it and what changes."""
+    for plan in diff.added:
+        log.info("config change: collector added", extra={"collector": collector_name(plan), "revision": revision,
+                                                           "hz": plan.frequency_hz})
+    for key in diff.removed:
+        log.info("config change: collector removed", extra={"collector": by_key.get(key, key), "revision": revision})
+    for plan in diff.restarted:
+        log.info("config change: collector restarted with new settings",
+                 extra={"collector": collector_name(plan), "revision": revision})
+    for plan in diff.rate_changed:
+        log.info("config change: collector rate changed", extra={"collector": collector_name(plan),
+                                                                  "revision": revision, "hz": plan.frequency_hz})

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import httpx
 import trio
 
-from capsync.actors.agent import Agent, AgentStats
+from capsync.actors.agent import Agent
+from capsync.actors.agent_stats import AgentStats
 from capsync.cloud.app import create_app
 from capsync.cloud.auth import new_secret
 from capsync.runtime.blocking import inline_blocking, without_fsync

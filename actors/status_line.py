@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from capsync.actors.agent import AgentStats
+    from capsync.actors.agent_stats import AgentStats
     from capsync.actors.sync_scheduler import SyncStats
 
 

@@ -32,7 +32,7 @@ _EXPORTS = {
     "ConfigIssue": "capsync.runtime.config",
     # the agent
     "Agent": "capsync.actors.agent",
-    "AgentStats": "capsync.actors.agent",
+    "AgentStats": "capsync.actors.agent_stats",
     # models of your own
     "register_model": "capsync.runtime.resources.registry",
     "registered_models": "capsync.runtime.resources.registry",
@@ -67,7 +67,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
-    from capsync.actors.agent import Agent, AgentStats
+    from capsync.actors.agent import Agent
+    from capsync.actors.agent_stats import AgentStats
     from capsync.runtime.capture_file import CaptureFormatError, CaptureHeader, CaptureRecord, read_capture, recover_dir
     from capsync.runtime.config import ConfigError, ConfigIssue, RobotConfig, load_config, parse_config, validate_file
     from capsync.runtime.resources.registry import (

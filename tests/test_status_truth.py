@@ -123,7 +123,7 @@ def test_a_reload_names_each_collector_it_changes(tmp_path: Path) -> None:
 
 
 def test_status_line_says_why_nothing_goes_up() -> None:
-    from capsync.actors.agent import AgentStats
+    from capsync.actors.agent_stats import AgentStats
     from capsync.actors.collector import CollectorStats
     from capsync.actors.sync_scheduler import PassResult, SyncStats
 
