@@ -3,9 +3,12 @@ no traceback and no exception group (issue 16, item 11, for the cloud)."""
 
 from __future__ import annotations
 
+import base64
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,34 @@ def test_routine_uploads_are_quiet_by_default_and_a_rejection_is_loud(tmp_path: 
         assert r.status_code == 422, r.text
         rejected = [x for x in log_lines(cloud.log) if x.get("level") == "warning"]
         assert rejected and "rejected" in rejected[-1]["msg"], rejected
+
+
+def test_a_second_ctrl_c_while_stopping_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C starts a graceful stop that waits for a request in flight; a second Ctrl-C then ends
+    it at once with one line, exit 130, no KeyboardInterrupt traceback."""
+    secret = subprocess.run([sys.executable, "-m", "capsync", "cloud", "add-part", "--data-dir", str(tmp_path / "cloud"),
+                             "p1"], capture_output=True, text=True, timeout=60, cwd=REPO, check=True).stdout.strip()
+    auth = base64.b64encode(f"p1:{secret}".encode())
+    proc = subprocess.Popen([sys.executable, "-m", "capsync", "cloud", "serve", "--data-dir", str(tmp_path / "cloud"),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on" in line, line + proc.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as slow:  # an upload whose body never ends
+            slow.sendall(b"PUT /v1/files/01J0000000000000000000000A?kind=capture&size=1000000&sha256=" + b"0" * 64 +
+                         b" HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + auth +
+                         b"\r\nContent-Length: 1000000\r\n\r\n" + b"\0" * 1000)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(1.0)  # the graceful stop waits up to 5 s for that request
+            assert proc.poll() is None, proc.stderr.read()
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=10)
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == "capsync cloud serve: interrupted while stopping"
