@@ -149,14 +149,21 @@ def set_aside(f: SyncFile, capture_dir: Path, error: str = "") -> Path:
     dest = capture_dir / FAILED_DIR / f.name if f.kind is FileKind.CAPTURE else \
         capture_dir / FAILED_DIR / "additional" / f.name
     make_private_dirs(dest.parent)
-    os.replace(f.path, dest)
-    try:  # the file is aside already; without its report (a full disk) the agent's log still says why
-        write_durably(dest.with_name(dest.name + SET_ASIDE_REPORT), json.dumps({
+    report = dest.with_name(dest.name + SET_ASIDE_REPORT)
+    try:  # the report first: whoever sees the file in failed/ (capsync backlog) sees why, too
+        write_durably(report, json.dumps({
             "file": str(f.path), "root": str(f.root), "kind": f.kind.value, "name": f.name, "size": f.size,
             "error": error, "set_aside_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }, indent=2).encode())
     except OSError:
-        pass
+        pass  # without its report (a full disk) the file is still set aside, and the agent's log says why
+    try:
+        os.replace(f.path, dest)
+    except OSError:
+        report.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)  # the move survives a power cut: both directories' entries
+    fsync_dir(f.path.parent)
     return dest
 
 
