@@ -42,6 +42,7 @@ async def register_part(data_dir: Path, part_id: str, secret: str | None) -> str
     at the first run and kept in `<data_dir>/demo-secrets/<part_id>`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # the demo's own cloud dir holds part secrets: its owner's only, as serve makes it
     if not secret:
         kept = data_dir / "demo-secrets" / part_id
         if not kept.exists():

@@ -68,7 +68,7 @@ def test_the_demo_keeps_its_secret_and_port_across_runs(tmp_path: Path) -> None:
     config.write_text(json.dumps(doc))
     port = str(free_port())
     first = Demo(_workdir(tmp_path), config, "--port", port)
-    first.stop()
+    assert "can be read by other users" not in first.stop()  # the demo makes its cloud dir private, as serve does
     second = Demo(tmp_path, config, "--port", port)
     try:
         assert (second.secret, second.url) == (first.secret, first.url)
