@@ -33,13 +33,13 @@ def render_backlog(backlog: Backlog, retried: list[RetryOutcome] | None = None, 
     """A human report: waiting by source, set aside with why, and what a retry did."""
     now_s = time.time() if now_s is None else now_s
     oldest = min((g.oldest_mtime_ns for g in backlog.waiting if g.oldest_mtime_ns is not None), default=None)
-    lines = [f"waiting to sync: {backlog.files} files, {human_bytes(backlog.bytes)}"
+    lines = [f"waiting to sync: {_files(backlog.files)}, {human_bytes(backlog.bytes)}"
              + (f", oldest modified {_age(oldest, now_s)}" if oldest is not None else "")]
     for g in backlog.waiting:
-        lines.append(f"  {g.source:<48} {g.files:>7} files {human_bytes(g.bytes):>10}   oldest {_age(g.oldest_mtime_ns, now_s)}")
+        lines.append(f"  {g.source:<48} {g.files:>7} {'file ' if g.files == 1 else 'files'} {human_bytes(g.bytes):>10}   oldest {_age(g.oldest_mtime_ns, now_s)}")
     if backlog.open_files:
-        lines.append(f"  being written: {backlog.open_files} .prog files (they sync once finished)")
-    lines.append(f"set aside in failed/: {len(backlog.set_aside)} files")
+        lines.append(f"  being written: {backlog.open_files} .prog file{'' if backlog.open_files == 1 else 's'} (they sync once finished)")
+    lines.append(f"set aside in failed/: {_files(len(backlog.set_aside))}")
     for s in backlog.set_aside:
         when = f" (set aside {s.set_aside_at})" if s.set_aside_at else ""
         lines.append(f"  {s.path}  {s.kind}, {human_bytes(s.size)}{when}")
@@ -48,6 +48,10 @@ def render_backlog(backlog: Backlog, retried: list[RetryOutcome] | None = None, 
             lines.append(f"      not retried: {s.why_kept}")
     if retried is not None:
         back = sum(1 for r in retried if r.put_back)
-        lines.append(f"retry: {back} files put back to sync" + (", the agent uploads them at its next pass" if back else ""))
+        lines.append(f"retry: {_files(back)} put back to sync" + (", the agent uploads them at its next pass" if back else ""))
         lines += [f"  {r.file.path}: {r.detail}" for r in retried]
     return "\n".join(lines)
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
