@@ -86,6 +86,9 @@ def _collectors(s: AgentStats) -> Iterator[Metric]:
                                       "Captures that failed (resource errors and timeouts)", labels=labels),
         "dropped": CounterMetricFamily("capsync_agent_collector_dropped",
                                        "Readings the disk refused (ENOSPC, EIO, ...): lost, and counted", labels=labels),
+        "skipped": CounterMetricFamily("capsync_agent_collector_skipped",
+                                       "Ticks the resource had nothing to capture (a filter declined): not failures",
+                                       labels=labels),
         "late_ticks": CounterMetricFamily("capsync_agent_collector_late_ticks", "Ticks captured late", labels=labels),
         "missed_ticks": CounterMetricFamily("capsync_agent_collector_missed_ticks",
                                             "Ticks missed (overdue past the catch-up window)", labels=labels),
@@ -114,6 +117,7 @@ def _totals(s: AgentStats) -> Iterator[Metric]:
     for name, value, doc in (("captured", s.captured, "Readings captured by all collectors since start"),
                              ("failures", s.failed, "Captures that failed, all collectors"),
                              ("dropped", s.dropped, "Readings the disk refused, all collectors"),
+                             ("skipped", s.skipped, "Ticks with nothing to capture (not failures), all collectors"),
                              ("written_bytes", s.bytes_written, "Bytes appended to capture files")):
         yield CounterMetricFamily(f"capsync_agent_{name}", doc, value=value)
     yield GaugeMetricFamily("capsync_agent_collectors", "Collectors running", value=len(s.collectors))

@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from capsync.actors.agent_metrics import agent_registry
 from capsync.actors.collector import Collector, CollectorSettings
 from capsync.actors.sim import CLOUD_URL, Simulation
 from capsync.runtime.blocking import inline_blocking
@@ -170,6 +173,8 @@ async def test_acceptance_only_tomatoes_and_their_windows_reach_the_cloud_once(t
         await sim.drain()
         report = await sim.accounting()
         [stats] = sim.status().collectors
+        scraped = {(m.name, x.name): x.value for m in text_string_to_metric_families(
+            generate_latest(agent_registry(sim.agent)).decode()) for x in m.samples}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.app), base_url=CLOUD_URL,
                                      auth=(sim.part_id, sim.secret)) as client:
             items = (await client.get("/v1/binary", params={"limit": 1000})).json()["items"]
@@ -192,3 +197,6 @@ async def test_acceptance_only_tomatoes_and_their_windows_reach_the_cloud_once(t
     assert report.lost == 0 and report.duplicated == 0 and report.committed == len(expected)
     assert stats.skipped == len(declined) and stats.failed == 0 and stats.missed_ticks == 0
     assert stats.captured == calls - len(declined)
+    assert scraped[("capsync_agent_collector_skipped", "capsync_agent_collector_skipped_total")] == len(declined)
+    assert scraped[("capsync_agent_skipped", "capsync_agent_skipped_total")] == len(declined)
+    assert scraped[("capsync_agent_collector_failures", "capsync_agent_collector_failures_total")] == 0
