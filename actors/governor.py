@@ -216,6 +216,7 @@ class DiskGovernor:
                 continue
             n_files += 1
             n_bytes += f.size
+            log.debug("capture file deleted by the disk-full rule", extra={"path": str(f.path), "bytes": f.size})
         after = await run_blocking(self._usage_of, capture_dir)
         self._passes += 1
         self._files += n_files

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from capsync.cloud.sqlite_store import SqliteStore
 from capsync.cloud.store import CommittedFile, Store
 from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.blocking import run_blocking
+from capsync.runtime.capture_file import make_private_dirs_durable
 from capsync.runtime.sync_protocol import API_PREFIX, MAX_CHUNK_BYTES, MAX_FILE_BYTES, ErrorBody
 
 log = logging.getLogger("capsync.cloud")
@@ -44,8 +44,7 @@ DB_NAME = "cloud.sqlite"
 def private_dir(path: Path) -> None:
     """Create `path` (and missing parents) as 0700; warn when an existing one is open to others."""
     if not path.exists():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+        make_private_dirs_durable(path)  # a power cut must not forget the dir under its first commit
     elif path.stat().st_mode & 0o077:
         log.warning("the data dir can be read by other users of this machine; chmod 700 it",
                     extra={"data_dir": str(path), "mode": oct(path.stat().st_mode & 0o777)})

@@ -31,7 +31,7 @@ import trio
 
 from capsync.cloud.store import StoreUnavailable
 from capsync.runtime.blocking import durable_writes, run_blocking
-from capsync.runtime.capture_file import fsync_dir
+from capsync.runtime.capture_file import fsync_dir, make_private_dirs_durable
 
 #: Bytes per piece when committed bytes are streamed.
 READ_CHUNK = 1024 * 1024
@@ -230,7 +230,7 @@ class LocalBlobs:
     def reset(self, part_id: str, file_id: str) -> None:
         """Start an upload's bytes afresh: an empty, durable `.part` file."""
         path = self.partial_path(part_id, file_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs_durable(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             _fsync(fd)
@@ -244,7 +244,7 @@ class LocalBlobs:
         Raises OffsetMismatch (with the size held) when `offset` is not the end of the file.
         """
         path = self.partial_path(part_id, file_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs_durable(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             held = os.fstat(fd).st_size
@@ -299,7 +299,7 @@ class LocalBlobs:
         """
         src = self.partial_path(part_id, file_id)
         dst = self.final_path(part_id, file_id)
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs_durable(dst.parent)
         tmp = dst.with_name(f".{file_id}.linking")
         tmp.unlink(missing_ok=True)
         os.link(src, tmp)
@@ -311,7 +311,7 @@ class LocalBlobs:
         file, fsynced, renamed into place, directory fsynced; it appears whole or not at all, and a
         stale committed path from a crash before the store's commit is replaced."""
         dst = self.final_path(part_id, file_id)
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs_durable(dst.parent)
         tmp = dst.with_name(f".{file_id}.writing")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

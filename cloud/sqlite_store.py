@@ -58,6 +58,7 @@ from capsync.cloud.store import (
 )
 from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.blocking import durable_writes, run_blocking
+from capsync.runtime.capture_file import make_private_dirs_durable
 from capsync.runtime.sync_protocol import FileKind
 
 T = TypeVar("T")
@@ -83,7 +84,7 @@ class SqliteStore:
 
     def __init__(self, path: Path, *, scrypt_n: int = 2**14) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs_durable(self.path.parent)
         private_db_file(self.path)  # rows and secret hashes are nobody else's business on this machine
         self._scrypt_n = scrypt_n
         self._lock = threading.Lock()

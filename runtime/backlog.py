@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from capsync.runtime.capture_file import PROG_SUFFIX, CaptureFormatError, fsync_dir, iter_capture
-from capsync.runtime.capture_writer import make_private_dirs
+from capsync.runtime.capture_file import (
+    PROG_SUFFIX, CaptureFormatError, fsync_dir, iter_capture, make_private_dirs_durable,
+)
 from capsync.runtime.ready_index import find_ready_files
 from capsync.runtime.sync_files import FAILED_DIR, SET_ASIDE_REPORT, regular_files
 from capsync.runtime.sync_protocol import FileKind
@@ -210,7 +211,7 @@ def _put_back(s: SetAside) -> RetryOutcome:
     except OSError:
         report_ino = None
     try:
-        make_private_dirs(dest.parent)
+        make_private_dirs_durable(dest.parent)
         if os.path.lexists(dest):
             return RetryOutcome(s, False, f"kept: {dest} exists already")
         os.rename(s.path, dest)

@@ -251,6 +251,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Mode of every directory capsync creates for its data (capture files, the cloud's data dir).
+DIR_MODE = 0o700
+
+
+def make_private_dirs(directory: Path) -> list[Path]:
+    """mkdir -p `directory`, each directory it creates owner-only (DIR_MODE, whatever the umask);
+    existing directories are left as they are. Returns the directories it created, outermost first."""
+    missing = []
+    d = directory
+    while not d.exists() and d.parent != d:
+        missing.append(d)
+        d = d.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # created concurrently by another writer
+        os.chmod(d, DIR_MODE)
+        created.append(d)
+    return created
+
+
+def make_private_dirs_durable(directory: Path) -> None:
+    """mkdir -p `directory` (owner-only), fsyncing the parent of every directory it creates, so a
+    power cut cannot forget a directory (and with it every file in it) that was created for them."""
+    for d in make_private_dirs(directory):
+        fsync_dir(d.parent)
+
+
 # --- public names of the writer and reader modules, re-exported ----------------------------------
 
 _WRITER_NAMES = ("CaptureWriter", "WriterStatistics")

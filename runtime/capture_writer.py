@@ -35,6 +35,7 @@ from capsync.runtime.capture_file import (
     capture_path,
     encode_frame,
     fsync_dir,
+    make_private_dirs_durable,
 )
 from capsync.runtime.resources.methods import DataKind
 from capsync.runtime.blocking import durable_writes
@@ -53,33 +54,6 @@ _fdatasync = getattr(os, "fdatasync", os.fsync)
 #: Capture files hold whatever the robot's resources return: only the agent's user may read them,
 #: whatever the umask (one applied with chmod after create, since the umask only ever removes bits).
 FILE_MODE = 0o600
-#: Mode of every directory the agent creates for capture files.
-DIR_MODE = 0o700
-
-
-def make_private_dirs(directory: Path) -> list[Path]:
-    """mkdir -p `directory`, each directory it creates owner-only (DIR_MODE, whatever the umask);
-    existing directories are left as they are. Returns the directories it created, outermost first."""
-    missing = []
-    d = directory
-    while not d.exists() and d.parent != d:
-        missing.append(d)
-        d = d.parent
-    created = []
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue  # created concurrently by another writer
-        os.chmod(d, DIR_MODE)
-        created.append(d)
-    return created
-
-
-def _make_dirs_durable(directory: Path) -> None:
-    """mkdir -p `directory` (owner-only), fsyncing the parent of every directory it creates."""
-    for d in make_private_dirs(directory):
-        fsync_dir(d.parent)
 
 
 @dataclass(frozen=True)
@@ -138,7 +112,7 @@ class CaptureWriter:
         final = path.with_suffix(CAPTURE_SUFFIX)
         if final.exists():
             raise FileExistsError(f"{final}: a finished capture file with this name already exists")
-        _make_dirs_durable(path.parent)
+        make_private_dirs_durable(path.parent)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags, FILE_MODE)
         try:

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsync.runtime.capture_file import CaptureFormatError
+from capsync.runtime.capture_file import CaptureFormatError, make_private_dirs_durable
 from capsync.runtime.capture_reader import intact_prefix
 from capsync.runtime.sync_files import write_durably
 
@@ -49,7 +49,7 @@ def salvage_damaged_tail(path: Path, failed_dir: Path, relative: str) -> Salvage
         return None
     tail = failed_dir / f"{relative}.damaged-tail"
     report = failed_dir / f"{relative}.damaged-tail.json"
-    tail.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs_durable(tail.parent)
     with open(path, "rb") as src:
         src.seek(good)
         rest = src.read()

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from capsync.runtime.capture_file import fsync_dir, iter_capture, iter_capture_bytes
-from capsync.runtime.capture_writer import make_private_dirs
+from capsync.runtime.capture_file import fsync_dir, iter_capture, iter_capture_bytes, make_private_dirs_durable
 from capsync.runtime.sync_protocol import FileKind
 
 #: Folder inside a capture dir where files the cloud refused for good are set aside.
@@ -148,7 +147,7 @@ def set_aside(f: SyncFile, capture_dir: Path, error: str = "") -> Path:
     `capsync backlog` shows and `capsync backlog --retry-failed` puts it back to)."""
     dest = capture_dir / FAILED_DIR / f.name if f.kind is FileKind.CAPTURE else \
         capture_dir / FAILED_DIR / "additional" / f.name
-    make_private_dirs(dest.parent)
+    make_private_dirs_durable(dest.parent)
     report = dest.with_name(dest.name + SET_ASIDE_REPORT)
     try:  # the report first: whoever sees the file in failed/ (capsync backlog) sees why, too
         write_durably(report, json.dumps({

@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from capsync.testing import fuse_unavailable  # noqa: E402
 from tests.chaoskit import ChaosSettings, remove_run_dir, run_chaos  # noqa: E402
 
 
@@ -55,10 +56,23 @@ def main() -> int:
                                             "removed when the run passes)")
     p.add_argument("--keep", action="store_true", help="keep the run's dir even when it passes")
     p.add_argument("--quiet", action="store_true", help="no line per cycle")
+    p.add_argument("--power-cuts", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture dir and cloud data dir on the power-cut file system, with real power cuts "
+                        "(default: on where FUSE can mount)")
+    p.add_argument("--fsync-interval", type=float, default=1.0, help="the agent's fsync_interval_secs")
     args = p.parse_args()
+    why_not = fuse_unavailable()
+    if args.power_cuts is None:
+        args.power_cuts = why_not is None
+        if why_not:
+            print(f"no real power cuts: {why_not}", flush=True)
+    elif args.power_cuts and why_not:
+        print(f"--power-cuts: {why_not}", file=sys.stderr)
+        return 2
     root = args.dir or Path(tempfile.mkdtemp(prefix="capsync-chaos-"))
     settings = ChaosSettings(cycles=args.cycles, seed=args.seed, cycle_seconds=args.cycle_seconds,
-                             sync_interval_mins=args.sync_interval_mins, drain_timeout_s=args.drain_timeout)
+                             sync_interval_mins=args.sync_interval_mins, drain_timeout_s=args.drain_timeout,
+                             power_cuts=args.power_cuts, fsync_interval_secs=args.fsync_interval)
     t0 = time.monotonic()
     try:
         report = run_chaos(root, settings, None if args.quiet else lambda m: print(m, flush=True))

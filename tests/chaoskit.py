@@ -62,6 +62,7 @@ so holes are listed with their files for a closer look.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -76,6 +77,7 @@ import httpx
 
 from capsync.runtime.capture_file import CaptureFormatError, read_capture
 from capsync.runtime.faultproxy import ProxyThread
+from tests.chaos_power import CommitLog, Disks, PowerCut, classify_cut_losses, dir_readings, missing_commits
 from tests.helpers import fake_component, robot_config, write_config
 from tests.processkit import (
     PART, AgentProcess, CloudProcess, CloudReader, ProcessKit, add_part, local_capture_files, log_lines,
@@ -95,6 +97,10 @@ PROCESS_SCENARIOS = {
     "none": 2, "agent_kill": 3, "agent_power_loss": 3, "agent_kill_at_start": 2, "agent_sigterm": 1,
     "cloud_kill": 3, "both_kill": 2,
 }
+#: Scenarios added to that bag when the run has real power cuts (ChaosSettings.power_cuts).
+POWER_CUT_SCENARIOS = {"agent_power_cut": 3, "agent_power_cut_at_start": 1, "cloud_power_cut": 3, "both_power_cut": 2}
+#: Power cut targets, in the order the report shows them.
+POWER_CUT_TARGETS = ("agent", "agent during start-up", "cloud", "both")
 #: Network faults and their weights in the bag each cycle draws one from.
 NETWORK_FAULTS = {
     "none": 1, "cut": 2, "partition": 3, "stall": 2, "slow_link": 2, "reset_mid_body": 3, "drop_answers": 2,
@@ -116,6 +122,9 @@ class ChaosSettings:
     cloud_snapshot_every: int = 5  # cycles between reads of the cloud's file list
     drain_timeout_s: float = 300.0
     power_loss_file_chance: float = 0.75  # chance that each open `.prog` is damaged in a power loss
+    power_cuts: bool = False  # capture dir and cloud data dir on PowerCutFS, with real power cuts
+    torn_chance: float = 0.5  # chance that a power cut tears the last unsynced write of each file
+    fsync_interval_secs: float = 1.0  # the agent's, and so the durability bound of its open files
 
 
 @dataclass
@@ -132,6 +141,9 @@ class Counts:
     files_zero_filled: int = 0
     files_made_unreadable: int = 0  # damage reached the header: the agent sets the file aside as .corrupt
     proxy: Counter = field(default_factory=Counter)  # network fault -> times applied
+    power_cuts: Counter = field(default_factory=Counter)  # POWER_CUT_TARGETS -> real power cuts
+    torn_cuts: int = 0
+    bytes_forgotten: int = 0  # unsynced bytes the power cuts forgot
     resets_fired: int = 0
     connections_cut: int = 0
     connections_refused: int = 0
@@ -178,6 +190,10 @@ class ChaosReport:
     duplicated_keys: int  # extra listings of one key in the cloud
     duplicated_readings: int  # extra keys holding one (method, requested time) in the cloud
     destroyed: int
+    allowed_losses: int  # readings a real power cut forgot that the durability bound allowed it to
+    cut_must_survive: list[str]  # readings a real power cut forgot that the bound promised (bugs)
+    commits_lost: list[str]  # commits the cloud acknowledged and no longer held after a power cut
+    power_cuts: list[PowerCut]
     deleted_by_disk_rule_files: int
     committed_and_local: int
     set_aside: int
@@ -201,8 +217,10 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing duplicated, the backlog drained, and no process misbehaved."""
-        return self.lost == 0 and self.duplicated == 0 and self.drained and not self.problems
+        """Nothing lost (beyond what power cuts were allowed to forget), nothing duplicated, no
+        acknowledged commit lost, the backlog drained, and no process misbehaved."""
+        return (self.lost == 0 and self.duplicated == 0 and not self.cut_must_survive and not self.commits_lost
+                and self.drained and not self.problems)
 
     def table(self) -> str:
         """The report as an aligned two-column table."""
@@ -219,12 +237,17 @@ class ChaosReport:
              f"{c.resets_fired} / {c.connections_cut} / {c.connections_refused}"),
             ("power losses (files truncated / zero-filled / made unreadable)",
              f"{c.power_losses} ({c.files_truncated} / {c.files_zero_filled} / {c.files_made_unreadable})"),
+            *self._power_cut_rows(),
             ("readings captured", self.captured),
             ("  first seen in local files / only via the cloud",
              f"{self.captured - self.first_seen_in_cloud} / {self.first_seen_in_cloud}"),
             ("readings committed", self.committed),
             ("readings still local at the end", self.still_local),
-            ("readings lost", self.lost),
+            ("readings lost" + (" (must survive)" if self.settings.power_cuts else ""), self.lost),
+            *([("readings lost within the durability bound (allowed)", self.allowed_losses),
+               ("  must-survive readings a power cut forgot", len(self.cut_must_survive)),
+               ("acknowledged commits lost by a cloud power cut", len(self.commits_lost))]
+              if self.settings.power_cuts else []),
             ("readings duplicated", (f"{self.duplicated} ({self.duplicated_keys} keys listed twice, "
                                      f"{self.duplicated_readings} readings under two keys)")),
             ("readings deleted by the disk rule", f"0 ({self.deleted_by_disk_rule_files} files)"
@@ -241,12 +264,22 @@ class ChaosReport:
         ]
         width = max(len(k) for k, _ in rows)
         lines = [f"  {k:<{width}}  {v}" for k, v in rows]
-        for title, items in (("lost", self.lost_examples), ("duplicated", self.duplicate_examples),
+        for title, items in (("lost", self.lost_examples), ("forgotten by a power cut though the bound promised them",
+                                                            self.cut_must_survive),
+                             ("acknowledged commits lost", self.commits_lost), ("duplicated", self.duplicate_examples),
                              ("problems", self.problems), ("grid holes", [str(h) for h in self.holes])):
             if items:
                 lines.append(f"  {title}:")
                 lines += [f"    {x}" for x in items[:20]]
         return "\n".join(lines)
+
+    def _power_cut_rows(self) -> list[tuple[str, Any]]:
+        if not self.settings.power_cuts:
+            return []
+        c = self.counts
+        by_target = " / ".join(str(c.power_cuts[t]) for t in POWER_CUT_TARGETS)
+        return [(f"power cuts ({' / '.join(POWER_CUT_TARGETS)})", f"{sum(c.power_cuts.values())} ({by_target})"),
+                ("  torn / unsynced bytes forgotten", f"{c.torn_cuts} / {c.bytes_forgotten}")]
 
 
 # --- ground truth -------------------------------------------------------------------------------
@@ -258,6 +291,7 @@ class Ledger:
     def __init__(self) -> None:
         self.seen: dict[Key, Seen] = {}
         self.destroyed: dict[Key, Seen] = {}
+        self.allowed: dict[Key, Seen] = {}  # forgotten by a real power cut within the durability bound
         self.lock = threading.RLock()  # held by the scanner per pass and by power loss throughout
 
     def note(self, key: Key, method: str | None, requested_ns: int | None, where: str, cycle: int) -> None:
@@ -421,7 +455,7 @@ class _Bag:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def chaos_config(root: Path, proxy_url: str, secret: str, interval_mins: float) -> Path:
+def chaos_config(root: Path, proxy_url: str, secret: str, interval_mins: float, fsync_interval_s: float = 1.0) -> Path:
     """Write `root/robot.json`: the chaos agent's three capture methods, syncing through `proxy_url`."""
     comps = [
         fake_component("env", "sensor", [{"method": "Readings", "capture_frequency_hz": 20}]),
@@ -431,7 +465,7 @@ def chaos_config(root: Path, proxy_url: str, secret: str, interval_mins: float) 
                        width=640, height=480, jpeg_quality=90),
     ]
     cfg = robot_config(root / "capture", comps, sync_interval_mins=interval_mins, maximum_num_sync_threads=2,
-                       max_binary_file_size_kb=128)
+                       max_binary_file_size_kb=128, fsync_interval_secs=fsync_interval_s)
     cfg["cloud"] = {"id": PART, "secret": secret, "app_address": proxy_url}
     return write_config(root / "robot.json", cfg)
 
@@ -452,9 +486,15 @@ class ChaosRun:
         self.counts = Counts()
         self.ledger = Ledger()
         self.cuts: list[PowerLossCut] = []
+        self.power_cuts: list[PowerCut] = []
+        self.cut_must_survive: list[str] = []
+        self.commits_lost: list[str] = []
+        self.commit_log = CommitLog()
         self.problems: list[str] = []
         self.capture_dir = root / "capture"
+        self.cloud_dir = root / "cloud"
         self.logs = root / "logs"
+        self.disks = Disks(root, self.capture_dir, self.cloud_dir, self.logs) if settings.power_cuts else None
         self.cycle = 0
         self._runs = Counter()
         self._t0 = time.monotonic()
@@ -463,6 +503,8 @@ class ChaosRun:
         self.cloud: CloudProcess
         self.agent: AgentProcess | None = None  # None only while down on purpose
         self._cloud_killed = False  # down on purpose
+        self._acked_before_cut: dict[str, int] | None = None  # checked when the cloud comes back
+        self._starting = False  # a power cut now hits an agent in its start-up
         self.reader: CloudReader
         self.config: Path
 
@@ -480,7 +522,7 @@ class ChaosRun:
     def _start_cloud(self, port: int = 0) -> CloudProcess:
         deadline = time.monotonic() + 15
         while True:
-            cloud = CloudProcess(self.root / "cloud", self._log("cloud"), port)
+            cloud = CloudProcess(self.cloud_dir, self._log("cloud"), port)
             self.kit.procs.append(cloud)
             if cloud.wait_listening():
                 return cloud
@@ -591,12 +633,92 @@ class ChaosRun:
         return "cloud SIGKILL"
 
     def restart_cloud(self) -> str:
-        """Start the cloud on its port and data dir if it is down."""
+        """Start the cloud on its port and data dir if it is down (after a power cut of its disk,
+        check that it still holds every commit it acknowledged)."""
         if self.cloud.alive():
             return "cloud still up"
         self.cloud = self._start_cloud(self.cloud.port)
         self._cloud_killed = False
+        if self._acked_before_cut is not None:
+            acked, self._acked_before_cut = self._acked_before_cut, None
+            missing = missing_commits(acked, self._cloud_files(), self.cloud_dir)
+            self.commits_lost += [f"cycle {self.cycle}: {m}" for m in missing]
+            self.power_cuts[-1] = dataclasses.replace(self.power_cuts[-1], commits_lost=len(missing))
+            return f"cloud restarted ({len(acked)} acknowledged commits checked, {len(missing)} missing)"
         return "cloud restarted"
+
+    # --- real power cuts (ChaosSettings.power_cuts) ------------------------------------------------
+
+    def power_cut(self, target: str) -> str:
+        """Cut the power of the agent's disk, the cloud's, or both (`target`): SIGKILL the processes
+        whose files are on it, cut it (torn with some chance), mount it again from its durable state,
+        and account for what it forgot. The processes come back with the cycle's restart events."""
+        assert self.disks is not None
+        self._check_unexpected()
+        torn = self.rng.random() < self.s.torn_chance
+        seed = self.rng.randrange(2**32)
+        agent_disk, cloud_disk = target != "cloud", target in ("cloud", "both")
+        with self.ledger.lock:  # the scanner must not read a disk while its power is cut
+            cut_ns = time.time_ns()
+            if agent_disk and self._agent_up():
+                assert self.agent is not None
+                self.agent.kill()
+            self.agent = None if agent_disk else self.agent
+            forgotten, losses, lost_note = 0, None, ""
+            if cloud_disk:
+                if self.cloud.alive():
+                    self.cloud.kill()
+                self._cloud_killed = True
+                self._acked_before_cut = dict(self.commit_log.read(sorted(self.logs.glob("cloud-*.log"))))
+                forgotten += self.disks.cloud.cut(torn=torn, seed=seed).bytes_forgotten
+                self.disks.cloud.mount()
+            if agent_disk:
+                before = dir_readings(self.capture_dir)
+                for key, r in before.items():
+                    self.ledger.note(key, r.method, r.requested_ns, "before power cut", self.cycle)
+                forgotten += self.disks.agent.cut(torn=torn, seed=seed).bytes_forgotten
+                self.disks.agent.mount()
+                losses = classify_cut_losses(before, dir_readings(self.capture_dir), cut_ns,
+                                             self.s.fsync_interval_secs)
+                for key, r in losses.allowed.items():
+                    self.ledger.allowed[key] = Seen(r.method, r.requested_ns, "power cut", self.cycle)
+                self.cut_must_survive += [
+                    f"cycle {self.cycle}: {key} {r.method} taken {(cut_ns - r.received_ns) / 1e9:.3f} s before the cut"
+                    for key, r in sorted(losses.must_survive.items())]
+                lost_note = f", {len(losses.allowed)} readings forgotten within the bound" + (
+                    f", {len(losses.must_survive)} OLDER (up to {losses.oldest_must_survive_s:.2f} s)"
+                    if losses.must_survive else "")
+        name = "agent during start-up" if target == "agent" and self._starting else target
+        self.counts.power_cuts[name] += 1
+        self.counts.torn_cuts += torn
+        self.counts.bytes_forgotten += forgotten
+        self.power_cuts.append(PowerCut(self.cycle, name, torn, forgotten,
+                                        len(losses.allowed) if losses else 0,
+                                        len(losses.must_survive) if losses else 0, 0))
+        return f"power cut of {name}{' (torn)' if torn else ''}: {forgotten} unsynced bytes forgotten{lost_note}"
+
+    def power_cut_at_start(self) -> str:
+        """SIGKILL the agent, start it again and cut the power of its disk within its first second
+        (while it recovers `.prog` files and starts up)."""
+        first = self.kill_agent(power_loss=False)
+        self.agent = self._spawn_agent()
+        self._starting = True
+        try:
+            time.sleep(self.rng.uniform(0.0, 1.0))
+            return f"{first}, then {self.power_cut('agent')}"
+        finally:
+            self._starting = False
+
+    def _cloud_files(self) -> list[dict]:
+        """The cloud's file list, retried while a cloud just started answers slowly."""
+        for attempt in range(5):
+            try:
+                return self.reader.files()
+            except httpx.HTTPError:
+                if attempt == 4:
+                    raise
+                time.sleep(1)
+        raise AssertionError("unreachable")
 
     # --- one cycle --------------------------------------------------------------------------------
 
@@ -642,6 +764,13 @@ class ChaosRun:
             ev += [(ta, "", self.sigterm_agent), (ta + down_a, "", self.restart_agent)]
         if kind in ("cloud_kill", "both_kill"):
             ev += [(tc, "", self.kill_cloud), (tc + down_c, "", self.restart_cloud)]
+        if kind in ("agent_power_cut", "cloud_power_cut", "both_power_cut"):
+            target = kind.removesuffix("_power_cut")
+            ev += [(ta, "", lambda: self.power_cut(target))]
+            ev += [(ta + down_a, "", self.restart_agent)] if target != "cloud" else []
+            ev += [(ta + down_c, "", self.restart_cloud)] if target != "agent" else []
+        if kind == "agent_power_cut_at_start":
+            ev += [(ta, "", self.power_cut_at_start), (ta + down_a, "", self.restart_agent)]
         return ev
 
     def run_cycle(self) -> None:
@@ -759,17 +888,17 @@ class ChaosRun:
             self.problems.append(f"committed file {f['file_id']} lists {rows_per_file[f['file_id']]} of "
                                  f"{f['records']} records")
 
-        destroyed = set(ledger.destroyed)
+        destroyed = set(ledger.destroyed) | set(ledger.allowed)
         back = destroyed & (cloud_keys | set(final_local))
         if back:
-            self.problems.append(f"{len(back)} readings counted as destroyed by power loss are still there, "
+            self.problems.append(f"{len(back)} readings counted as destroyed by power loss or cut are still there, "
                                  f"e.g. {sorted(back)[:3]}")
         captured = set(ledger.seen)
         lost = captured - cloud_keys - set(final_local) - destroyed
         lost_examples = [f"{k}: {ledger.seen[k]}" for k in sorted(lost, key=lambda k: (ledger.seen[k].cycle, k))]
 
         points: dict[str, dict[int, Key]] = defaultdict(dict)
-        for key, seen in list(ledger.seen.items()) + list(ledger.destroyed.items()):
+        for key, seen in list(ledger.seen.items()) + list(ledger.destroyed.items()) + list(ledger.allowed.items()):
             if seen.method is not None and seen.requested_ns is not None:
                 points[seen.method][seen.requested_ns] = key
         holes = grid_holes(points, PERIODS)
@@ -785,7 +914,9 @@ class ChaosRun:
             drained=drained, captured=len(captured),
             first_seen=Counter(seen.where for seen in ledger.seen.values()), committed=len(cloud_keys),
             still_local=len(final_local),
-            lost=len(lost), duplicated_keys=dup_keys, duplicated_readings=dup_readings, destroyed=len(destroyed),
+            lost=len(lost), duplicated_keys=dup_keys, duplicated_readings=dup_readings, destroyed=len(ledger.destroyed),
+            allowed_losses=len(ledger.allowed), cut_must_survive=self.cut_must_survive, commits_lost=self.commits_lost,
+            power_cuts=self.power_cuts,
             deleted_by_disk_rule_files=disk_rule, committed_and_local=len(cloud_keys & set(final_local)),
             set_aside=len(set_aside_files(self.capture_dir)) if self.capture_dir.exists() else 0,
             cloud_rows_short=len(short), holes=holes, cuts=self.cuts,
@@ -799,15 +930,25 @@ class ChaosRun:
         process it started, whatever happens."""
         self._t0 = time.monotonic()
         self.logs.mkdir(parents=True, exist_ok=True)
-        self._proc_bag = _Bag(PROCESS_SCENARIOS, self.rng)
+        self._proc_bag = _Bag(PROCESS_SCENARIOS | (POWER_CUT_SCENARIOS if self.s.power_cuts else {}), self.rng)
         self._net_bag = _Bag(NETWORK_FAULTS, self.rng)
         self.scanner = LocalScanner(self.capture_dir, self.ledger, self.s.scan_interval_s)
+        if self.disks is not None:
+            self.disks.mount()
+        try:
+            return self._run()
+        finally:
+            if self.disks is not None:
+                self.disks.close()
+
+    def _run(self) -> ChaosReport:
         with ProcessKit(self.root) as self.kit:
             self.cloud = self._start_cloud()
             secret = add_part(self.cloud.data_dir)
             with ProxyThread("127.0.0.1", self.cloud.port) as self.proxy, \
                     CloudReader(self.cloud.url, secret) as self.reader:
-                self.config = chaos_config(self.root, self.proxy.url, secret, self.s.sync_interval_mins)
+                self.config = chaos_config(self.root, self.proxy.url, secret, self.s.sync_interval_mins,
+                                           self.s.fsync_interval_secs)
                 self._start_agent()
                 self.scanner.start()
                 self.say(f"cloud on {self.cloud.url}, proxy on {self.proxy.url}, agent running; "

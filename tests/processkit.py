@@ -188,10 +188,11 @@ def add_part(data_dir: Path, part_id: str = PART, args: Sequence[str] = ()) -> s
 class AgentProcess(Process):
     """`capsync run CONFIG --log-format json`."""
 
-    def __init__(self, config: Path, log: Path, env: Mapping[str, str | None] | None = None) -> None:
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str | None] | None = None,
+                 args: Sequence[str] = ()) -> None:
         self._runs_before = self._runs(log)
         super().__init__([sys.executable, "-m", "capsync", "run", str(config), "--log-format", "json",
-                          "--status-interval", "0"], log, env)
+                          "--status-interval", "0", *args], log, env)
 
     @staticmethod
     def _runs(log: Path) -> int:
@@ -274,17 +275,17 @@ class ProcessKit:
         return self.start_cloud(old.data_dir, old.port, args=old.args, env=old.env, log=old.log)
 
     def spawn_agent(self, config: Path, *, log: Path | None = None,
-                    env: Mapping[str, str | None] | None = None) -> AgentProcess:
+                    env: Mapping[str, str | None] | None = None, args: Sequence[str] = ()) -> AgentProcess:
         """Start the agent on `config` without waiting (`wait_running()` does); see start_agent."""
-        agent = AgentProcess(config, log or self.root / "agent.log", env)
+        agent = AgentProcess(config, log or self.root / "agent.log", env, args)
         self.procs.append(agent)
         return agent
 
     def start_agent(self, config: Path, *, log: Path | None = None,
-                    env: Mapping[str, str | None] | None = None) -> AgentProcess:
+                    env: Mapping[str, str | None] | None = None, args: Sequence[str] = ()) -> AgentProcess:
         """Start the agent on `config` and wait until it says it is running; `log` defaults to
-        `root/agent.log`, `env` is set over this process's environment."""
-        agent = self.spawn_agent(config, log=log, env=env)
+        `root/agent.log`, `env` is set over this process's environment, `args` are more options of `run`."""
+        agent = self.spawn_agent(config, log=log, env=env, args=args)
         agent.wait_running()
         return agent
 

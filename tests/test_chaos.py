@@ -1,6 +1,8 @@
 """The short version of scripts/chaos.py: about 20 cycles of real-process chaos (agent and cloud
 SIGKILLs, power loss on `.prog` files, cuts, partitions, stalls, slow links, resets mid-body and
-dropped answers through the fault proxy), then a drain and an exact account of every reading.
+dropped answers through the fault proxy), then a drain and an exact account of every reading; and
+20 cycles of the same with the capture dir and the cloud's data dir on the power-cut file system
+and real power cuts of either or both (tests/chaos_power.py).
 
 tests/chaoskit.py defines what is counted and how; this test pins the verdict: nothing lost,
 nothing duplicated, the backlog drained, no process misbehaved, and the faults really happened.
@@ -18,6 +20,8 @@ import pytest
 from capsync.runtime.capture_file import (
     CaptureHeader, CaptureRecord, CaptureWriter, DataKind, new_file_id, read_capture, recover_prog,
 )
+from capsync.testing import fuse_unavailable
+from tests.chaos_power import CommitLog, LocalReading, classify_cut_losses, missing_commits
 from tests.chaoskit import ChaosRun, ChaosSettings, Ledger, damage_prog, file_keys, grid_holes, run_chaos
 from tests.processkit import local_capture_files
 
@@ -44,6 +48,51 @@ def test_chaos_loses_and_duplicates_nothing(tmp_path):
     assert report.committed > 0 and report.captured >= report.committed, table
     # the ground truth does not lean on the cloud: nearly every reading was seen in a local file first
     assert report.first_seen_in_cloud <= 0.1 * report.captured, table
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+def test_chaos_with_power_cuts_loses_only_what_the_durability_bound_allows(tmp_path):
+    t0 = time.monotonic()
+    report = run_chaos(tmp_path / "run", ChaosSettings(cycles=CYCLES, seed=15, cycle_seconds=CYCLE_SECONDS,
+                                                       drain_timeout_s=60, power_cuts=True))
+    table = report.table()
+    print(f"\n{table}\n(test took {time.monotonic() - t0:.1f} s)")
+    assert report.lost == 0 and not report.cut_must_survive, table
+    assert not report.commits_lost, table
+    assert report.duplicated == 0, table
+    assert report.drained and not report.problems, table
+    c = report.counts
+    assert c.cycles == CYCLES
+    assert c.power_cuts["agent"] > 0 and c.power_cuts["cloud"] > 0 and c.power_cuts["both"] > 0, table
+    assert c.torn_cuts > 0 and c.bytes_forgotten > 0, table  # the cuts really forgot unsynced bytes
+    assert c.agent_kills > 0 and c.cloud_kills > 0, table  # mixed with the plain kills
+    assert report.committed > 0 and report.captured >= report.committed, table
+
+
+def test_the_power_cut_account_splits_losses_by_the_bound_and_finds_lost_commits(tmp_path):
+    """A reading a cut forgot is allowed when taken less than the bound before the cut and a
+    must-survive loss otherwise; an acknowledged commit is lost when it is not listed afterwards,
+    listed with other records, or its bytes are gone."""
+    cut = 10_000_000_000
+    before = {("F", i): LocalReading("m", i, cut - age) for i, age in enumerate((3_000_000_000, 999_000_000, 1_000))}
+    losses = classify_cut_losses(before, {("F", 0): before[("F", 0)]}, cut, 1.0)
+    assert set(losses.allowed) == {("F", 1), ("F", 2)} and not losses.must_survive
+    losses = classify_cut_losses(before, {}, cut, 1.0)
+    assert set(losses.must_survive) == {("F", 0)} and losses.oldest_must_survive_s == 3.0
+
+    log = tmp_path / "cloud-0001.log"
+    log.write_text('{"msg": "file committed", "file_id": "A", "records": 3}\nnot json\n'
+                   '{"msg": "chunk stored", "file_id": "X"}\n{"msg": "file committed", "file_id": "B", "records": 2}\n'
+                   '{"msg": "file committed", "file_id": "C"')  # a line being written when the cloud died
+    acked = CommitLog().read([log])
+    assert acked == {"A": 3, "B": 2}
+    (tmp_path / "files" / "part-a").mkdir(parents=True)
+    (tmp_path / "files" / "part-a" / "A").write_bytes(b"a")
+    listed = [{"file_id": "A", "kind": "capture", "records": 3}, {"file_id": "B", "kind": "capture", "records": 1}]
+    assert [m.split(":")[0] for m in missing_commits(acked, listed, tmp_path)] == ["B"]
+    assert [m.split(":")[0] for m in missing_commits({"A": 3, "D": 1}, listed, tmp_path)] == ["D"]
+    (tmp_path / "files" / "part-a" / "A").unlink()
+    assert "bytes are gone" in missing_commits({"A": 3}, listed, tmp_path)[0]
 
 
 def test_the_account_catches_a_lost_file_and_readings_stored_twice(tmp_path):
