@@ -19,47 +19,27 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from capsync.runtime.capture_file import CaptureFormatError, read_capture
 from capsync.testing import PowerCutFS
-from tests.processkit import PART, local_capture_files
+from tests.processkit import PART, Record, local_records
 
 Key = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class LocalReading:
-    """A reading as found in a local capture file: where it sits on its grid and when it was taken."""
-
-    method: str
-    requested_ns: int
-    received_ns: int
-
-
-def dir_readings(capture_dir: Path) -> dict[Key, LocalReading]:
+def dir_readings(capture_dir: Path) -> dict[Key, Record]:
     """Every good record of every local capture file, by key (set-aside files included)."""
-    out: dict[Key, LocalReading] = {}
-    for path in local_capture_files(capture_dir):
-        try:
-            c = read_capture(path)
-        except (CaptureFormatError, FileNotFoundError):
-            continue
-        h = c.header
-        method = f"{h.resource_type}/{h.resource_name}/{h.method}"
-        for i, r in enumerate(c.records):
-            out[(h.file_id, i)] = LocalReading(method, r.requested_ns, r.received_ns)
-    return out
+    return {r.key: r for r in local_records(capture_dir)}
 
 
 @dataclass(frozen=True)
 class CutLosses:
     """The readings one cut of the agent's disk forgot, split by the durability bound."""
 
-    allowed: dict[Key, LocalReading]  # taken less than the bound before the cut
-    must_survive: dict[Key, LocalReading]  # older: the bound promised them
+    allowed: dict[Key, Record]  # taken less than the bound before the cut
+    must_survive: dict[Key, Record]  # older: the bound promised them
     oldest_must_survive_s: float  # age at the cut of the oldest must-survive reading lost (0: none)
 
 
-def classify_cut_losses(before: dict[Key, LocalReading], after: dict[Key, LocalReading], cut_ns: int,
+def classify_cut_losses(before: dict[Key, Record], after: dict[Key, Record], cut_ns: int,
                         bound_s: float) -> CutLosses:
     """Split the readings in `before` (the live files right before the cut) and not in `after`
     (the durable files right after it) by their age at the cut (`cut_ns`) against `bound_s`."""

@@ -19,6 +19,10 @@ fault proxy. Each cycle (about `cycle_seconds` long) draws, at random moments:
   random n); dropped answers (answers throttled to a trickle, then every connection cut, so a
   commit the cloud made is never acknowledged to the agent).
 
+With `ChaosSettings.power_cuts` the capture dir and the cloud's data dir each live on a
+PowerCutFS, and the process bag also holds real power cuts of the agent (sometimes during its
+start-up), the cloud, or both (tests/chaos_power.py: what a cut may forget and how it is counted).
+
 Killed processes come back after a random downtime (the cloud on the same port and data dir).
 Power loss is simulated only while the agent is dead: each `.prog` file is, with some chance,
 truncated or zero-filled from a random offset (usually within the last 2 KB, sometimes
@@ -42,10 +46,13 @@ The agent's own count is lost on every SIGKILL, so ground truth is built from ob
 - **destroyed by power loss**: for each damaged `.prog`, the keys its good prefix held right
   before the damage minus those it holds right after (both read with the capture file reader,
   which is what recovery keeps). Not counted as lost.
+- **allowed losses** (real power cuts): readings a cut forgot that were taken less than
+  `fsync_interval_secs` before it; older ones it forgot are must-survive losses (listed), and
+  stay counted as lost unless the cloud has them.
 - **committed**: distinct keys in the cloud's query API (tabular rows and binary items) at the end.
 - **still local**: keys in local capture files at the end (set-aside ones included; `.corrupt`
   files hold none).
-- **lost** = captured - (committed | still local | destroyed).
+- **lost** = captured - (committed | still local | destroyed | allowed losses).
 - **duplicated** = rows listed more than once under one key in the cloud, plus readings (same
   capture method and requested time) present in the cloud under more than one key.
 - **deleted by the disk rule**: the governor runs with its defaults and never fires on a disk

@@ -321,6 +321,7 @@ class Record:
     index: int
     method: str  # "type/name/method"
     requested_ns: int
+    received_ns: int = 0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -364,7 +365,7 @@ class CloudReader:
         """Every record of every committed capture file (tabular rows and binary items), as listed (duplicates kept)."""
         rows = self.pages("/v1/tabular") + [b for b in self.pages("/v1/binary") if b["resource_type"]]
         return [Record(r["file_id"], r["record_index"], f"{r['resource_type']}/{r['resource_name']}/{r['method']}",
-                       r["requested_ns"]) for r in rows]
+                       r["requested_ns"], r["received_ns"]) for r in rows]
 
 
 def local_capture_files(capture_dir: Path) -> list[Path]:
@@ -382,7 +383,7 @@ def local_records(capture_dir: Path) -> list[Record]:
             continue
         h = c.header
         method = f"{h.resource_type}/{h.resource_name}/{h.method}"
-        out += [Record(h.file_id, i, method, r.requested_ns) for i, r in enumerate(c.records)]
+        out += [Record(h.file_id, i, method, r.requested_ns, r.received_ns) for i, r in enumerate(c.records)]
     return out
 
 

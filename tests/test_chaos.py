@@ -21,9 +21,9 @@ from capsync.runtime.capture_file import (
     CaptureHeader, CaptureRecord, CaptureWriter, DataKind, new_file_id, read_capture, recover_prog,
 )
 from capsync.testing import fuse_unavailable
-from tests.chaos_power import CommitLog, LocalReading, classify_cut_losses, missing_commits
+from tests.chaos_power import CommitLog, classify_cut_losses, missing_commits
 from tests.chaoskit import ChaosRun, ChaosSettings, Ledger, damage_prog, file_keys, grid_holes, run_chaos
-from tests.processkit import local_capture_files
+from tests.processkit import Record, local_capture_files
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals to child processes")
 
@@ -74,7 +74,7 @@ def test_the_power_cut_account_splits_losses_by_the_bound_and_finds_lost_commits
     must-survive loss otherwise; an acknowledged commit is lost when it is not listed afterwards,
     listed with other records, or its bytes are gone."""
     cut = 10_000_000_000
-    before = {("F", i): LocalReading("m", i, cut - age) for i, age in enumerate((3_000_000_000, 999_000_000, 1_000))}
+    before = {("F", i): Record("F", i, "m", i, cut - age) for i, age in enumerate((3_000_000_000, 999_000_000, 1_000))}
     losses = classify_cut_losses(before, {("F", 0): before[("F", 0)]}, cut, 1.0)
     assert set(losses.allowed) == {("F", 1), ("F", 2)} and not losses.must_survive
     losses = classify_cut_losses(before, {}, cut, 1.0)

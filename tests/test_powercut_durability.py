@@ -11,20 +11,9 @@ import pytest
 from capsync.cloud.app import DB_NAME, private_dir
 from capsync.cloud.blobs import LocalBlobs
 from capsync.cloud.sqlite_store import SqliteStore
-from capsync.testing import PowerCutError, PowerCutFS, fuse_unavailable
+from capsync.testing import fuse_unavailable
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
-
-
-@pytest.fixture
-def pcfs(tmp_path):
-    fs = PowerCutFS(tmp_path / "disk", tmp_path / "mnt", log=tmp_path / "fs.log")
-    try:
-        fs.mount()
-    except PowerCutError as exc:
-        pytest.skip(f"FUSE cannot be mounted here: {exc}")
-    yield fs
-    fs.close()
 
 
 def test_the_clouds_first_committed_files_survive_a_power_cut(pcfs, tmp_path):

@@ -14,20 +14,9 @@ from pathlib import Path
 import pytest
 
 from capsync.runtime.capture_file import read_capture
-from capsync.testing import PowerCutError, PowerCutFS, fuse_unavailable
+from capsync.testing import fuse_unavailable
 
 pytestmark = pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
-
-
-@pytest.fixture
-def pcfs(tmp_path):
-    fs = PowerCutFS(tmp_path / "disk", tmp_path / "mnt", log=tmp_path / "fs.log")
-    try:
-        fs.mount()
-    except PowerCutError as exc:
-        pytest.skip(f"FUSE cannot be mounted here: {exc}")
-    yield fs
-    fs.close()
 
 
 def fsync_dir(path: Path) -> None:
