@@ -3,9 +3,10 @@
     agent (supervisor, one_for_one)
     ├── mongo_sink                             once mongo_capture_config.uri is set
     ├── metronome                              one timer that wakes every collector at its ticks
+    ├── fsync_rounds                           one fsync of every open capture file per fsync_interval_secs
     ├── capture (dynamic supervisor)
-    │   └── collector <type>/<name>/<method>   one per enabled capture method (its files are opened,
-    │                                          fsynced and finished by a task of its own)
+    │   └── collector <type>/<name>/<method>   one per enabled capture method (its files are opened
+    │                                          and finished by a task of its own)
     ├── sync                                   while sync is on and the part has a cloud identity
     │   (the scheduler, running its uploaders)
     ├── governor                               the disk-full rule, whenever there is a data manager
@@ -50,6 +51,7 @@ from capsync.actors.reconcile import diff_configs, log_collector_changes
 from capsync.actors.resource_server import ResourceServer
 from capsync.actors.sync_scheduler import SyncScheduler
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, recover_dir
+from capsync.runtime.fsync_rounds import FsyncRounds
 from capsync.runtime.metronome import Metronome
 from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.disk_usage import DiskUsage
@@ -135,6 +137,7 @@ class Agent:
         self._registry = ResourceRegistry(model_search_dirs(config_path or config.source))
         self._wall: WallClock | None = None
         self._metronome = Metronome()  # one timer for every collector's ticks
+        self._fsync_rounds = FsyncRounds()  # one fsync round for every collector's open file
         self._capture = Supervisor("capture", max_restarts=CAPTURE_MAX_RESTARTS, period=CAPTURE_RESTART_PERIOD_S)
         self._root = Supervisor("agent", [])
         self._capture_dirs: list[Path] = []
@@ -265,6 +268,7 @@ class Agent:
                     await self._root.start_child(ChildSpec("mongo_sink", self.mongo_sink.run))
                 await self._root.start_child(ChildSpec("remotes", self.remotes.run))
                 await self._root.start_child(ChildSpec("metronome", self._metronome.run))
+                await self._root.start_child(ChildSpec("fsync_rounds", self._fsync_rounds.run))
                 await self._root.start_child(ChildSpec("capture", self._capture.run))
                 for plan in plans:
                     await self._start_collector(plan)
@@ -325,7 +329,8 @@ class Agent:
         dm = self.config.data_manager
         assert dm is not None and self._wall is not None  # capture_plan() is empty without a data manager
         collector = Collector(plan, resource, collector_settings(dm, self.part_id), self._wall,
-                              on_tabular=self._to_mongo, metronome=self._metronome)
+                              on_tabular=self._to_mongo, metronome=self._metronome,
+                              fsync_rounds=self._fsync_rounds)
         collector.faults = self.faults
         collector.ledger = self.ledger
         self.collectors[collector.name] = collector

@@ -8,8 +8,9 @@ so a slow disk never delays a tick:
   new file is an assignment (`take()`), not a create, fsync and directory fsync;
 - a full or old file is *retired*: it joins a queue that the background task finishes (fsync,
   rename to `.capture`, directory fsync) while capture goes on in the next file;
-- the open file is fsynced every `fsync_interval_s` (the power-loss bound) and retired once it
-  is `max_file_age_s` old.
+- the open file is fsynced every `fsync_interval_s` (the power-loss bound) by the agent's
+  FsyncRounds (runtime/fsync_rounds.py: one thread call per interval for every collector), and
+  retired once it is `max_file_age_s` old; a file claimed by a round is finished only after it.
 
 `close()` (shutdown) finishes the open file and every retired one, and removes the spare; it
 waits for a finish that the background task has in progress. A spare left by a crash holds no
@@ -26,9 +27,10 @@ from typing import Awaitable, Callable
 
 import trio
 
-from capsync.runtime.blocking import durable_writes, run_blocking
+from capsync.runtime.blocking import run_blocking
 from capsync.runtime.capture_file import CaptureHeader, CaptureWriter, fsync_dir, recover_prog
 from capsync.runtime.faults import FaultPlan
+from capsync.runtime.fsync_rounds import FsyncRounds
 from capsync.runtime.logs import StateChangeLog
 
 log = logging.getLogger("capsync.collector")
@@ -44,8 +46,8 @@ class CaptureFiles:
     """Opens, fsyncs and finishes one collector's capture files (see the module docstring).
 
     `new_header(mime_type)` makes the header of the next file; `on_disk_error(exc)` is told of a
-    write-side failure found in the background (the open file is retired already). `run()` is the
-    background task; it must run while the collector captures.
+    write-side failure found in the background (the open file is retired already). `run(rounds)`
+    is the background task; it must run while the collector captures, with `rounds` running too.
     """
 
     def __init__(self, capture_dir: Path, name: str, new_header: Callable[[str], CaptureHeader], *,
@@ -54,8 +56,10 @@ class CaptureFiles:
         self._dir = capture_dir
         self._name = name
         self._new_header = new_header
-        # Under without_fsync (the simulation) an fsync would do nothing: no wakeups for it either.
-        self._fsync_interval = fsync_interval_s if durable_writes() else math.inf
+        self._fsync_interval = fsync_interval_s
+        self._rounds: FsyncRounds | None = None
+        self._claimed: CaptureWriter | None = None  # the open file, while an fsync round has it
+        self._released = trio.Event()  # set (and replaced) when a round hands a file back
         self._max_age = max_file_age_s
         #: The collector calls want_spare() once the open file holds this many bytes (half its
         #: limit), so the spare is made about half a file's life before it is needed, not earlier:
@@ -72,7 +76,6 @@ class CaptureFiles:
         self._poke = trio.Event()
         self._idle = trio.Event()  # set (and replaced) whenever the queue drains
         self._errors = StateChangeLog(log)
-        self._last_sync = -math.inf
         self._closing = False
         self.files_finished = 0
         #: Fault injection (tests): the point `finish`, before a batch of files is finished.
@@ -139,10 +142,43 @@ class CaptureFiles:
 
     # -- the background task ---------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep a spare ready, finish retired files and fsync the open one, until cancelled or closed."""
+    # -- the fsync rounds' side (runtime/fsync_rounds.py) -----------------------------------------
+
+    def claim_sync(self) -> CaptureWriter | None:
+        """The open file, if it holds bytes not fsynced yet; it is not finished until released."""
+        w = self.writer
+        if w is None or self._claimed is not None or w.synced_bytes >= w.size_bytes:
+            return None
+        self._claimed = w
+        return w
+
+    def release_sync(self, writer: CaptureWriter, error: BaseException | None) -> None:
+        """A round fsynced `writer`, or failed to (then the kernel may have dropped its pages: it is
+        never appended to again)."""
+        self._claimed = None
+        self._released.set()
+        self._released = trio.Event()
+        if error is not None:
+            if self.writer is writer:
+                self.retire()
+            if isinstance(error, OSError):
+                self._on_disk_error(error)
+
+    # -- the background task ---------------------------------------------------------------------
+
+    async def run(self, rounds: FsyncRounds, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a spare ready and finish retired and old files, until cancelled or closed; `rounds`
+        fsyncs the open file."""
         self._closing = False  # a collector restarted by its supervisor runs this again after close()
+        self._rounds = rounds
+        rounds.register(self, self._fsync_interval)
         task_status.started()
+        try:
+            await self._run()
+        finally:
+            rounds.unregister(self)
+
+    async def _run(self) -> None:
         while not self._closing:
             if self._retired:
                 batch = [self._retired.popleft() for _ in range(min(len(self._retired), FINISH_BATCH))]
@@ -159,16 +195,11 @@ class CaptureFiles:
             now = trio.current_time()
             if w is None:
                 wake = math.inf
-            else:  # the same sums decide and sleep: a comparison written another way may round otherwise
-                finish_at, sync_at = w.opened_at + self._max_age, self._last_sync + self._fsync_interval
-                if now >= finish_at:
+            else:  # the same sum decides and sleeps: a comparison written another way may round otherwise
+                wake = w.opened_at + self._max_age
+                if now >= wake:
                     self.retire()
                     continue
-                if now >= sync_at:
-                    self._last_sync = now
-                    await self._background(self._sync(w))
-                    continue
-                wake = min(finish_at, sync_at)
                 if self._spare is None and not self._spare_wanted:
                     wake = min(wake, w.opened_at + self._max_age / 2)
             self._poke = trio.Event()
@@ -190,6 +221,8 @@ class CaptureFiles:
         """Finish `writers` in one worker-thread call, with one directory fsync for all of them (a
         spare that got no record is removed instead)."""
         try:
+            while self._claimed is not None and self._claimed in writers:  # an fsync round has it
+                await self._released.wait()
             if self.faults is not None:  # a slow disk (HANG) or a bug (RAISE) at the point "finish"
                 await self.faults.hit(self._name, "finish")
             outcomes = await run_blocking(_finish_all, writers)
@@ -216,17 +249,6 @@ class CaptureFiles:
             return  # the disk refuses: the collector meets the same error when it opens a file itself
         self._spare, self._spare_mime = spare, mime
 
-    async def _sync(self, w: CaptureWriter) -> None:
-        try:
-            await run_blocking(w.sync)
-        except (OSError, ValueError) as exc:  # the kernel may have dropped pages: never append to it again
-            if w.finished or self._closing:
-                return  # finished by close() meanwhile (shutdown): nothing is wrong
-            if self.writer is w:
-                self.retire()
-            if isinstance(exc, OSError):
-                self._on_disk_error(exc)
-
     def _create(self, header: CaptureHeader) -> CaptureWriter:
         # No interval fsync in append (that happens in _sync, off the event loop), so the writer's
         # clock only gives opened_at, which the collector sets when the file becomes the open one.
@@ -239,6 +261,8 @@ class CaptureFiles:
         """Finish the open file and every retired one, remove the spare, and wait for a finish in
         progress. Runs in the collector's task (the background task may be cancelled already)."""
         self._closing = True
+        if self._rounds is not None:
+            self._rounds.unregister(self)
         await self._wait_while(lambda: self._busy)  # the background task finishes what it has begun, then stops
         self.retire()
         if self._spare is not None:

@@ -38,6 +38,7 @@ from capsync.runtime.capture_file import MAX_RECORDS_PER_FILE, CaptureHeader, Ca
 from capsync.runtime.capture_writer import RecordRefused
 from capsync.runtime.config import CaptureMethodPlan
 from capsync.runtime.faults import FaultPlan
+from capsync.runtime.fsync_rounds import FsyncRounds
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.metronome import Metronome
 from capsync.runtime.resources.methods import DataKind
@@ -109,8 +110,8 @@ class Collector:
     """Captures `plan.method` of `resource` at `plan.frequency_hz` into capture files.
 
     `on_tabular` (optional) is handed every tabular reading after it was written to the capture
-    file; the MongoDB sink uses it. It must not block. `metronome` is the agent's shared timer;
-    without one the collector runs a metronome of its own.
+    file; the MongoDB sink uses it. It must not block. `metronome` is the agent's shared timer and
+    `fsync_rounds` its shared fsync of open files; without them the collector runs its own.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class Collector:
         wall: WallClock,
         on_tabular: Callable[[CaptureHeader, CaptureRecord], None] | None = None,
         metronome: Metronome | None = None,
+        fsync_rounds: FsyncRounds | None = None,
     ) -> None:
         self.plan = plan
         self.name = collector_name(plan)
@@ -130,6 +132,7 @@ class Collector:
         self._wall = wall
         self._on_tabular = on_tabular
         self._metronome = metronome
+        self._fsync_rounds = fsync_rounds
         self._size_limit = (settings.max_file_bytes if plan.kind is DataKind.TABULAR
                             else settings.max_binary_file_bytes)
         self._files = CaptureFiles(settings.capture_dir, self.name, self._header,
@@ -221,7 +224,11 @@ class Collector:
         """Capture until cancelled or stopped, then finish every file (shielded, time-bounded)."""
         self._files.faults = self.faults
         async with trio.open_nursery() as background:
-            await background.start(self._files.run)
+            rounds = self._fsync_rounds
+            if rounds is None:
+                rounds = FsyncRounds()
+                await background.start(rounds.run)
+            await background.start(self._files.run, rounds)
             metronome = self._metronome
             if metronome is None:
                 metronome = Metronome()

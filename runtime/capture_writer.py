@@ -155,6 +155,11 @@ class CaptureWriter:
         return self._size
 
     @property
+    def synced_bytes(self) -> int:
+        """Bytes known to be on disk (fsynced); below size_bytes while appends wait for an fsync."""
+        return self._synced
+
+    @property
     def record_count(self) -> int:
         """Records appended so far."""
         return self._count
