@@ -235,10 +235,10 @@ class Agent:
         """True while the sync scheduler uploads `path` (the governor never deletes such a file)."""
         return self.sync is not None and self.sync.is_uploading(path)
 
-    def _to_mongo(self, header: CaptureHeader, record: CaptureRecord) -> None:
+    def _to_mongo(self, header: CaptureHeader, requested_ns: int, received_ns: int, payload: dict) -> None:
         """Hand a tabular reading to the MongoDB sink, if there is one now (a reload may add it later)."""
-        if self.mongo_sink is not None:
-            self.mongo_sink.offer(header, record)
+        if self.mongo_sink is not None:  # no record is built for nobody: this runs for every reading
+            self.mongo_sink.offer(header, CaptureRecord(requested_ns, received_ns, payload))
 
     async def finish_open_files(self) -> None:
         """Finish every collector's open file (a sync pass calls this so fresh data can go up)."""

@@ -9,6 +9,14 @@ A tick overdue by more than `catch_up_s` (max(CATCH_UP_S, one period)) is missed
 tick captured more than max(LATE_FLOOR_S, LATE_SHARE of a period) after its due time is late.
 A long burst yields to other tasks every BURST_SLICE_S, so a fast collector cannot hold up others.
 
+Direct ticks: when the resource offers a capture that never waits (registry.sync_capture_call,
+e.g. the fake models) and no fault rule is armed, an on-time tabular tick is taken right in the
+Metronome's task (`_tick_direct`), without waking the collector's task: a task switch and a
+sleep per reading are more than the reading costs. Anything else (a late tick or a burst, a file
+switch, a stop or rate change, a disk that refused a write) hands the tick back to the
+collector's task, which takes it the usual way. A bug in a direct tick is raised in the
+collector's task, so its supervisor restarts it as for any other failure.
+
 A resource call that raises or times out is logged (once per change of error) and counted; the
 collector keeps its schedule. A resource that answers NoCapture ("nothing to capture this time",
 e.g. a filtered camera that declined the frame) is counted as skipped: nothing is written or
@@ -34,7 +42,7 @@ from typing import Callable
 import trio
 
 from capsync.actors.capture_files import CaptureFiles
-from capsync.runtime.capture_file import MAX_RECORDS_PER_FILE, CaptureHeader, CaptureRecord, new_file_id
+from capsync.runtime.capture_file import MAX_RECORDS_PER_FILE, CaptureHeader, CaptureWriter, new_file_id
 from capsync.runtime.capture_writer import RecordRefused
 from capsync.runtime.config import CaptureMethodPlan
 from capsync.runtime.faults import FaultPlan
@@ -42,7 +50,9 @@ from capsync.runtime.fsync_rounds import FsyncRounds
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.metronome import Metronome
 from capsync.runtime.resources.methods import DataKind
-from capsync.runtime.resources.registry import MAX_AGE_S, Binary, NoCapture, Resource, capture_call
+from capsync.runtime.resources.registry import (
+    MAX_AGE_S, Binary, NoCapture, Resource, capture_call, sync_capture_call,
+)
 from capsync.runtime.wallclock import WallClock
 
 log = logging.getLogger("capsync.collector")
@@ -109,8 +119,8 @@ def collector_name(plan: CaptureMethodPlan) -> str:
 class Collector:
     """Captures `plan.method` of `resource` at `plan.frequency_hz` into capture files.
 
-    `on_tabular` (optional) is handed every tabular reading after it was written to the capture
-    file; the MongoDB sink uses it. It must not block. `metronome` is the agent's shared timer and
+    `on_tabular` (optional) is handed every tabular reading as (header, requested_ns, received_ns,
+    payload) after it was written to the capture file; the MongoDB sink uses it. It must not block. `metronome` is the agent's shared timer and
     `fsync_rounds` its shared fsync of open files; without them the collector runs its own.
     """
 
@@ -120,7 +130,7 @@ class Collector:
         resource: Resource,
         settings: CollectorSettings,
         wall: WallClock,
-        on_tabular: Callable[[CaptureHeader, CaptureRecord], None] | None = None,
+        on_tabular: Callable[[CaptureHeader, int, int, dict], None] | None = None,
         metronome: Metronome | None = None,
         fsync_rounds: FsyncRounds | None = None,
     ) -> None:
@@ -128,6 +138,8 @@ class Collector:
         self.name = collector_name(plan)
         self._resource = resource
         self._call = capture_call(resource, plan.method)  # resource.capture, or its do_command
+        self._call_now = (sync_capture_call(resource, plan.method)  # a capture that never waits, if any
+                          if plan.kind is DataKind.TABULAR else None)
         self._settings = settings
         self._wall = wall
         self._on_tabular = on_tabular
@@ -233,7 +245,7 @@ class Collector:
             if metronome is None:
                 metronome = Metronome()
                 await background.start(metronome.run)
-            self._sleeper = metronome.sleeper()
+            self._sleeper = metronome.sleeper(self._tick_direct if self._call_now is not None else None)
             self._start, self._k = trio.current_time(), 0
             self._start_ns = self._wall.ns_at(self._start)
             task_status.started()
@@ -293,6 +305,36 @@ class Collector:
                 await trio.lowlevel.checkpoint()
                 slice_end = clock.current_time() + BURST_SLICE_S
 
+    def _tick_direct(self) -> float | None:
+        """Take the due tick here, in the Metronome's task, if it is on time and needs no waiting;
+        returns when the next tick is due, or None to hand this one to the collector's task."""
+        w = self._files.writer
+        if (w is None or self._stop_requested or self._regrid_hz is not None or self._disk_failing
+                or (self.faults is not None and self.faults.rules)):
+            return None
+        k = self._k
+        due = self._due(k)
+        now = trio.current_time()
+        overdue = now - due
+        if overdue > self._late_after:  # late: the task counts it and takes the burst
+            return None
+        if overdue < 0.0:
+            return due
+        if overdue > self._max_lateness:
+            self._max_lateness = overdue
+        if self.lateness_samples is not None:
+            self.lateness_samples.append(overdue)
+        self._k = k + 1
+        try:
+            result = self._call_now(self.plan.method, self.plan.params)
+        except NoCapture:
+            self._skipped += 1
+        except Exception as exc:  # a resource error is data about the robot, not a bug in us
+            self._count_failure(f"{type(exc).__name__}: {exc}")
+        else:
+            self._take_tabular(w, self._start_ns + k * self._ns_num // self._ns_den, self._wall.now_ns(), result, now)
+        return self._due(k + 1)
+
     def _due(self, k: int) -> float:
         """Trio time at which tick `k` is due."""
         return self._start + k * self._ns_num / self._ns_den / 1e9
@@ -335,31 +377,43 @@ class Collector:
             return
         self._in_call = False
         received_ns = self._wall.now_ns()
+        if self.plan.kind is DataKind.TABULAR:
+            w = await self._writer_for("")
+            if w is not None:  # else dropped: the disk refused to open a file
+                self._take_tabular(w, requested_ns, received_ns, result, now)
+            return
+        self._capture_works()
+        images = result if isinstance(result, list) else [result]
+        if not images or not all(isinstance(b, Binary) for b in images):
+            self._count_failure("resource returned no binary data")
+            return
+        for img in images:
+            age = img.age_s  # a frame taken earlier gets its own times (an absurd age is ignored)
+            back = round(age * 1e9) if 0.0 < age <= MAX_AGE_S else 0
+            w = await self._writer_for(img.mime_type)
+            if w is None or not self._append(w, requested_ns - back, received_ns - back, img.data, img.metadata):
+                return  # dropped: the disk refused it
+        if self._size_limit <= 0:  # one capture per file
+            self._files.retire()
+        self._captured += 1
+        self._measure_rate(now)
+
+    def _capture_works(self) -> None:
         if self._failing:
             self._failing = False
             self._errors.ok(self.name, "capture works again", actor=self.name)
-        if self.plan.kind is DataKind.TABULAR:
-            if type(result) is not dict and not isinstance(result, dict):
-                self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
-                return
-            header = await self._write(requested_ns, received_ns, result, None, "")
-            if header is None:
-                return  # dropped: the disk refused it
-            if self._on_tabular is not None:
-                self._on_tabular(header, CaptureRecord(requested_ns, received_ns, result))
-        else:
-            images = result if isinstance(result, list) else [result]
-            if not images or not all(isinstance(b, Binary) for b in images):
-                self._count_failure("resource returned no binary data")
-                return
-            for img in images:
-                age = img.age_s  # a frame taken earlier gets its own times (an absurd age is ignored)
-                back = round(age * 1e9) if 0.0 < age <= MAX_AGE_S else 0
-                if await self._write(requested_ns - back, received_ns - back, img.data, img.metadata,
-                                     img.mime_type) is None:
-                    return  # dropped: the disk refused it
-            if self._size_limit <= 0:  # one capture per file
-                self._files.retire()
+
+    def _take_tabular(self, w: CaptureWriter, requested_ns: int, received_ns: int, result: object,
+                      now: float) -> None:
+        """Write the tabular reading `result` of the tick requested at `requested_ns` to `w`."""
+        self._capture_works()
+        if type(result) is not dict and not isinstance(result, dict):
+            self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
+            return
+        if not self._append(w, requested_ns, received_ns, result, None):
+            return  # dropped: the disk refused it
+        if self._on_tabular is not None:
+            self._on_tabular(w.header, requested_ns, received_ns, result)
         self._captured += 1
         self._measure_rate(now)
 
@@ -371,10 +425,9 @@ class Collector:
             self._measured_hz = (self._captured - self._rate_c0) / (now - self._rate_t0)
             self._rate_t0, self._rate_c0 = now, self._captured
 
-    async def _write(self, requested_ns: int, received_ns: int, payload: object, metadata: dict | None,
-                     mime_type: str) -> CaptureHeader | None:
-        """Append the record to the open file (taking the spare, or opening one, if needed); None
-        when the disk refused it. The file is retired once it is full."""
+    async def _writer_for(self, mime_type: str) -> CaptureWriter | None:
+        """The open file for a record of `mime_type` (taking the spare, or opening one, if needed);
+        None when the disk refused (the reading is dropped and counted)."""
         files = self._files
         try:
             if self.faults is not None:
@@ -385,27 +438,39 @@ class Collector:
                     files.retire()
                 await files.wait_for_disk()
                 w = files.take(mime_type) or await files.open(mime_type)
-            self._bytes += w.append_values(requested_ns, received_ns, payload, metadata)
-            if self.ledger is not None:
-                self.ledger[w.header.file_id] += 1
-        except RecordRefused as exc:  # a reading no reader (the cloud included) would accept
-            self._count_failure(str(exc))
-            return None
-        except OSError as exc:  # ENOSPC, EIO, ...: the writer cut any partial frame off again
+        except OSError as exc:  # ENOSPC, EIO, ...
             self._dropped += 1
             self._disk_failed(exc)
             return None
+        return w
+
+    def _append(self, w: CaptureWriter, requested_ns: int, received_ns: int, payload: object,
+                metadata: dict | None) -> bool:
+        """Append the record to `w`; False when it was refused or the disk refused it. The file is
+        retired once it is full."""
+        try:
+            self._bytes += w.append_values(requested_ns, received_ns, payload, metadata)
+        except RecordRefused as exc:  # a reading no reader (the cloud included) would accept
+            self._count_failure(str(exc))
+            return False
+        except OSError as exc:  # ENOSPC, EIO, ...: the writer cut any partial frame off again
+            self._dropped += 1
+            self._disk_failed(exc)
+            return False
+        if self.ledger is not None:
+            self.ledger[w.header.file_id] += 1
         if self.faults is not None:  # a crash right after a record reached the file
             self.faults.hit_sync(self.name, "after_write")
         if self._disk_failing:
             self._disk_failing = False
             self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
+        files = self._files
         size, limit = w.size_bytes, self._size_limit
         if (limit > 0 and size >= limit) or w.record_count >= MAX_RECORDS_PER_FILE:
             files.retire()
         elif size >= files.spare_at:
             files.want_spare()
-        return w.header
+        return True
 
     def _disk_failed(self, exc: OSError) -> None:
         """Log a refused write once per change of state, and retire the open file if it is unusable."""

@@ -7,6 +7,11 @@ earliest and reschedules every sleeper that is due; a sleeper parks with
 `trio.lowlevel.wait_task_rescheduled`, which costs no cancel scope. Sleepers due within the same
 millisecond share one wakeup of the timer (epoll cannot wake more precisely than that anyway).
 
+A sleeper may bring a *ticker*: a plain function the timer calls when the sleeper is due, in the
+timer's own task, instead of waking the sleeper's task. It returns when it is due next (the task
+stays parked: no task switch at all), or None to wake the task after all. An exception it raises
+is raised in the sleeper's task. Collectors use this for readings that need no waiting.
+
 The heap lives in the object, not in the task: if `run()` is restarted, sleepers stay parked and
 the new run wakes them. A sleeper that is cancelled (shutdown, a reload) leaves the heap at once.
 """
@@ -16,17 +21,26 @@ from __future__ import annotations
 import heapq
 import math
 from itertools import count
+from typing import Callable
 
+import outcome
 import trio
+
+#: How long one pass of the timer takes sleepers that came due while it ran, before it lets other
+#: tasks run (a wakeup of the timer costs more than several readings).
+PASS_S = 0.001
+#: A sleeper's ticker: takes its due tick in the timer's task; returns the next due time, or None.
+Ticker = Callable[[], "float | None"]
 
 
 class Alarm:
-    """One parked sleeper's task; `task` is None once it was woken or left."""
+    """One parked sleeper's task (None once it was woken or left) and its ticker, if any."""
 
-    __slots__ = ("task",)
+    __slots__ = ("task", "ticker")
 
-    def __init__(self, task: trio.lowlevel.Task) -> None:
+    def __init__(self, task: trio.lowlevel.Task, ticker: Ticker | None) -> None:
         self.task: trio.lowlevel.Task | None = task
+        self.ticker = ticker
 
 
 class Metronome:
@@ -45,13 +59,30 @@ class Metronome:
         """Wake sleepers as they come due, until cancelled."""
         task_status.started()
         heap = self._heap
+        seq = self._seq
         while True:
             now = trio.current_time()
+            pass_end = now + PASS_S
             while heap and heap[0][0] <= now:
-                alarm = heapq.heappop(heap)[2]
+                alarm = heap[0][2]
+                if alarm.task is not None and alarm.ticker is not None:
+                    try:
+                        due = alarm.ticker()
+                    except Exception as exc:  # a bug in the ticker: its own task raises it
+                        due, result = None, outcome.Error(exc)
+                    else:
+                        result = outcome.Value(None)
+                    if due is not None and alarm.task is not None:
+                        heapq.heapreplace(heap, (due, next(seq), alarm))
+                        continue
+                else:
+                    result = outcome.Value(None)
+                heapq.heappop(heap)
                 if alarm.task is not None:
                     task, alarm.task = alarm.task, None
-                    trio.lowlevel.reschedule(task)
+                    trio.lowlevel.reschedule(task, result)
+                if not (heap and heap[0][0] <= now) and now < pass_end:
+                    now = trio.current_time()  # what came due meanwhile, without a wakeup of its own
             while heap and heap[0][2].task is None:  # woken early or left: drop before sleeping on it
                 heapq.heappop(heap)
             self._timer = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
@@ -62,9 +93,9 @@ class Metronome:
                 self._timer = None
             self.wakeups += 1
 
-    def sleeper(self) -> Sleeper:
-        """A place for one task in this metronome's heap."""
-        return Sleeper(self)
+    def sleeper(self, ticker: Ticker | None = None) -> Sleeper:
+        """A place for one task in this metronome's heap, with its ticker (see the module docstring)."""
+        return Sleeper(self, ticker)
 
     def _park(self, due: float, alarm: Alarm) -> None:
         heapq.heappush(self._heap, (due, next(self._seq), alarm))
@@ -76,16 +107,18 @@ class Metronome:
 class Sleeper:
     """One task's way to sleep on a Metronome: `await until(due)`, cut short by `wake()`."""
 
-    __slots__ = ("_metronome", "_alarm")
+    __slots__ = ("_metronome", "_alarm", "_ticker")
 
-    def __init__(self, metronome: Metronome) -> None:
+    def __init__(self, metronome: Metronome, ticker: Ticker | None = None) -> None:
         self._metronome = metronome
         self._alarm: Alarm | None = None
+        self._ticker = ticker
 
     async def until(self, due: float) -> None:
         """Park the calling task until `due` (Trio time) or until wake(). Cancellation (and only
-        that) raises; the caller checks the time to tell the due time from a wake()."""
-        alarm = self._alarm = Alarm(trio.lowlevel.current_task())
+        that) raises, and so does the ticker's exception; the caller checks the time to tell the due
+        time from a wake()."""
+        alarm = self._alarm = Alarm(trio.lowlevel.current_task(), self._ticker)
         self._metronome._park(due, alarm)
 
         def abort(_raise_cancel: object) -> trio.lowlevel.Abort:

@@ -147,3 +147,65 @@ async def test_an_early_wake_returns_before_the_due_time(autojump_clock):
         await trio.sleep(0.5)
         n.cancel_scope.cancel()
     assert returned == [pytest.approx(1.0)]
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the tasks running `Collector.run` (a step: the task woke and ran)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task) -> None:
+        if task.name.endswith("Collector.run"):
+            self.steps += 1
+
+
+async def _collector_task_steps(tmp_path, **attributes) -> tuple[Collector, int]:
+    """Run one fake sensor's collector at 100 Hz for 10 s on a shared timer; its task's steps."""
+    m, steps = Metronome(), TaskSteps()
+    base = _collector(tmp_path, "sensor", "Readings", 100, attributes=attributes)
+    c = Collector(base.plan, base._resource, base._settings, base._wall, metronome=m)
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as n:
+            await n.start(m.run)
+            await n.start(c.run)
+            await trio.sleep(10.0 - 1e-3)
+            n.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    return c, steps.steps
+
+
+async def test_a_capture_that_never_waits_is_taken_in_the_timer_without_waking_the_collector(tmp_path, autojump_clock):
+    c, steps = await _collector_task_steps(tmp_path)
+    (recs,) = records_by_method(tmp_path).values()
+    assert len(recs) == c.statistics().captured == 1000 and _gaps(recs) == {10_000_000}
+    assert steps < 50  # woken for file switches, not for each of the 1,000 readings
+    # the same sensor with latency (an awaited capture) wakes the collector for every reading
+    slow, slow_steps = await _collector_task_steps(tmp_path / "slow", latency_ms=1)
+    assert slow.statistics().captured == 1000 and slow_steps >= 1000
+
+
+async def test_direct_ticks_count_resource_failures_and_keep_the_schedule(tmp_path, autojump_clock):
+    c, steps = await _collector_task_steps(tmp_path, fail_rate=0.5)
+    stats = c.statistics()
+    assert stats.captured + stats.failed == 1000 and 300 < stats.failed < 700
+    assert stats.missed_ticks == 0 and "injected failure" in stats.last_error and steps < 50
+
+
+async def test_a_bug_in_a_ticker_is_raised_in_the_sleepers_task(autojump_clock):
+    m = Metronome()
+
+    def broken() -> float | None:
+        raise ZeroDivisionError("a bug")
+
+    s = m.sleeper(broken)
+    async with trio.open_nursery() as n:
+        await n.start(m.run)
+        with pytest.raises(ZeroDivisionError):
+            await s.until(1.0)
+        assert trio.current_time() == pytest.approx(1.0)
+        later = m.sleeper()
+        await later.until(2.0)  # the timer itself kept running
+        n.cancel_scope.cancel()

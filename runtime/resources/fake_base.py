@@ -121,6 +121,25 @@ class FakeResource:
             self._t0 = t0 = t
         return t - t0 if t > t0 else 0.0
 
+    def sync_capture(self, method: str) -> Callable[[str, dict], CaptureResult] | None:
+        """`capture` as a plain function, for a method that needs no await and no latency (see
+        registry.sync_capture_call); else None."""
+        entry = self._methods.get(method)
+        if entry is None or entry[1] or self.latency_s:
+            return None
+        fn = entry[0]
+
+        def capture_now(method: str, params: dict | None = None) -> CaptureResult:
+            if self.closed:
+                raise ResourceError(f"{self.type} {self.name!r} is closed")
+            self.calls += 1
+            if self.fail_rate and self._fail_rng.random() < self.fail_rate:
+                raise ResourceError(f"{self.type} {self.name!r}: injected failure in {method} "
+                                    f"(fail_rate={self.fail_rate})")
+            return fn(params or {})
+
+        return capture_now
+
     async def capture(self, method: str, params: dict | None = None) -> CaptureResult:
         entry = self._methods.get(method)
         if entry is None:

@@ -83,6 +83,8 @@ class Resource(Protocol):
     async def close(self) -> None: ...
 
     # Optional: `async def do_command(self, command: dict) -> dict`, for DoCommand capture.
+    # Optional: `def sync_capture(self, method: str) -> Callable[[str, dict], CaptureResult] | None`,
+    # see sync_capture_call.
 
 
 #: The capture method every resource type has: its `additional_params` are the command sent to
@@ -104,6 +106,20 @@ def capture_call(resource: Resource, method: str) -> Callable[[str, dict], Await
         return await do_command(dict(params))
 
     return call
+
+
+def sync_capture_call(resource: Resource, method: str) -> Callable[[str, dict], CaptureResult] | None:
+    """A plain function that captures `method` of `resource` at once, if the model offers one.
+
+    A model may define `sync_capture(method)` returning a function `(method, params) -> result`
+    that never waits (pure computation, no I/O that can block: a fake, a value a driver already
+    holds), or None. A collector then takes its on-time ticks right in the shared timer's task,
+    which saves a task switch per reading; the resource timeout cannot apply to such a call.
+    Every other model, DoCommand and remote resources are captured through `capture_call`."""
+    offer = getattr(resource, "sync_capture", None)
+    if method == DO_COMMAND or offer is None:
+        return None
+    return offer(method)
 
 
 class ResourceLookup(Protocol):
