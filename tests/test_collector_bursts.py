@@ -209,3 +209,31 @@ async def test_a_bug_in_a_ticker_is_raised_in_the_sleepers_task(autojump_clock):
         later = m.sleeper()
         await later.until(2.0)  # the timer itself kept running
         n.cancel_scope.cancel()
+
+
+def test_a_models_broken_sync_capture_falls_back_to_capture(caplog):
+    from capsync.runtime.resources.registry import DO_COMMAND, sync_capture_call
+
+    class Model:
+        type, name, model = "sensor", "m", "mine"
+
+        def __init__(self, offer) -> None:
+            self.offer = offer
+
+        def sync_capture(self, method: str):
+            return self.offer(method)
+
+        async def capture(self, method: str, params: dict) -> dict:
+            return {}
+
+    def boom(method: str):
+        raise KeyError(method)
+
+    def reading(method: str, params: dict) -> dict:
+        return {"v": 1}
+
+    assert sync_capture_call(Model(lambda m: reading), "Readings") is reading
+    assert sync_capture_call(Model(lambda m: reading), DO_COMMAND) is None  # DoCommand: always awaited
+    assert sync_capture_call(Model(lambda m: "not a function"), "Readings") is None
+    assert sync_capture_call(Model(boom), "Readings") is None
+    assert "sync_capture failed" in caplog.text and "sensor/m" in str([r.__dict__ for r in caplog.records])

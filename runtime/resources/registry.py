@@ -119,7 +119,13 @@ def sync_capture_call(resource: Resource, method: str) -> Callable[[str, dict], 
     offer = getattr(resource, "sync_capture", None)
     if method == DO_COMMAND or offer is None:
         return None
-    return offer(method)
+    try:
+        fn = offer(method)
+    except Exception as exc:  # a bug in the model's offer: capture it the usual way, and say so
+        log.warning("sync_capture failed; capturing through capture() instead",
+                    extra={"resource": f"{resource.type}/{resource.name}", "method": method, "error": repr(exc)})
+        return None
+    return fn if callable(fn) else None
 
 
 class ResourceLookup(Protocol):
