@@ -236,4 +236,24 @@ def test_a_models_broken_sync_capture_falls_back_to_capture(caplog):
     assert sync_capture_call(Model(lambda m: reading), DO_COMMAND) is None  # DoCommand: always awaited
     assert sync_capture_call(Model(lambda m: "not a function"), "Readings") is None
     assert sync_capture_call(Model(boom), "Readings") is None
+
+    class Overrides(Model):  # a new capture without a new sync_capture: the plain function would skip it
+        async def capture(self, method: str, params: dict) -> dict:
+            return {"mine": True}
+
+    class Forwards:  # a wrapper that forwards everything else to the real resource
+        def __init__(self, real) -> None:
+            self._real = real
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        async def capture(self, method: str, params: dict) -> dict:
+            return {"wrapped": True}
+
+    patched = Model(lambda m: reading)
+    patched.capture = Forwards.capture
+    assert sync_capture_call(Overrides(lambda m: reading), "Readings") is None
+    assert sync_capture_call(Forwards(Model(lambda m: reading)), "Readings") is None
+    assert sync_capture_call(patched, "Readings") is None
     assert "sync_capture failed" in caplog.text and "sensor/m" in str([r.__dict__ for r in caplog.records])

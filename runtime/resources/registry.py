@@ -117,7 +117,7 @@ def sync_capture_call(resource: Resource, method: str) -> Callable[[str, dict], 
     which saves a task switch per reading; the resource timeout cannot apply to such a call.
     Every other model, DoCommand and remote resources are captured through `capture_call`."""
     offer = getattr(resource, "sync_capture", None)
-    if method == DO_COMMAND or offer is None:
+    if method == DO_COMMAND or offer is None or not _offers_sync_capture(resource):
         return None
     try:
         fn = offer(method)
@@ -126,6 +126,18 @@ def sync_capture_call(resource: Resource, method: str) -> Callable[[str, dict], 
                     extra={"resource": f"{resource.type}/{resource.name}", "method": method, "error": repr(exc)})
         return None
     return fn if callable(fn) else None
+
+
+def _offers_sync_capture(resource: Resource) -> bool:
+    """Whether `sync_capture` belongs to the same code as `capture`: a wrapper that forwards
+    attributes (__getattr__), a subclass that overrides `capture` but not `sync_capture`, or a
+    `capture` replaced on the instance would otherwise be bypassed by the plain function."""
+    if "capture" in getattr(resource, "__dict__", {}):
+        return False
+    mro = type(resource).__mro__
+    sync_owner = next((i for i, k in enumerate(mro) if "sync_capture" in k.__dict__), None)
+    capture_owner = next((i for i, k in enumerate(mro) if "capture" in k.__dict__), None)
+    return sync_owner is not None and (capture_owner is None or sync_owner <= capture_owner)
 
 
 class ResourceLookup(Protocol):

@@ -108,7 +108,9 @@ try {
   }
   await page.setViewportSize({ width: 1400, height: 1000 });
 
-  // The loaded rows as CSV (UTC and local time), and local time in the table.
+  // The loaded rows as CSV (UTC and local time), and local time in the table. A live refresh may
+  // be reloading the table right now (a slow machine): download once rows are there again.
+  await page.waitForFunction(() => document.querySelectorAll("#readings tbody tr td.json").length > 0);
   const [rowsCsv] = await Promise.all([page.waitForEvent("download"), page.click("#download-csv")]);
   await rowsCsv.saveAs(cfg.readingsCsvPath);
   await page.selectOption("#f-zone", "local");
