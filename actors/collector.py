@@ -1,7 +1,11 @@
 """The collector: captures one capture method of one resource at a fixed rate into capture files.
 
 One collector runs per enabled capture method. Tick k is due at `start + k / f` (no drift); its
-`requested` time is exactly on that grid in integer nanoseconds. Collectors sleep on the agent's
+`requested` time is exactly on that grid in integer nanoseconds. `start` comes from the Metronome
+(`first_tick`): collectors of one rate tick at shared instants, in groups one millisecond apart,
+so they share the timer's wakeups and passes instead of each waking it at an instant of its own.
+Collectors started with the agent start at once; one started later (a reload) waits at most one
+period (one second for rates below 1 Hz) for its group's next instant. Collectors sleep on the agent's
 Metronome (one timer for all of them). At each wakeup a collector captures every tick that is
 due (a burst): at rates above what one wakeup per reading can keep (about 1 kHz), each wakeup
 takes several readings, each with its own grid time as `requested` and its real `received` time.
@@ -246,7 +250,7 @@ class Collector:
                 metronome = Metronome()
                 await background.start(metronome.run)
             self._sleeper = metronome.sleeper(self._tick_direct if self._call_now is not None else None)
-            self._start, self._k = trio.current_time(), 0
+            self._start, self._k = metronome.first_tick(self._period, trio.current_time())  # module docstring
             self._start_ns = self._wall.ns_at(self._start)
             task_status.started()
             try:

@@ -29,6 +29,12 @@ import trio
 #: How long one pass of the timer takes sleepers that came due while it ran, before it lets other
 #: tasks run (a wakeup of the timer costs more than several readings).
 PASS_S = 0.001
+#: Collectors of one period share a phase in groups of this many (see Metronome.phase_ns): one
+#: wakeup for a group costs less than a wakeup each, and a group small enough is taken in one
+#: pass well within the lateness bound.
+PHASE_GROUP = 25
+#: Phases of successive groups are this far apart (the resolution of a timer wakeup).
+PHASE_SLOT_NS = 1_000_000
 #: A sleeper's ticker: takes its due tick in the timer's task; returns the next due time, or None.
 Ticker = Callable[[], "float | None"]
 
@@ -53,7 +59,29 @@ class Metronome:
         self._heap: list[tuple[float, int, Alarm]] = []  # (due, sequence number, alarm): compared in C
         self._seq = count()
         self._timer: trio.CancelScope | None = None
+        self._phases: dict[int, int] = {}  # grid step (ns) -> first ticks handed out for it
+        self._origin: float | None = None  # Trio time of the first first_tick(): the shared grid's 0
         self.wakeups = 0  # timer wakeups, for benchmarks and tests
+
+    def first_tick(self, period_s: float, now: float) -> tuple[float, int]:
+        """Where a new grid of `period_s` starts: (start, k) such that its ticks are due at
+        start + j * period_s and its first one, tick k, is the first at or after `now`.
+
+        Grids of one period share instants: the first PHASE_GROUP of them tick together, the next
+        group PHASE_SLOT_NS later, and so on round the period; all share `start`, so their due
+        times are equal to the last bit. A grid started with the first one (an agent's start)
+        starts at once, one started later waits at most a period. Grids slower than 1 Hz start on
+        the next whole second from the first grid (their own phase); they are too slow to matter."""
+        if self._origin is None:
+            self._origin = now
+        key = round(period_s * 1e9)
+        n = self._phases.get(key, 0)
+        self._phases[key] = n + 1
+        step = min(period_s, 1.0)
+        slots = max(1, round(step * 1e9) // PHASE_SLOT_NS)
+        start = self._origin + (n // PHASE_GROUP) % slots * PHASE_SLOT_NS / 1e9
+        k = max(0, math.ceil((now - start) / step - 1e-9))
+        return (start, k) if period_s <= 1.0 else (start + k * step, 0)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Wake sleepers as they come due, until cancelled."""

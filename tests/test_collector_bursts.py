@@ -257,3 +257,25 @@ def test_a_models_broken_sync_capture_falls_back_to_capture(caplog):
     assert sync_capture_call(Forwards(Model(lambda m: reading)), "Readings") is None
     assert sync_capture_call(patched, "Readings") is None
     assert "sync_capture failed" in caplog.text and "sensor/m" in str([r.__dict__ for r in caplog.records])
+
+
+async def test_collectors_of_one_rate_tick_together_in_groups(tmp_path, autojump_clock):
+    from capsync.runtime.metronome import PHASE_GROUP, PHASE_SLOT_NS
+
+    m = Metronome()
+    base = _collector(tmp_path, "sensor", "Readings", 10)
+    n_collectors = 2 * PHASE_GROUP + 10
+    cs = [Collector(base.plan, base._resource, base._settings, base._wall, metronome=m) for _ in range(n_collectors)]
+    async with trio.open_nursery() as n:
+        await n.start(m.run)
+        await n.start(cs[0].run)  # the first one sets the shared grid: it starts at once
+        await trio.sleep(0.0123)  # off that grid: the others wait for their group's next instant
+        for c in cs[1:]:
+            await n.start(c.run)
+        await trio.sleep(10.0 - 0.0123 - 1e-3)
+        n.cancel_scope.cancel()
+    (recs,) = records_by_method(tmp_path).values()
+    phases = {r.requested_ns % 100_000_000 for r in recs}
+    assert phases == {0, PHASE_SLOT_NS, 2 * PHASE_SLOT_NS}  # three groups, a millisecond apart
+    assert [c.statistics().captured for c in cs] == [100] + [99] * (n_collectors - 1)  # from 0.1 s (+ phase)
+    assert m.wakeups <= 3 * 100 + 2  # one wakeup per group and tick, not one per collector
