@@ -5,8 +5,8 @@ One collector runs per enabled capture method. Tick k is due at `start + k / f` 
 (`first_tick`): collectors of one rate tick at shared instants, in groups one millisecond apart,
 so they share the timer's wakeups and passes instead of each waking it at an instant of its own.
 Collectors started with the agent start at once; one started later (a reload) waits at most one
-period (one second for rates below 1 Hz) for its group's next instant. Collectors sleep on the agent's
-Metronome (one timer for all of them). At each wakeup a collector captures every tick that is
+period (one second for rates below 1 Hz) for its group's next instant. Collectors sleep on the
+agent's Metronome (one timer for all of them). At each wakeup a collector captures every tick that is
 due (a burst): at rates above what one wakeup per reading can keep (about 1 kHz), each wakeup
 takes several readings, each with its own grid time as `requested` and its real `received` time.
 A tick overdue by more than `catch_up_s` (max(CATCH_UP_S, one period)) is missed and counted; a
@@ -124,8 +124,9 @@ class Collector:
     """Captures `plan.method` of `resource` at `plan.frequency_hz` into capture files.
 
     `on_tabular` (optional) is handed every tabular reading as (header, requested_ns, received_ns,
-    payload) after it was written to the capture file; the MongoDB sink uses it. It must not block. `metronome` is the agent's shared timer and
-    `fsync_rounds` its shared fsync of open files; without them the collector runs its own.
+    payload) after it was written to the capture file; the MongoDB sink uses it. It must not
+    block. `metronome` is the agent's shared timer and `fsync_rounds` its shared fsync of open
+    files; without them the collector runs its own.
     """
 
     def __init__(
