@@ -31,14 +31,17 @@ from capsync.runtime.faults import FaultPlan, InjectedNetworkError
 from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, hashed_stamp, read_at, stamp
 from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileKind, FileState, FileStatus, UploadStart
 from capsync.runtime.blocking import run_blocking
+from capsync.runtime.see_through import see_through
 
 log = logging.getLogger("capsync.uploader")
 
 #: How often one attempt may declare a file afresh (after a checksum mismatch or a cloud that lost
 #: the partial upload) before it gives up and lets the scheduler retry later with backoff.
 MAX_FRESH_STARTS = 2
-#: How long a stop waits for a commit in flight (and the local delete after it) before abandoning it.
-COMMIT_GRACE_S = 30.0
+#: How long a stop waits for a commit in flight (and the local delete after it) before abandoning
+#: it: well inside the supervisor's shutdown timeout. Abandoning it is harmless (the cloud finishes
+#: the commit; the next start declares the file again and is told it is committed).
+COMMIT_GRACE_S = 2.0
 
 
 class UnverifiedCommit(Exception):
@@ -115,15 +118,16 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
                 sent += len(data)
             else:
                 await _point(faults, actor, "before_request")
-                # The cloud finishes a commit even if we go away; so do we, or a stop right now would
-                # leave a committed file on disk (harmless, but re-declared at the next start).
-                with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
+                # The cloud finishes a commit even if we go away; so do we (for a while), or a stop
+                # right now would leave a committed file on disk (harmless, but re-declared at the next start).
+                async def commit_and_delete() -> FileStatus:
                     status = await client.commit(file_id, _mtime_of(f))
                     if status.state is FileState.COMMITTED:
                         await _delete_verified(f.path, status, file_id, size, digest, seen)
-                        deleted = True
-                if grace.cancelled_caught:
-                    raise CloudUnavailable(f"the commit was not answered within {COMMIT_GRACE_S:g} s")
+                    return status
+
+                status = await see_through(commit_and_delete, grace_s=COMMIT_GRACE_S)
+                deleted = status.state is FileState.COMMITTED
         except StaleOffset as stale:  # the cloud holds something else than we thought: adopt its view
             status = stale.status
             log.info("adopting the cloud's view of the upload",
@@ -169,14 +173,17 @@ async def _upload_whole(client: CloudClient, f: SyncFile, file_id: str, start: U
     await _point(faults, actor, "before_chunk")
     # Like a commit: once sent, see it through (and delete the file), or a stop now would leave a
     # committed file on disk (harmless, but declared again at the next start).
-    with trio.move_on_after(COMMIT_GRACE_S, shield=True) as grace:
+    async def put_and_delete() -> FileStatus | None:
         try:
             status = await client.put_whole(file_id, start, data, _mtime_of(f))
         except (OneRequestUnsupported, ChecksumMismatch):
             return None
         await _delete_verified(f.path, status, file_id, start.size, start.sha256, seen)
-    if grace.cancelled_caught:
-        raise CloudUnavailable(f"the one-request upload was not answered within {COMMIT_GRACE_S:g} s")
+        return status
+
+    status = await see_through(put_and_delete, grace_s=COMMIT_GRACE_S)
+    if status is None:
+        return None
     log.debug("file synced in one request", extra={"file_id": file_id, "path": str(f.path), "bytes": len(data)})
     return UploadResult(file_id, f.path, start.size, len(data), status.records)
 

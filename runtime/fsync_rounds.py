@@ -9,8 +9,11 @@ finished), fdatasyncs all of them in one worker-thread call, and hands each back
 (`release_sync(writer, error)`). An owner must not finish (close) a claimed file before it is
 released; CaptureFiles waits for that.
 
-A byte appended at time t is fsynced by the first round after t: at most one interval later,
-plus the time the round takes. Owners with different intervals are grouped, one round each.
+A byte appended at time t is fsynced by the first round after t, and that round must be done
+within the interval: so rounds start early, every interval minus a margin of ROUND_MARGIN of it
+or twice the time the last round took (whichever is more, at most half the interval). A disk
+whose fsyncs suddenly take longer than that margin can still stretch the bound by the difference.
+Owners with different intervals are grouped, one round each.
 Under `without_fsync()` (the simulation) no round is scheduled at all.
 """
 
@@ -38,15 +41,24 @@ class SyncOwner(Protocol):
         """`writer` was fsynced (`error` None) or its fsync failed with `error`."""
 
 
+#: Rounds start at least this share of the interval early, so that they are done within it.
+ROUND_MARGIN = 0.1
+
+
 class _Group:
     """The owners that share one interval, and when their next round is due."""
 
-    __slots__ = ("interval", "owners", "due")
+    __slots__ = ("interval", "owners", "due", "took")
 
     def __init__(self, interval: float, now: float) -> None:
         self.interval = interval
         self.owners: dict[SyncOwner, None] = {}  # insertion-ordered set
-        self.due = now + interval
+        self.took = 0.0  # how long the last round took
+        self.due = now + self.period()
+
+    def period(self) -> float:
+        """Time from one round to the next: the interval, less the margin a round needs."""
+        return self.interval - min(self.interval / 2, max(ROUND_MARGIN * self.interval, 2 * self.took))
 
 
 class FsyncRounds:
@@ -85,9 +97,9 @@ class FsyncRounds:
             now = trio.current_time()
             for group in list(self._groups.values()):
                 if group.due <= now:
-                    # the next multiple of the interval after now: a late round does not bunch up
-                    group.due += group.interval * max(1, math.ceil((now - group.due) / group.interval))
                     await self._round(list(group.owners))
+                    group.took = trio.current_time() - now
+                    group.due = now + group.period()
             self._poke = trio.Event()
             wake = min((g.due for g in self._groups.values()), default=math.inf)
             with trio.move_on_at(wake):
