@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -72,6 +73,8 @@ BURST_SLICE_S = 0.002
 #: A resource call is abandoned after resource_timeout_s, or at most this share of it later (the
 #: timeout's deadline is moved only every tenth of the timeout: a deadline per call costs more than a reading).
 TIMEOUT_SLACK = 0.1
+#: A collector's first file is cut at between this share of max_file_bytes and all of it.
+FIRST_FILE_MIN_SHARE = 0.5
 #: Window over which `measured_hz` is computed.
 RATE_WINDOW_S = 1.0
 #: How long finishing the open file may block at shutdown before the .prog is left for recovery.
@@ -157,6 +160,13 @@ class Collector:
                                    max_file_age_s=settings.max_file_age_s, max_file_bytes=self._size_limit,
                                    on_disk_error=self._disk_failed)
         self._set_grid(plan.frequency_hz)
+        # The first file is cut at a share of the limit of its own (from the name, so runs repeat):
+        # collectors that start together and tick together would otherwise fill and switch files
+        # at the same instant, and 100 file switches at once hold up every collector's ticks.
+        share = FIRST_FILE_MIN_SHARE + (1 - FIRST_FILE_MIN_SHARE) * (zlib.crc32(self.name.encode()) / 2**32)
+        self._limit_now = int(self._size_limit * share)
+        if self._limit_now > 0:
+            self._files.spare_at = self._limit_now // 2
         self._k = 0  # index of the next tick on the grid
         self._start = 0.0
         self._start_ns = 0
@@ -470,9 +480,11 @@ class Collector:
             self._disk_failing = False
             self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
         files = self._files
-        size, limit = w.size_bytes, self._size_limit
+        size, limit = w.size_bytes, self._limit_now
         if (limit > 0 and size >= limit) or w.record_count >= MAX_RECORDS_PER_FILE:
             files.retire()
+            if self._limit_now != self._size_limit:
+                self._limit_now, files.spare_at = self._size_limit, self._size_limit // 2
         elif size >= files.spare_at:
             files.want_spare()
         return True
