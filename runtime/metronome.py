@@ -29,7 +29,7 @@ import trio
 #: How long one pass of the timer takes sleepers that came due while it ran, before it lets other
 #: tasks run (a wakeup of the timer costs more than several readings).
 PASS_S = 0.001
-#: Collectors of one period share a phase in groups of this many (see Metronome.phase_ns): one
+#: Collectors of one period share a phase in groups of this many (see Metronome.first_tick): one
 #: wakeup for a group costs less than a wakeup each, and a group small enough is taken in one
 #: pass well within the lateness bound.
 PHASE_GROUP = 25
