@@ -14,10 +14,10 @@ tick captured more than max(LATE_FLOOR_S, LATE_SHARE of a period) after its due 
 A long burst yields to other tasks every BURST_SLICE_S, so a fast collector cannot hold up others.
 
 Direct ticks: when the resource offers a capture that never waits (registry.sync_capture_call,
-e.g. the fake models) and no fault rule is armed, an on-time tabular tick is taken right in the
-Metronome's task (`_tick_direct`), without waking the collector's task: a task switch and a
-sleep per reading are more than the reading costs. Anything else (a late tick or a burst, a file
-switch, a stop or rate change, a disk that refused a write) hands the tick back to the
+e.g. the fake models) and no fault rule is armed, a tabular tick that is the only one due (on
+time or a little late) is taken right in the Metronome's task (`_tick_direct`), without waking
+the collector's task: a task switch and a sleep per reading are more than the reading costs.
+Anything else (a burst, a file switch, a stop or rate change, a disk that refused a write) hands the tick back to the
 collector's task, which takes it the usual way. A bug in a direct tick is raised in the
 collector's task, so its supervisor restarts it as for any other failure.
 
@@ -306,12 +306,7 @@ class Collector:
                 self._k = k = k + skipped
                 due = self._due(k)
                 overdue = now - due
-            if overdue > self._late_after:
-                self._late += 1
-            if overdue > self._max_lateness:
-                self._max_lateness = overdue
-            if self.lateness_samples is not None:
-                self.lateness_samples.append(overdue)
+            self._note_lateness(overdue)
             if self.faults is not None:  # a bug in the collector itself: the supervisor restarts it
                 await self.faults.hit(self.name, "tick")
             await self._capture_once(self._start_ns + k * self._ns_num // self._ns_den, now)
@@ -320,9 +315,21 @@ class Collector:
                 await trio.lowlevel.checkpoint()
                 slice_end = clock.current_time() + BURST_SLICE_S
 
+    def _note_lateness(self, overdue: float) -> None:
+        """Count a tick taken `overdue` seconds after its due time (late ticks, worst, samples)."""
+        if overdue > self._late_after:
+            self._late += 1
+        if overdue > self._max_lateness:
+            self._max_lateness = overdue
+        if self.lateness_samples is not None:
+            self.lateness_samples.append(overdue)
+
     def _tick_direct(self) -> float | None:
-        """Take the due tick here, in the Metronome's task, if it is on time and needs no waiting;
-        returns when the next tick is due, or None to hand this one to the collector's task."""
+        """Take the due tick here, in the Metronome's task, if it needs no waiting and is the only
+        one due; returns when the next tick is due, or None to hand this one to the collector's task.
+
+        A late tick is taken here too as long as the next one is not due yet: were it handed to the
+        task, its task switch would make the next group of collectors later still."""
         w = self._files.writer
         if (w is None or self._stop_requested or self._regrid_hz is not None or self._disk_failing
                 or (self.faults is not None and self.faults.rules)):
@@ -330,15 +337,12 @@ class Collector:
         k = self._k
         due = self._due(k)
         now = trio.current_time()
-        overdue = now - due
-        if overdue > self._late_after:  # late: the task counts it and takes the burst
-            return None
-        if overdue < 0.0:
+        if now < due:
             return due
-        if overdue > self._max_lateness:
-            self._max_lateness = overdue
-        if self.lateness_samples is not None:
-            self.lateness_samples.append(overdue)
+        nxt = self._due(k + 1)
+        if now >= nxt:  # a burst: the task takes it, yielding to others as it goes
+            return None
+        self._note_lateness(now - due)
         self._k = k + 1
         try:
             result = self._call_now(self.plan.method, self.plan.params)
@@ -348,7 +352,7 @@ class Collector:
             self._count_failure(f"{type(exc).__name__}: {exc}")
         else:
             self._take_tabular(w, self._start_ns + k * self._ns_num // self._ns_den, self._wall.now_ns(), result, now)
-        return self._due(k + 1)
+        return nxt
 
     def _due(self, k: int) -> float:
         """Trio time at which tick `k` is due."""

@@ -26,9 +26,6 @@ from typing import Callable
 import outcome
 import trio
 
-#: How long one pass of the timer takes sleepers that came due while it ran, before it lets other
-#: tasks run (a wakeup of the timer costs more than several readings).
-PASS_S = 0.001
 #: Collectors of one period share a phase in groups of this many (see Metronome.first_tick): one
 #: wakeup for a group costs less than a wakeup each, and a group small enough is taken in one
 #: pass well within the lateness bound.
@@ -90,7 +87,6 @@ class Metronome:
         seq = self._seq
         while True:
             now = trio.current_time()
-            pass_end = now + PASS_S
             while heap and heap[0][0] <= now:
                 alarm = heap[0][2]
                 if alarm.task is not None and alarm.ticker is not None:
@@ -109,8 +105,6 @@ class Metronome:
                 if alarm.task is not None:
                     task, alarm.task = alarm.task, None
                     trio.lowlevel.reschedule(task, result)
-                if not (heap and heap[0][0] <= now) and now < pass_end:
-                    now = trio.current_time()  # what came due meanwhile, without a wakeup of its own
             while heap and heap[0][2].task is None:  # woken early or left: drop before sleeping on it
                 heapq.heappop(heap)
             self._timer = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)

@@ -194,6 +194,59 @@ async def test_direct_ticks_count_resource_failures_and_keep_the_schedule(tmp_pa
     assert stats.missed_ticks == 0 and "injected failure" in stats.last_error and steps < 50
 
 
+async def _behind_timer(tmp_path, clock, hold_s: float) -> tuple[Collector, int]:
+    """A 100 Hz fake sensor's collector on a timer that is held up `hold_s` just before ten of its
+    ticks (another sleeper's ticker that takes that long); the collector and its task's steps."""
+    m, steps = Metronome(), TaskSteps()
+    base = _collector(tmp_path, "sensor", "Readings", 100)
+    c = Collector(base.plan, base._resource, base._settings, base._wall, metronome=m)
+    held = []
+
+    def hold() -> float | None:
+        clock.jump(hold_s)
+        held.append(trio.current_time())
+        return c._due((len(held) + 1) * 100) - 1e-6 if len(held) < 10 else None
+
+    async def holder() -> None:
+        await m.sleeper(hold).until(c._due(100) - 1e-6)
+
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as n:
+            await n.start(m.run)
+            await n.start(c.run)
+            n.start_soon(holder)
+            await trio.sleep(12.0)
+            n.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert len(held) == 10
+    return c, steps.steps
+
+
+async def test_a_late_tick_alone_is_taken_in_the_timer_and_counted_late(tmp_path, autojump_clock):
+    # 4 ms behind: later than the 2 ms bound, but the next tick (10 ms on) is not due yet
+    _, on_time_steps = await _behind_timer(tmp_path / "on_time", autojump_clock, 0.0)
+    c, steps = await _behind_timer(tmp_path / "late", autojump_clock, 0.004)
+    stats = c.statistics()
+    assert stats.late_ticks == 10 and stats.missed_ticks == 0
+    assert stats.max_lateness_s == pytest.approx(0.004, abs=1e-4)
+    assert steps <= on_time_steps + 2  # no wakeup of the collector's task for them
+    (recs,) = records_by_method(tmp_path / "late").values()
+    assert _gaps(recs) == {10_000_000}
+
+
+async def test_ticks_that_fell_due_together_go_to_the_collectors_task(tmp_path, autojump_clock):
+    # 25 ms behind: three ticks are due at once, a burst that the collector's own task takes
+    _, on_time_steps = await _behind_timer(tmp_path / "on_time", autojump_clock, 0.0)
+    c, steps = await _behind_timer(tmp_path / "late", autojump_clock, 0.025)
+    stats = c.statistics()
+    assert stats.late_ticks >= 20 and stats.missed_ticks == 0
+    assert steps >= on_time_steps + 10
+    (recs,) = records_by_method(tmp_path / "late").values()
+    assert _gaps(recs) == {10_000_000}
+
+
 async def test_a_bug_in_a_ticker_is_raised_in_the_sleepers_task(autojump_clock):
     m = Metronome()
 
