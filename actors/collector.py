@@ -13,7 +13,7 @@ A tick overdue by more than `catch_up_s` (max(CATCH_UP_S, one period)) is missed
 tick captured more than max(LATE_FLOOR_S, LATE_SHARE of a period) after its due time is late.
 A long burst yields to other tasks every BURST_SLICE_S, so a fast collector cannot hold up others.
 
-Direct ticks: when the resource offers a capture that never waits (registry.sync_capture_call,
+Direct ticks: when the resource offers a capture that never waits (resource.sync_capture_call,
 e.g. the fake models) and no fault rule is armed, a tabular tick that is the only one due (on
 time or a little late) is taken right in the Metronome's task (`_tick_direct`), without waking
 the collector's task: a task switch and a sleep per reading are more than the reading costs.
@@ -25,19 +25,16 @@ A resource call that raises or times out is logged (once per change of error) an
 collector keeps its schedule. A resource that answers NoCapture ("nothing to capture this time",
 e.g. a filtered camera that declined the frame) is counted as skipped: nothing is written or
 logged, and that is not a failure. A binary result with an `age_s` (a frame taken earlier) is
-written with its requested and received times moved back by that much. Files (see actors/capture_files.py) are opened ahead, fsynced and
-finished in the background, so a file switch never delays a tick; they finish by size, by age,
-on request (sync pass) and at shutdown. A write that the disk refuses (ENOSPC, EIO, ...) drops
-that reading: it is counted as dropped, the error is logged once per change of state, the file
-stays readable, and capture resumes when the disk takes writes again.
+written with its requested and received times moved back by that much. Writing is
+actors/record_writing.py's: files are opened ahead, fsynced and finished in the background, so a
+file switch never delays a tick; they finish by size, by age, on request (sync pass) and at
+shutdown; a write the disk refuses drops that reading and is counted.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -46,16 +43,15 @@ from typing import Callable
 
 import trio
 
-from capsync.actors.capture_files import CaptureFiles
-from capsync.runtime.capture_file import MAX_RECORDS_PER_FILE, CaptureHeader, CaptureWriter, new_file_id
-from capsync.runtime.capture_writer import RecordRefused
+from capsync.actors.record_writing import RecordWriting
+from capsync.runtime.capture_file import CaptureHeader, CaptureWriter, new_file_id
 from capsync.runtime.config import CaptureMethodPlan
 from capsync.runtime.faults import FaultPlan
 from capsync.runtime.fsync_rounds import FsyncRounds
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.metronome import Metronome
 from capsync.runtime.resources.methods import DataKind
-from capsync.runtime.resources.registry import (
+from capsync.runtime.resources.resource import (
     MAX_AGE_S, Binary, NoCapture, Resource, capture_call, sync_capture_call,
 )
 from capsync.runtime.wallclock import WallClock
@@ -73,8 +69,6 @@ BURST_SLICE_S = 0.002
 #: A resource call is abandoned after resource_timeout_s, or at most this share of it later (the
 #: timeout's deadline is moved only every tenth of the timeout: a deadline per call costs more than a reading).
 TIMEOUT_SLACK = 0.1
-#: A collector's first file is cut at between this share of max_file_bytes and all of it.
-FIRST_FILE_MIN_SHARE = 0.5
 #: Window over which `measured_hz` is computed.
 RATE_WINDOW_S = 1.0
 #: How long finishing the open file may block at shutdown before the .prog is left for recovery.
@@ -155,28 +149,20 @@ class Collector:
         self._fsync_rounds = fsync_rounds
         self._size_limit = (settings.max_file_bytes if plan.kind is DataKind.TABULAR
                             else settings.max_binary_file_bytes)
-        self._files = CaptureFiles(settings.capture_dir, self.name, self._header,
-                                   fsync_interval_s=settings.fsync_interval_s,
-                                   max_file_age_s=settings.max_file_age_s, max_file_bytes=self._size_limit,
-                                   on_disk_error=self._disk_failed)
+        self._out = RecordWriting(self.name, settings.capture_dir, self._header,
+                                  fsync_interval_s=settings.fsync_interval_s,
+                                  max_file_age_s=settings.max_file_age_s, max_file_bytes=self._size_limit,
+                                  on_refused=self._count_failure, on_error=self._note_error)
+        self._files = self._out.files
         self._set_grid(plan.frequency_hz)
-        # The first file is cut at a share of the limit of its own (from the name, so runs repeat):
-        # collectors that start together and tick together would otherwise fill and switch files
-        # at the same instant, and 100 file switches at once hold up every collector's ticks.
-        share = FIRST_FILE_MIN_SHARE + (1 - FIRST_FILE_MIN_SHARE) * (zlib.crc32(self.name.encode()) / 2**32)
-        self._limit_now = int(self._size_limit * share)
-        if self._limit_now > 0:
-            self._files.spare_at = self._limit_now // 2
         self._k = 0  # index of the next tick on the grid
         self._start = 0.0
         self._start_ns = 0
         self._regrid_hz: float | None = None
         self._errors = StateChangeLog(log)
-        self._disk_errors = StateChangeLog(log)  # disk-full handling: once per change of state
-        self._failing = self._disk_failing = False
-        self._dropped = self._skipped = 0
+        self._failing = False
+        self._skipped = 0
         self._captured = self._failed = self._late = self._missed = 0
-        self._bytes = 0
         self._max_lateness = 0.0
         self._last_error: str | None = None
         self._sleeper = None
@@ -191,10 +177,17 @@ class Collector:
         #: Fault injection (tests): points tick, before_call, after_call, before_write, after_write,
         #: and finish (in the background, before files are finished).
         self.faults: FaultPlan | None = None
-        #: When set (simulation), counts the records appended per file id.
-        self.ledger: Counter[str] | None = None
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
+
+    @property
+    def ledger(self) -> Counter[str] | None:
+        """When set (simulation), counts the records appended per file id."""
+        return self._out.ledger
+
+    @ledger.setter
+    def ledger(self, ledger: Counter[str] | None) -> None:
+        self._out.ledger = ledger
 
     def _set_grid(self, hz: float) -> None:
         """Period of the grid, as a float (for due times) and as an exact fraction of nanoseconds."""
@@ -238,10 +231,10 @@ class Collector:
             missed_ticks=self._missed,
             max_lateness_s=self._max_lateness,
             files_finished=self._files.files_finished,
-            bytes_written=self._bytes,
+            bytes_written=self._out.bytes,
             open_file=str(w.path) if w is not None else None,
             last_error=self._last_error,
-            dropped=self._dropped,
+            dropped=self._out.dropped,
             skipped=self._skipped,
         )
 
@@ -249,7 +242,7 @@ class Collector:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Capture until cancelled or stopped, then finish every file (shielded, time-bounded)."""
-        self._files.faults = self.faults
+        self._files.faults = self._out.faults = self.faults
         async with trio.open_nursery() as background:
             rounds = self._fsync_rounds
             if rounds is None:
@@ -331,7 +324,7 @@ class Collector:
         A late tick is taken here too as long as the next one is not due yet: were it handed to the
         task, its task switch would make the next group of collectors later still."""
         w = self._files.writer
-        if (w is None or self._stop_requested or self._regrid_hz is not None or self._disk_failing
+        if (w is None or self._stop_requested or self._regrid_hz is not None or self._out.disk_failing
                 or (self.faults is not None and self.faults.rules)):
             return None
         k = self._k
@@ -397,7 +390,7 @@ class Collector:
         self._in_call = False
         received_ns = self._wall.now_ns()
         if self.plan.kind is DataKind.TABULAR:
-            w = await self._writer_for("")
+            w = await self._out.writer_for("")
             if w is not None:  # else dropped: the disk refused to open a file
                 self._take_tabular(w, requested_ns, received_ns, result, now)
             return
@@ -409,8 +402,8 @@ class Collector:
         for img in images:
             age = img.age_s  # a frame taken earlier gets its own times (an absurd age is ignored)
             back = round(age * 1e9) if 0.0 < age <= MAX_AGE_S else 0
-            w = await self._writer_for(img.mime_type)
-            if w is None or not self._append(w, requested_ns - back, received_ns - back, img.data, img.metadata):
+            w = await self._out.writer_for(img.mime_type)
+            if w is None or not self._out.append(w, requested_ns - back, received_ns - back, img.data, img.metadata):
                 return  # dropped: the disk refused it
         if self._size_limit <= 0:  # one capture per file
             self._files.retire()
@@ -429,7 +422,7 @@ class Collector:
         if type(result) is not dict and not isinstance(result, dict):
             self._count_failure(f"resource returned {type(result).__name__}, expected a dict of readings")
             return
-        if not self._append(w, requested_ns, received_ns, result, None):
+        if not self._out.append(w, requested_ns, received_ns, result, None):
             return  # dropped: the disk refused it
         if self._on_tabular is not None:
             self._on_tabular(w.header, requested_ns, received_ns, result)
@@ -443,66 +436,6 @@ class Collector:
         elif now - self._rate_t0 >= RATE_WINDOW_S:
             self._measured_hz = (self._captured - self._rate_c0) / (now - self._rate_t0)
             self._rate_t0, self._rate_c0 = now, self._captured
-
-    async def _writer_for(self, mime_type: str) -> CaptureWriter | None:
-        """The open file for a record of `mime_type` (taking the spare, or opening one, if needed);
-        None when the disk refused (the reading is dropped and counted)."""
-        files = self._files
-        try:
-            if self.faults is not None:
-                self.faults.hit_sync(self.name, "before_write")
-            w = files.writer
-            if w is None or (mime_type and w.header.mime_type != mime_type):
-                if w is not None:
-                    files.retire()
-                await files.wait_for_disk()
-                w = files.take(mime_type) or await files.open(mime_type)
-        except OSError as exc:  # ENOSPC, EIO, ...
-            self._dropped += 1
-            self._disk_failed(exc)
-            return None
-        return w
-
-    def _append(self, w: CaptureWriter, requested_ns: int, received_ns: int, payload: object,
-                metadata: dict | None) -> bool:
-        """Append the record to `w`; False when it was refused or the disk refused it. The file is
-        retired once it is full."""
-        try:
-            self._bytes += w.append_values(requested_ns, received_ns, payload, metadata)
-        except RecordRefused as exc:  # a reading no reader (the cloud included) would accept
-            self._count_failure(str(exc))
-            return False
-        except OSError as exc:  # ENOSPC, EIO, ...: the writer cut any partial frame off again
-            self._dropped += 1
-            self._disk_failed(exc)
-            return False
-        if self.ledger is not None:
-            self.ledger[w.header.file_id] += 1
-        if self.faults is not None:  # a crash right after a record reached the file
-            self.faults.hit_sync(self.name, "after_write")
-        if self._disk_failing:
-            self._disk_failing = False
-            self._disk_errors.ok("disk", "capture writes work again", actor=self.name, dropped_total=self._dropped)
-        files = self._files
-        size, limit = w.size_bytes, self._limit_now
-        if (limit > 0 and size >= limit) or w.record_count >= MAX_RECORDS_PER_FILE:
-            files.retire()
-            if self._limit_now != self._size_limit:
-                self._limit_now, files.spare_at = self._size_limit, self._size_limit // 2
-        elif size >= files.spare_at:
-            files.want_spare()
-        return True
-
-    def _disk_failed(self, exc: OSError) -> None:
-        """Log a refused write once per change of state, and retire the open file if it is unusable."""
-        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        self._last_error = f"write failed: {exc}"
-        self._disk_failing = True
-        self._disk_errors.fail("disk", f"capture file write failed ({reason}); readings are dropped until "
-                               "writes work again", actor=self.name, error=str(exc))
-        w = self._files.writer
-        if w is not None and (w.record_count == 0 or w.statistics().state != "open"):
-            self._files.retire()
 
     def _header(self, mime_type: str) -> CaptureHeader:
         r = self.plan.resource
@@ -524,6 +457,9 @@ class Collector:
             metadata=metadata,
             created_ns=self._wall.now_ns(),
         )
+
+    def _note_error(self, reason: str) -> None:
+        self._last_error = reason
 
     def _count_failure(self, reason: str) -> None:
         self._failed += 1

@@ -29,7 +29,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from capsync.runtime.logs import StateChangeLog
 from capsync.runtime.remote import encode_result
 from capsync.runtime.resources.methods import METHODS, method_spec, methods_of
-from capsync.runtime.resources.registry import NoCapture, ResourceError, ResourceLookup, capture_call
+from capsync.runtime.resources.registry import ResourceLookup
+from capsync.runtime.resources.resource import NoCapture, ResourceError, capture_call
 from capsync.runtime.rpc import (MAX_CALL_BYTES, BadMessage, RpcError, bearer_secret, call_id, close_bad, decode,
                                  encode_reply, error_reply, peer_name)
 

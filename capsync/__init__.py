@@ -36,10 +36,10 @@ _EXPORTS = {
     # models of your own
     "register_model": "capsync.runtime.resources.registry",
     "registered_models": "capsync.runtime.resources.registry",
-    "Binary": "capsync.runtime.resources.registry",
-    "Resource": "capsync.runtime.resources.registry",
-    "ResourceError": "capsync.runtime.resources.registry",
-    "NoCapture": "capsync.runtime.resources.registry",
+    "Binary": "capsync.runtime.resources.resource",
+    "Resource": "capsync.runtime.resources.resource",
+    "ResourceError": "capsync.runtime.resources.resource",
+    "NoCapture": "capsync.runtime.resources.resource",
     "ResourceRegistry": "capsync.runtime.resources.registry",
     "UnknownModel": "capsync.runtime.resources.registry",
     # capture files
@@ -71,13 +71,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from capsync.actors.agent_stats import AgentStats
     from capsync.runtime.capture_file import CaptureFormatError, CaptureHeader, CaptureRecord, read_capture, recover_dir
     from capsync.runtime.config import ConfigError, ConfigIssue, RobotConfig, load_config, parse_config, validate_file
-    from capsync.runtime.resources.registry import (
-        Binary,
-        NoCapture,
-        Resource,
-        ResourceError,
-        ResourceRegistry,
-        UnknownModel,
-        register_model,
-        registered_models,
-    )
+    from capsync.runtime.resources.registry import ResourceRegistry, UnknownModel, register_model, registered_models
+    from capsync.runtime.resources.resource import Binary, NoCapture, Resource, ResourceError

@@ -44,7 +44,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError,
 
 from capsync.runtime.backoff import Backoff
 from capsync.runtime.config_build import RemoteConfig, ResourceRef
-from capsync.runtime.resources.registry import MAX_AGE_S, Binary, CaptureResult, NoCapture, ResourceError
+from capsync.runtime.resources.resource import MAX_AGE_S, Binary, CaptureResult, NoCapture, ResourceError
 from capsync.runtime.rpc import (MAX_MESSAGE_BYTES, BadMessage, RpcError, auth_headers, call_id, decode, encode,
                                  check_tls, no_handshake, reply_outcome, warn_plain_text_secret)
 

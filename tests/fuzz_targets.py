@@ -41,7 +41,8 @@ from capsync.runtime import remote, rpc
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter
 from capsync.runtime.capture_reader import CaptureContents, CaptureFormatError, read_capture
 from capsync.runtime.cloud_client import CloudClient, CloudError
-from capsync.runtime.resources.registry import Binary, ResourceRegistry
+from capsync.runtime.resources.registry import ResourceRegistry
+from capsync.runtime.resources.resource import Binary
 from capsync.runtime.sync_protocol import ErrorBody, FileKind, FileStatus, UploadStart
 
 #: Error types ResourceServer documents; any other type means an exception escaped a handler.

@@ -27,7 +27,8 @@ from capsync.cloud.server import serve
 from capsync.cloud.sqlite_store import SqliteStore
 from capsync.runtime.capture_file import CaptureHeader, CaptureRecord, CaptureWriter, new_file_id
 from capsync.runtime.cloud_client import CloudClient
-from capsync.runtime.resources.registry import Binary, build_resource
+from capsync.runtime.resources.registry import build_resource
+from capsync.runtime.resources.resource import Binary
 from capsync.runtime.sync_files import SyncFile
 from capsync.runtime.sync_protocol import FileKind
 from tests.bulk_data import commit_all, every, reading_files

@@ -265,7 +265,7 @@ async def test_a_bug_in_a_ticker_is_raised_in_the_sleepers_task(autojump_clock):
 
 
 def test_a_models_broken_sync_capture_falls_back_to_capture(caplog):
-    from capsync.runtime.resources.registry import DO_COMMAND, sync_capture_call
+    from capsync.runtime.resources.resource import DO_COMMAND, sync_capture_call
 
     class Model:
         type, name, model = "sensor", "m", "mine"

@@ -23,7 +23,7 @@ from capsync.runtime.capture_file import read_capture
 from capsync.runtime.config import parse_config
 from capsync.runtime.resources.fake_camera import fake_detection_draws
 from capsync.runtime.resources.filtered_camera import FilteredCamera
-from capsync.runtime.resources.registry import Binary, NoCapture, ResourceError
+from capsync.runtime.resources.resource import Binary, NoCapture, ResourceError
 from capsync.runtime.wallclock import WallClock
 from tests.helpers import capture_files, fake_component, robot_config
 

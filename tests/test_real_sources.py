@@ -17,7 +17,8 @@ from PIL import Image
 
 from capsync.actors.agent import Agent
 from capsync.runtime.config import load_config, parse_config
-from capsync.runtime.resources.registry import ResourceError, ResourceRegistry, build_resource
+from capsync.runtime.resources.registry import ResourceRegistry, build_resource
+from capsync.runtime.resources.resource import ResourceError
 from capsync.runtime.resources.wifi_rssi import parse_wireless
 from tests.helpers import records_by_method, robot_config
 

@@ -12,7 +12,7 @@ from capsync.runtime import rpc
 from capsync.runtime.config import RemoteConfig, parse_config
 from capsync.runtime.remote import (RESOURCES_PATH, RemoteConnection, RemotePartError, decode_result, encode_result,
                             resources_url)
-from capsync.runtime.resources.registry import Binary
+from capsync.runtime.resources.resource import Binary
 from tests.helpers import free_port
 from tests.test_remote import B_SECRET, part_b_config, until
 

@@ -21,15 +21,9 @@ from capsync.runtime.resources.fake_base import FakeResource, now
 from capsync.runtime.resources.media import parse_pcd_header
 from capsync.runtime.resources.methods import METHODS, DataKind
 from capsync.runtime.resources.registry import (
-    Binary,
-    ResourceError,
-    ResourceRegistry,
-    UnknownModel,
-    build_resource,
-    register_model,
-    registered_models,
-    unregister_model,
+    ResourceRegistry, UnknownModel, build_resource, register_model, registered_models, unregister_model,
 )
+from capsync.runtime.resources.resource import Binary, ResourceError
 
 ALL_METHODS = [(t, m) for t, methods in METHODS.items() for m in methods]
 #: Physically constant readings, exempt from "changes over time".

@@ -24,7 +24,8 @@ from typing import Any
 
 import trio
 
-from .registry import ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import ResourceError
 
 MODEL = "command"
 #: How much of stderr (characters, from the end) an error message carries.

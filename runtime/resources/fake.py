@@ -11,7 +11,8 @@ import math
 import random
 
 from .fake_base import FakeResource, as_float, as_int, as_str, register_fake, smooth, wave
-from .registry import ResourceError, ResourceLookup
+from .registry import ResourceLookup
+from .resource import ResourceError
 
 _sin, _cos, _radians, _degrees = math.sin, math.cos, math.radians, math.degrees
 

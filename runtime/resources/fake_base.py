@@ -18,7 +18,8 @@ from typing import Any
 import trio
 
 from .methods import METHODS
-from .registry import CaptureResult, ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import CaptureResult, ResourceError
 
 
 def now() -> float:
@@ -123,7 +124,7 @@ class FakeResource:
 
     def sync_capture(self, method: str) -> Callable[[str, dict], CaptureResult] | None:
         """`capture` as a plain function, for a method that needs no await and no latency (see
-        registry.sync_capture_call); else None."""
+        resource.sync_capture_call); else None."""
         entry = self._methods.get(method)
         if entry is None or entry[1] or self.latency_s:
             return None

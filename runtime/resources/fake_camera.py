@@ -20,7 +20,8 @@ from PIL import Image
 
 from .fake_base import FakeResource, as_float, as_int, as_str, register_fake, smooth
 from .media import IMAGE_FORMATS, MIME_JPEG, MIME_PCD, MIME_PNG, PointCloudScene, Scene, encode_image, encode_pcd
-from .registry import Binary, ResourceError, ResourceLookup
+from .registry import ResourceLookup
+from .resource import Binary, ResourceError
 
 
 def image_mime(params: dict, default: str = MIME_JPEG) -> str:

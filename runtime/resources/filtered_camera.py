@@ -27,7 +27,8 @@ from collections import deque
 import trio
 
 from .fake_base import as_float
-from .registry import Binary, NoCapture, ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import Binary, NoCapture, ResourceError
 
 MODEL = "filtered-camera"
 #: The longest window a filtered camera keeps.

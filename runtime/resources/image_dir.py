@@ -24,7 +24,8 @@ import trio
 from PIL import Image
 
 from .media import IMAGE_FORMATS, MIME_PCD
-from .registry import Binary, ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import Binary, ResourceError
 
 MODEL = "image-dir"
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",

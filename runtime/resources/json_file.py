@@ -16,7 +16,8 @@ from pathlib import Path
 
 from capsync.runtime.blocking import run_blocking
 
-from .registry import ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import ResourceError
 
 MODEL = "json-file"
 #: The largest file that is read.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .registry import ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import ResourceError
 
 MODEL = "selective-syncer"
 _FALSE = {"false", "0", "no", "off"}

@@ -25,7 +25,8 @@ from typing import Any
 import psutil
 import trio
 
-from .registry import ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import ResourceError
 
 MODEL = "system"
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import trio
 
-from .registry import ResourceError, ResourceLookup, register_model
+from .registry import ResourceLookup, register_model
+from .resource import ResourceError
 
 MODEL = "wifi-rssi"
 WIRELESS_PATH = "/proc/net/wireless"
