@@ -161,6 +161,8 @@ class CaptureIngest:
             part_id=upload.part_id, file_id=upload.file_id,
             resource_type=h.resource_type, resource_name=h.resource_name, method=h.method,
         )
+        self._ids = (upload.part_id, upload.file_id)
+        self._resource = (h.resource_type, h.resource_name, h.method)
 
     def next_batch(self, batch: int | None = None) -> tuple[list[TabularRow], list[BinaryItem]] | None:
         """Up to `batch` (default BATCH_ROWS) more rows (tabular, binary), or None after the last record."""
@@ -170,19 +172,20 @@ class CaptureIngest:
         h, tags = self.header, tuple(self.header.tags)
         tabular: list[TabularRow] = []
         binary: list[BinaryItem] = []
+        (part_id, file_id), (rtype, rname, method) = self._ids, self._resource
+        is_tabular, params = h.kind is DataKind.TABULAR, self._params
         try:
             for rec in self._items:
-                if isinstance(rec, Damage):
+                if rec.__class__ is not CaptureRecord:
+                    assert isinstance(rec, Damage)
                     raise Rejected(f"capture file is damaged at byte {rec.offset}: {rec.reason}")
-                assert isinstance(rec, CaptureRecord)
                 i = self._index
                 self._index += 1
-                rec_meta = jsonable(rec.metadata or {})
-                if h.kind is DataKind.TABULAR:
-                    tabular.append(TabularRow(
-                        **self._common, record_index=i, requested_ns=rec.requested_ns, received_ns=rec.received_ns,
-                        tags=tags, payload=jsonable(rec.payload), params=self._params, metadata=rec_meta,
-                    ))
+                meta = rec.metadata
+                rec_meta = jsonable(meta) if meta else {}
+                if is_tabular:
+                    tabular.append(TabularRow(part_id, file_id, i, rtype, rname, method, rec.requested_ns,
+                                              rec.received_ns, tags, jsonable(rec.payload), params, rec_meta))
                 else:
                     binary.append(BinaryItem(
                         **self._common, record_index=i,

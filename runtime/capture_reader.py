@@ -152,14 +152,19 @@ def _read_frame(f: IO[bytes], pos: int, size: int, marker: bytes, limit: int) ->
     return body
 
 
-def _decode(body: bytes, limit: int) -> Any:
-    """The one CBOR item that `body` must consist of (raises ValueError otherwise).
+def _decoder(limit: int) -> untrusted_cbor.Decoder:
+    """A decoder for frame bodies of at most `limit` bytes (one per file: it is reused per record).
 
     Files come from other machines (the cloud ingests what parts send), so decoding is the
     bounded one for untrusted input: no shared references or tags but short bignums, bounded depth.
     """
+    return untrusted_cbor.Decoder(max_bytes=limit, max_depth=MAX_RECORD_DEPTH)
+
+
+def _decode(body: bytes, decoder: untrusted_cbor.Decoder) -> Any:
+    """The one CBOR item that `body` must consist of (raises ValueError otherwise)."""
     try:
-        return untrusted_cbor.decode(body, max_bytes=limit, max_depth=MAX_RECORD_DEPTH)
+        return decoder.decode(body)
     except untrusted_cbor.UntrustedCBORError as exc:
         raise ValueError(f"undecodable CBOR: {exc}") from None
 
@@ -177,7 +182,8 @@ def _record(item: Any, binary: bool) -> CaptureRecord | str:
     if type(item) is not list or len(item) < 4:
         return "malformed record: not an array of at least 4 items"
     req, rec, payload, meta = item[0], item[1], item[2], item[3]
-    if (problem := _time_problem(req, "requested_ns") or _time_problem(rec, "received_ns")) is not None:
+    if not (req.__class__ is int and rec.__class__ is int and 0 <= req <= INT64_MAX and 0 <= rec <= INT64_MAX):
+        problem = _time_problem(req, "requested_ns") or _time_problem(rec, "received_ns")
         return f"malformed record: {problem}"
     if binary and type(payload) is not bytes:
         return f"malformed record: binary payload is {type(payload).__name__}, not bytes"
@@ -195,7 +201,7 @@ def record_problem(body: bytes, binary: bool) -> str | None:
     cloud's ingest included) refuses: such a reading is a failed capture, not a file that never syncs.
     """
     try:
-        got = _record(_decode(body, MAX_RECORD_BYTES), binary)
+        got = _record(_decode(body, _decoder(MAX_RECORD_BYTES)), binary)
     except ValueError as exc:
         return str(exc)
     return got if isinstance(got, str) else None
@@ -222,7 +228,7 @@ def _read_header(path: Path, f: IO[bytes], size: int) -> tuple[CaptureHeader, in
     if isinstance(got, str):
         raise CaptureFormatError(path, PREAMBLE_SIZE, f"unreadable header frame: {got}")
     try:
-        header = CaptureHeader.from_dict(_decode(got, MAX_HEADER_BYTES))
+        header = CaptureHeader.from_dict(_decode(got, _decoder(MAX_HEADER_BYTES)))
     except ValueError as exc:
         raise CaptureFormatError(path, PREAMBLE_SIZE, f"unreadable header: {exc}") from None
     if (problem := header_problem(header)) is not None:
@@ -244,6 +250,7 @@ def _walk_open(path: Path | str, f: IO[bytes], size: int) -> Iterator[tuple[int,
     header, pos = _read_header(path, f, size)
     yield 0, pos, header
     binary = header.kind is DataKind.BINARY
+    decoder = _decoder(MAX_RECORD_BYTES)
     count = 0
     while pos < size:
         if count == MAX_RECORDS_PER_FILE:
@@ -255,7 +262,7 @@ def _walk_open(path: Path | str, f: IO[bytes], size: int) -> Iterator[tuple[int,
             return
         count += 1
         try:
-            rec = _record(_decode(got, MAX_RECORD_BYTES), binary)
+            rec = _record(_decode(got, decoder), binary)
         except ValueError as exc:
             rec = f"undecodable record: {exc}"
         if isinstance(rec, str):

@@ -9,6 +9,7 @@ The transport is injectable (an `httpx.ASGITransport` around the cloud app, in t
 
 from __future__ import annotations
 
+import base64
 import logging
 
 import httpx
@@ -140,9 +141,12 @@ class CloudClient:
 
     async def _call(self, method: str, url: str, **kw) -> FileStatus:
         if self._http is None:
-            self._http = httpx.AsyncClient(base_url=self.base_url, auth=self._auth, transport=self._transport,
-                                           timeout=self._timeout,
-                                           headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)})
+            # The Basic credentials as a default header rather than `auth=`: the same header on every
+            # request, without httpx's per-request auth flow (a generator round per request).
+            authorization = "Basic " + base64.b64encode(":".join(self._auth).encode()).decode("ascii")
+            self._http = httpx.AsyncClient(base_url=self.base_url, transport=self._transport, timeout=self._timeout,
+                                           headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+                                                    "Authorization": authorization})
         try:
             resp = await self._http.request(method, url, **kw)
         except httpx.HTTPError as exc:  # connect errors, timeouts, resets mid-body

@@ -65,21 +65,48 @@ def _unknown_tag(tag: cbor2.CBORTag, immutable: bool) -> Any:
 
 def decode(data: bytes, *, max_bytes: int, max_depth: int = 64) -> Any:
     """The one CBOR item ``data`` holds; :class:`UntrustedCBORError` for anything refused above."""
-    if len(data) > max_bytes:
-        raise UntrustedCBORError(f"{len(data)} bytes; at most {max_bytes} are accepted")
-    fp = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(fp, tag_hook=_unknown_tag, semantic_decoders=_SEMANTIC, max_depth=max_depth,
-                                 allow_indefinite=False).decode()
-    except UntrustedCBORError:
-        raise
-    except cbor2.CBORDecodeError as exc:
+    return Decoder(max_bytes=max_bytes, max_depth=max_depth).decode(data)
+
+
+class Decoder:
+    """:func:`decode` for many messages in a row (the records of one file), with one cbor2 decoder
+    reused for all of them: making one costs more than decoding a small reading. Not thread-safe."""
+
+    def __init__(self, *, max_bytes: int, max_depth: int = 64) -> None:
+        self._max_bytes = max_bytes
+        self._max_depth = max_depth
+        self._cbor: cbor2.CBORDecoder | None = None
+
+    def decode(self, data: bytes) -> Any:
+        """The one CBOR item ``data`` holds; :class:`UntrustedCBORError` for anything refused."""
+        if len(data) > self._max_bytes:
+            raise UntrustedCBORError(f"{len(data)} bytes; at most {self._max_bytes} are accepted")
+        fp = io.BytesIO(data)
+        cbor = self._cbor
+        try:
+            if cbor is None:
+                cbor = self._cbor = cbor2.CBORDecoder(fp, tag_hook=_unknown_tag, semantic_decoders=_SEMANTIC,
+                                                      max_depth=self._max_depth, allow_indefinite=False)
+            else:
+                cbor.fp = fp
+            item = cbor.decode()
+        except BaseException as exc:
+            self._cbor = None  # a decoder that stopped half-way is not used again
+            raise _refusal(exc) from None
+        if fp.tell() != len(data):
+            raise UntrustedCBORError(f"{len(data) - fp.tell()} stray bytes after the CBOR item")
+        return item
+
+
+def _refusal(exc: BaseException) -> BaseException:
+    """What to raise for an error out of cbor2: an UntrustedCBORError saying why (other errors as they are)."""
+    if isinstance(exc, UntrustedCBORError):
+        return exc
+    if isinstance(exc, cbor2.CBORDecodeError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, UntrustedCBORError):  # raised inside a semantic decoder, wrapped by cbor2
-            raise cause from None
-        raise UntrustedCBORError(f"not valid CBOR: {exc}") from None
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        raise UntrustedCBORError(f"not valid CBOR: {exc}") from None
-    if fp.tell() != len(data):
-        raise UntrustedCBORError(f"{len(data) - fp.tell()} stray bytes after the CBOR item")
-    return item
+            return cause
+        return UntrustedCBORError(f"not valid CBOR: {exc}")
+    if isinstance(exc, (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError)):
+        return UntrustedCBORError(f"not valid CBOR: {exc}")
+    return exc
