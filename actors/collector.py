@@ -14,10 +14,10 @@ tick captured more than max(LATE_FLOOR_S, LATE_SHARE of a period) after its due 
 A long burst yields to other tasks every BURST_SLICE_S, so a fast collector cannot hold up others.
 
 Direct ticks: when the resource offers a capture that never waits (resource.sync_capture_call,
-e.g. the fake models) and no fault rule is armed, a tabular tick that is the only one due (on
-time or a little late) is taken right in the Metronome's task (`_tick_direct`), without waking
-the collector's task: a task switch and a sleep per reading are more than the reading costs.
-Anything else (a burst, a file switch, a stop or rate change, a disk that refused a write) hands the tick back to the
+e.g. the fake models) and no fault rule is armed, a tabular tick that is on time (even within a
+burst) or late but the only one due is taken right in the Metronome's task (`_tick_direct`),
+without waking the collector's task: a task switch and a sleep per reading are more than the
+reading costs. Anything else (a late burst, a file switch, a stop or rate change, a disk that refused a write) hands the tick back to the
 collector's task, which takes it the usual way. A bug in a direct tick is raised in the
 collector's task, so its supervisor restarts it as for any other failure.
 
@@ -318,11 +318,14 @@ class Collector:
             self.lateness_samples.append(overdue)
 
     def _tick_direct(self) -> float | None:
-        """Take the due tick here, in the Metronome's task, if it needs no waiting and is the only
-        one due; returns when the next tick is due, or None to hand this one to the collector's task.
+        """Take the due tick here, in the Metronome's task, if it needs no waiting; returns when the
+        next tick is due, or None to hand this one to the collector's task.
 
-        A late tick is taken here too as long as the next one is not due yet: were it handed to the
-        task, its task switch would make the next group of collectors later still."""
+        On-time ticks are taken here even when several are due (a fast sensor's burst: the timer
+        takes them in due order, interleaved with other collectors'), and so is a late tick that
+        is the only one due: were it handed to the task, its task switch would make the next group
+        of collectors later still. A late burst (catching up after a stall) goes to the task, which
+        yields to other tasks as it goes."""
         w = self._files.writer
         if (w is None or self._stop_requested or self._regrid_hz is not None or self._out.disk_failing
                 or (self.faults is not None and self.faults.rules)):
@@ -333,9 +336,10 @@ class Collector:
         if now < due:
             return due
         nxt = self._due(k + 1)
-        if now >= nxt:  # a burst: the task takes it, yielding to others as it goes
+        overdue = now - due
+        if now >= nxt and overdue > self._late_after:  # a late burst
             return None
-        self._note_lateness(now - due)
+        self._note_lateness(overdue)
         self._k = k + 1
         try:
             result = self._call_now(self.plan.method, self.plan.params)
