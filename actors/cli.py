@@ -29,12 +29,11 @@ from capsync.runtime.config import (ConfigError, DataManagerAttributes, control_
                                     parse_config)
 from capsync.runtime.logs import LOG_LEVELS, configure_logging, log_level
 from capsync.runtime.sd_notify import SdNotifier
+from capsync.runtime.second_signal import EXIT_INTERRUPTED, exit_on_second_signal
 
 log = logging.getLogger("capsync.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-#: Interrupted again (Ctrl-C) while stopping: the shell's convention for SIGINT.
-EXIT_INTERRUPTED = 130
 DEFAULT_CONTROL_ADDRESS = "127.0.0.1:8791"
 
 
@@ -256,8 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "nothing will be sent")
     try:
         trio.run(_run_until_signal, agent, args.status_interval, notifier)
-    except KeyboardInterrupt:  # a second Ctrl-C while the open files were being finished
-        log.warning("interrupted again while stopping; the next start recovers every open capture file")
+    except KeyboardInterrupt:  # a second Ctrl-C just as the stop ended (during it: _say_interrupted)
+        _say_interrupted()
         return EXIT_INTERRUPTED
     except Exception:
         log.exception("agent failed")
@@ -277,11 +276,16 @@ async def _run_until_signal(agent: Agent, status_interval: float, notifier: SdNo
                 if notifier is not None:
                     notifier.send(STOPPING=1, STATUS="stopping: finishing open capture files")
                 log.info("stopping: finishing open capture files", extra={"signal": signal.Signals(signum).name})
+                exit_on_second_signal(signals, _say_interrupted)
                 nursery.cancel_scope.cancel()
                 break
     stats = agent.statistics()
     log.info("stopped", extra={"captured": stats.captured, "failed": stats.failed,
                                "files": stats.files_finished, "bytes": stats.bytes_written})
+
+
+def _say_interrupted() -> None:
+    log.warning("interrupted again while stopping; the next start recovers every open capture file")
 
 
 async def _log_status(agent: Agent, interval: float) -> None:

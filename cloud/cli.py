@@ -22,8 +22,6 @@ from capsync.runtime.logs import LOG_LEVELS, log_level
 from capsync.cloud.s3_uri import parse_uri
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-#: Interrupted again (Ctrl-C) while stopping: the shell's convention for SIGINT.
-EXIT_INTERRUPTED = 130
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:

@@ -20,7 +20,7 @@ import trio
 from capsync.cloud.app import apply_retention, create_app
 from capsync.cloud.auth import PART_ID_RE, new_secret
 from capsync.cloud.blobs import BlobsUnavailable
-from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, _limits
+from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, _limits
 from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.server import serve
 from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
@@ -28,6 +28,7 @@ from capsync.cloud.store_url import StoreUrlError, check as check_store_url, ope
 from capsync.cloud.timefmt import iso_from_ns
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.logs import configure_logging
+from capsync.runtime.second_signal import EXIT_INTERRUPTED, exit_on_second_signal
 
 log = logging.getLogger("capsync.cloud.cli")
 
@@ -186,8 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         trio.run(_serve_until_signal, args)
-    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
-        print("capsync cloud serve: interrupted while stopping", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C just as the stop ended (during it: _say_interrupted)
+        _say_interrupted()
         return EXIT_INTERRUPTED
     except Exception as exc:
         return _serve_failed(args, _leaf(exc))
@@ -276,5 +277,10 @@ async def _serve(args: argparse.Namespace, scheme: str, store: Any, blobs: Any =
             print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)
             async for signum in signals:
                 log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                exit_on_second_signal(signals, _say_interrupted)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _say_interrupted() -> None:
+    print("capsync cloud serve: interrupted while stopping", file=sys.stderr)
