@@ -17,9 +17,10 @@ Direct ticks: when the resource offers a capture that never waits (resource.sync
 e.g. the fake models) and no fault rule is armed, a tabular tick that is on time (even within a
 burst) or late but the only one due is taken right in the Metronome's task (`_tick_direct`),
 without waking the collector's task: a task switch and a sleep per reading are more than the
-reading costs. Anything else (a late burst, a file switch, a stop or rate change, a disk that refused a write) hands the tick back to the
-collector's task, which takes it the usual way. A bug in a direct tick is raised in the
-collector's task, so its supervisor restarts it as for any other failure.
+reading costs. Anything else (a late burst, a file switch, a stop or rate change, a disk that
+refused a write) hands the tick back to the collector's task, which takes it the usual way. A
+bug in a direct tick is raised in the collector's task, so its supervisor restarts it as for any
+other failure.
 
 A resource call that raises or times out is logged (once per change of error) and counted; the
 collector keeps its schedule. A resource that answers NoCapture ("nothing to capture this time",

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsync.runtime.untrusted_cbor import MAX_BIGNUM_BYTES, UntrustedCBORError, decode
+from capsync.runtime.untrusted_cbor import MAX_BIGNUM_BYTES, Decoder, UntrustedCBORError, decode
 
 SELF_REFERENCE = bytes.fromhex("d81c81d81d00")  # shareable [sharedref(0)]: an array that contains itself
 
@@ -83,3 +83,31 @@ def test_mutated_messages_decode_or_are_refused(value, data):
         decode(bytes(raw), max_bytes=1 << 16)
     except UntrustedCBORError:
         pass
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(json_like.map(cbor2.dumps), st.binary(max_size=40)), min_size=1, max_size=12))
+def test_one_decoder_for_many_messages_answers_each_as_decode_would(messages):
+    # a reused decoder (the records of one file) must carry nothing from one message to the next,
+    # a refused or broken one included
+    many = Decoder(max_bytes=1 << 16, max_depth=16)
+    for raw in messages:
+        try:
+            alone = ("value", decode(raw, max_bytes=1 << 16, max_depth=16))
+        except UntrustedCBORError as exc:
+            alone = ("refused", str(exc))
+        try:
+            reused = ("value", many.decode(raw))
+        except UntrustedCBORError as exc:
+            reused = ("refused", str(exc))
+        assert reused == alone
+
+
+def test_a_reused_decoder_refuses_after_a_nesting_that_stopped_half_way():
+    many = Decoder(max_bytes=100, max_depth=5)
+    with pytest.raises(UntrustedCBORError, match="depth"):
+        many.decode(b"\x81" * 10 + b"\x00")
+    assert many.decode(b"\x81" * 4 + b"\x00") == [[[[0]]]]
+    with pytest.raises(UntrustedCBORError, match="premature end"):
+        many.decode(b"\x82\x01")  # an array of two that ends after one
+    assert many.decode(cbor2.dumps([1, 2])) == [1, 2]
