@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLOUD_MAY_IMPORT = {
     "capsync.runtime.capture_file", "capsync.runtime.sync_protocol", "capsync.runtime.logs", "capsync.runtime.blocking",
     "capsync.runtime.untrusted_cbor",
+    # A second Ctrl-C while stopping ends `cloud serve` as it ends `capsync run`.
+    "capsync.runtime.second_signal",
     # The robot config format itself: `cloud add-part --from-config` reads a robot's cloud.id and secret.
     "capsync.runtime.config",
 }
