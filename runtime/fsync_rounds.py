@@ -97,9 +97,10 @@ class FsyncRounds:
             now = trio.current_time()
             for group in list(self._groups.values()):
                 if group.due <= now:
+                    start = trio.current_time()  # after any other group's round in this pass
                     await self._round(list(group.owners))
-                    group.took = trio.current_time() - now
-                    group.due = now + group.period()
+                    group.took = trio.current_time() - start
+                    group.due = start + group.period()
             self._poke = trio.Event()
             wake = min((g.due for g in self._groups.values()), default=math.inf)
             with trio.move_on_at(wake):
