@@ -132,11 +132,10 @@ class FakeResource:
 
         def capture_now(method: str, params: dict | None = None) -> CaptureResult:
             if self.closed:
-                raise ResourceError(f"{self.type} {self.name!r} is closed")
+                raise self._closed()
             self.calls += 1
             if self.fail_rate and self._fail_rng.random() < self.fail_rate:
-                raise ResourceError(f"{self.type} {self.name!r}: injected failure in {method} "
-                                    f"(fail_rate={self.fail_rate})")
+                raise self._injected_failure(method)
             return fn(params or {})
 
         return capture_now
@@ -148,12 +147,12 @@ class FakeResource:
             raise ResourceError(f"{self.type} {self.name!r} has no capture method {method!r} (methods: {known})")
         # _call_starts, inline: this is the hot path of every fake reading
         if self.closed:
-            raise ResourceError(f"{self.type} {self.name!r} is closed")
+            raise self._closed()
         self.calls += 1
         if self.latency_s:
             await trio.sleep(self.latency_s)
         if self.fail_rate and self._fail_rng.random() < self.fail_rate:
-            raise ResourceError(f"{self.type} {self.name!r}: injected failure in {method} (fail_rate={self.fail_rate})")
+            raise self._injected_failure(method)
         fn, is_async = entry
         if is_async:
             return await fn(params or {})
@@ -168,12 +167,18 @@ class FakeResource:
     async def _call_starts(self, method: str) -> None:
         """What every call does first: refuse when closed, count, wait `latency_ms`, fail at `fail_rate`."""
         if self.closed:
-            raise ResourceError(f"{self.type} {self.name!r} is closed")
+            raise self._closed()
         self.calls += 1
         if self.latency_s:
             await trio.sleep(self.latency_s)
         if self.fail_rate and self._fail_rng.random() < self.fail_rate:
-            raise ResourceError(f"{self.type} {self.name!r}: injected failure in {method} (fail_rate={self.fail_rate})")
+            raise self._injected_failure(method)
+
+    def _closed(self) -> ResourceError:
+        return ResourceError(f"{self.type} {self.name!r} is closed")
+
+    def _injected_failure(self, method: str) -> ResourceError:
+        return ResourceError(f"{self.type} {self.name!r}: injected failure in {method} (fail_rate={self.fail_rate})")
 
     async def close(self) -> None:
         self.closed = True
