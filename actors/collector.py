@@ -175,11 +175,19 @@ class Collector:
         self._rate_t0: float | None = None  # start of the current rate window
         self._rate_c0 = 0
         self._measured_hz: float | None = None
-        #: Fault injection (tests): points tick, before_call, after_call, before_write, after_write,
-        #: and finish (in the background, before files are finished).
-        self.faults: FaultPlan | None = None
+        self._faults: FaultPlan | None = None
         #: When set to a list, the lateness (s) of every tick is appended to it (benchmarks).
         self.lateness_samples: list[float] | None = None
+
+    @property
+    def faults(self) -> FaultPlan | None:
+        """Fault injection (tests): points tick, before_call, after_call, before_write, after_write,
+        and finish (in the background, before files are finished; taken up when `run()` starts)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, plan: FaultPlan | None) -> None:
+        self._faults = self._out.faults = plan
 
     @property
     def ledger(self) -> Counter[str] | None:
@@ -243,7 +251,7 @@ class Collector:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Capture until cancelled or stopped, then finish every file (shielded, time-bounded)."""
-        self._files.faults = self._out.faults = self.faults
+        self._files.faults = self._faults
         async with trio.open_nursery() as background:
             rounds = self._fsync_rounds
             if rounds is None:
@@ -301,9 +309,9 @@ class Collector:
                 due = self._due(k)
                 overdue = now - due
             self._note_lateness(overdue)
-            if self.faults is not None:  # a bug in the collector itself: the supervisor restarts it
-                await self.faults.hit(self.name, "tick")
-            await self._capture_once(self._start_ns + k * self._ns_num // self._ns_den, now)
+            if self._faults is not None:  # a bug in the collector itself: the supervisor restarts it
+                await self._faults.hit(self.name, "tick")
+            await self._capture_once(self._requested_ns(k), now)
             self._k = k + 1
             if now > slice_end:  # a long burst: let other collectors take their ticks
                 await trio.lowlevel.checkpoint()
@@ -329,7 +337,7 @@ class Collector:
         yields to other tasks as it goes."""
         w = self._files.writer
         if (w is None or self._stop_requested or self._regrid_hz is not None or self._out.disk_failing
-                or (self.faults is not None and self.faults.rules)):
+                or (self._faults is not None and self._faults.rules)):
             return None
         k = self._k
         due = self._due(k)
@@ -349,12 +357,16 @@ class Collector:
         except Exception as exc:  # a resource error is data about the robot, not a bug in us
             self._count_failure(f"{type(exc).__name__}: {exc}")
         else:
-            self._take_tabular(w, self._start_ns + k * self._ns_num // self._ns_den, self._wall.now_ns(), result, now)
+            self._take_tabular(w, self._requested_ns(k), self._wall.now_ns(), result, now)
         return nxt
 
     def _due(self, k: int) -> float:
         """Trio time at which tick `k` is due."""
         return self._start + k * self._ns_num / self._ns_den / 1e9
+
+    def _requested_ns(self, k: int) -> int:
+        """Tick `k`'s `requested` time: exactly on the grid, in integer wall-clock nanoseconds."""
+        return self._start_ns + k * self._ns_num // self._ns_den
 
     def _regrid(self, now: float) -> None:
         """A new rate: a new grid through the last tick taken, from its next tick not in the past."""
@@ -379,11 +391,11 @@ class Collector:
             scope.deadline = now + timeout * (1 + TIMEOUT_SLACK)
         self._in_call = True
         try:
-            if self.faults is not None:
-                await self.faults.hit(self.name, "before_call")
+            if self._faults is not None:
+                await self._faults.hit(self.name, "before_call")
             result = await self._call(self.plan.method, self.plan.params)
-            if self.faults is not None:
-                result = await self.faults.hit(self.name, "after_call", result)
+            if self._faults is not None:
+                result = await self._faults.hit(self.name, "after_call", result)
         except NoCapture:  # the resource had nothing to capture this time: not a failure
             self._in_call = False
             self._skipped += 1
