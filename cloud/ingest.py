@@ -161,8 +161,6 @@ class CaptureIngest:
             part_id=upload.part_id, file_id=upload.file_id,
             resource_type=h.resource_type, resource_name=h.resource_name, method=h.method,
         )
-        self._ids = (upload.part_id, upload.file_id)
-        self._resource = (h.resource_type, h.resource_name, h.method)
 
     def next_batch(self, batch: int | None = None) -> tuple[list[TabularRow], list[BinaryItem]] | None:
         """Up to `batch` (default BATCH_ROWS) more rows (tabular, binary), or None after the last record."""
@@ -172,7 +170,9 @@ class CaptureIngest:
         h, tags = self.header, tuple(self.header.tags)
         tabular: list[TabularRow] = []
         binary: list[BinaryItem] = []
-        (part_id, file_id), (rtype, rname, method) = self._ids, self._resource
+        c = self._common
+        part_id, file_id, rtype, rname, method = (c["part_id"], c["file_id"], c["resource_type"],
+                                                  c["resource_name"], c["method"])
         is_tabular, params = h.kind is DataKind.TABULAR, self._params
         try:
             for rec in self._items:

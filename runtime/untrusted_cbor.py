@@ -92,7 +92,10 @@ class Decoder:
             item = cbor.decode()
         except BaseException as exc:
             self._cbor = None  # a decoder that stopped half-way is not used again
-            raise _refusal(exc) from None
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise
+            raise refusal from None
         if fp.tell() != len(data):
             raise UntrustedCBORError(f"{len(data) - fp.tell()} stray bytes after the CBOR item")
         return item
