@@ -160,21 +160,30 @@ class TaskSteps(trio.abc.Instrument):
             self.steps += 1
 
 
-async def _collector_task_steps(tmp_path, **attributes) -> tuple[Collector, int]:
-    """Run one fake sensor's collector at 100 Hz for 10 s on a shared timer; its task's steps."""
+async def _on_shared_timer(tmp_path, seconds: float, attributes: dict | None = None,
+                           also=None) -> tuple[Collector, int]:
+    """Run one fake sensor's collector at 100 Hz for `seconds` on a shared timer, with `also(m, c)`
+    (if given) started beside it; the collector and its task's steps."""
     m, steps = Metronome(), TaskSteps()
-    base = _collector(tmp_path, "sensor", "Readings", 100, attributes=attributes)
+    base = _collector(tmp_path, "sensor", "Readings", 100, attributes=attributes or {})
     c = Collector(base.plan, base._resource, base._settings, base._wall, metronome=m)
     trio.lowlevel.add_instrument(steps)
     try:
         async with trio.open_nursery() as n:
             await n.start(m.run)
             await n.start(c.run)
-            await trio.sleep(10.0 - 1e-3)
+            if also is not None:
+                n.start_soon(also, m, c)
+            await trio.sleep(seconds)
             n.cancel_scope.cancel()
     finally:
         trio.lowlevel.remove_instrument(steps)
     return c, steps.steps
+
+
+async def _collector_task_steps(tmp_path, **attributes) -> tuple[Collector, int]:
+    """Run one fake sensor's collector at 100 Hz for 10 s on a shared timer; its task's steps."""
+    return await _on_shared_timer(tmp_path, 10.0 - 1e-3, attributes)
 
 
 async def test_a_capture_that_never_waits_is_taken_in_the_timer_without_waking_the_collector(tmp_path, autojump_clock):
@@ -197,31 +206,19 @@ async def test_direct_ticks_count_resource_failures_and_keep_the_schedule(tmp_pa
 async def _behind_timer(tmp_path, clock, hold_s: float) -> tuple[Collector, int]:
     """A 100 Hz fake sensor's collector on a timer that is held up `hold_s` just before ten of its
     ticks (another sleeper's ticker that takes that long); the collector and its task's steps."""
-    m, steps = Metronome(), TaskSteps()
-    base = _collector(tmp_path, "sensor", "Readings", 100)
-    c = Collector(base.plan, base._resource, base._settings, base._wall, metronome=m)
     held = []
 
-    def hold() -> float | None:
-        clock.jump(hold_s)
-        held.append(trio.current_time())
-        return c._due((len(held) + 1) * 100) - 1e-6 if len(held) < 10 else None
+    async def holder(m: Metronome, c: Collector) -> None:
+        def hold() -> float | None:
+            clock.jump(hold_s)
+            held.append(trio.current_time())
+            return c._due((len(held) + 1) * 100) - 1e-6 if len(held) < 10 else None
 
-    async def holder() -> None:
         await m.sleeper(hold).until(c._due(100) - 1e-6)
 
-    trio.lowlevel.add_instrument(steps)
-    try:
-        async with trio.open_nursery() as n:
-            await n.start(m.run)
-            await n.start(c.run)
-            n.start_soon(holder)
-            await trio.sleep(12.0)
-            n.cancel_scope.cancel()
-    finally:
-        trio.lowlevel.remove_instrument(steps)
+    c, steps = await _on_shared_timer(tmp_path, 12.0, also=holder)
     assert len(held) == 10
-    return c, steps.steps
+    return c, steps
 
 
 async def test_a_late_tick_alone_is_taken_in_the_timer_and_counted_late(tmp_path, autojump_clock):
