@@ -21,8 +21,9 @@ from capsync.runtime.capture_file import (
     CaptureHeader, CaptureRecord, CaptureWriter, DataKind, new_file_id, read_capture, recover_prog,
 )
 from capsync.testing import fuse_unavailable
+from tests.chaos_ledger import Ledger, damage_prog, file_keys, grid_holes
 from tests.chaos_power import CommitLog, classify_cut_losses, missing_commits
-from tests.chaoskit import ChaosRun, ChaosSettings, Ledger, damage_prog, file_keys, grid_holes, run_chaos
+from tests.chaoskit import ChaosRun, ChaosSettings, run_chaos
 from tests.processkit import Record, local_capture_files
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals to child processes")
