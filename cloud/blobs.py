@@ -17,6 +17,7 @@ acknowledged only after it is written and fsynced.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -196,12 +197,15 @@ _MAX_RUNNING_HASHES = 10_000
 class LocalBlobs:
     """Partial and committed file bytes of every part under one data dir (layout in the module doc)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, shared: bool = False) -> None:
+        """`shared`: other processes (the workers of `serve --workers`) write under `data_dir` too."""
         self.data_dir = Path(data_dir)
         self.uploads_dir = self.data_dir / "uploads"
         self.files_dir = self.data_dir / "files"
         # The SHA-256 of each upload's bytes so far, kept as chunks arrive, so that a commit need not
-        # read a big file back; used only while it covers exactly the bytes on disk.
+        # read a big file back; used only while it covers exactly the bytes on disk. Not when shared:
+        # another process may have rewritten those bytes since, to the same size.
+        self._keep_hashes = not shared
         self._hashes: dict[tuple[str, str], tuple[int, Any]] = {}
         self._hashes_lock = threading.Lock()
 
@@ -247,6 +251,7 @@ class LocalBlobs:
         make_private_dirs_durable(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the size check and the write are one step for every process
             held = os.fstat(fd).st_size
             if held != offset:
                 raise OffsetMismatch(held)
@@ -263,6 +268,8 @@ class LocalBlobs:
             os.close(fd)
 
     def _hash_more(self, key: tuple[str, str], offset: int, data: bytes) -> None:
+        if not self._keep_hashes:
+            return
         with self._hashes_lock:
             size, h = self._hashes.pop(key, (0, None))
             if offset == 0:
@@ -300,7 +307,7 @@ class LocalBlobs:
         src = self.partial_path(part_id, file_id)
         dst = self.final_path(part_id, file_id)
         make_private_dirs_durable(dst.parent)
-        tmp = dst.with_name(f".{file_id}.linking")
+        tmp = dst.with_name(f".{file_id}.{os.getpid()}.linking")  # per process: workers may race here
         tmp.unlink(missing_ok=True)
         os.link(src, tmp)
         os.replace(tmp, dst)
@@ -312,7 +319,7 @@ class LocalBlobs:
         stale committed path from a crash before the store's commit is replaced."""
         dst = self.final_path(part_id, file_id)
         make_private_dirs_durable(dst.parent)
-        tmp = dst.with_name(f".{file_id}.writing")
+        tmp = dst.with_name(f".{file_id}.{os.getpid()}.writing")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)

@@ -13,6 +13,7 @@ interrupted again while stopping.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +23,8 @@ from capsync.runtime.logs import LOG_LEVELS, log_level
 from capsync.cloud.s3_uri import parse_uri
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+#: Most processes `serve --workers` starts.
+MAX_WORKERS = 64
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -63,6 +66,11 @@ def add_cloud_commands(subparsers: Any) -> None:
     s.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
                    help="a reverse proxy in front of this process (repeatable): for its requests the client's "
                         "address is taken from X-Forwarded-For (sign-in budgets are per address)")
+    s.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="serve with N processes on this machine, sharing the port, the store and the file bytes, "
+                        "so that the cloud uses N cores (default 1; see docs/cloud.md)")
+    s.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the parent of --workers N
+    s.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # the parent's listening socket
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO", type=log_level, choices=LOG_LEVELS)
     s.set_defaults(func=_command("cmd_serve"))
@@ -157,6 +165,18 @@ def _add_part_commands(sub: Any) -> None:
                     help="let the old secret work this many seconds more (default 0: stops at once)")
     _store_options(rs)
     rs.set_defaults(func=_command("cmd_rotate_secret"))
+
+
+def _workers(value: str) -> int:
+    """argparse type of --workers: 1 to MAX_WORKERS."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of processes from 1 to {MAX_WORKERS} "
+                                         f"(this machine has {os.cpu_count()} cores)")
+    return n
 
 
 def _blobs_uri(value: str) -> str:

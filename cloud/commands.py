@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,13 +20,14 @@ import trio
 
 from capsync.cloud.app import apply_retention, create_app
 from capsync.cloud.auth import PART_ID_RE, new_secret
-from capsync.cloud.blobs import BlobsUnavailable
+from capsync.cloud.blobs import BlobsUnavailable, LocalBlobs
 from capsync.cloud.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, _limits
 from capsync.cloud.part_admin import PartAdmin
 from capsync.cloud.server import serve
 from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
 from capsync.cloud.store_url import StoreUrlError, check as check_store_url, open_store as store_url_open, store_url
 from capsync.cloud.timefmt import iso_from_ns
+from capsync.cloud.workers import become_worker, run_parent, stop_when_parent_dies
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.logs import configure_logging
 from capsync.runtime.second_signal import EXIT_INTERRUPTED, exit_on_second_signal
@@ -185,6 +187,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreUrlError as exc:
         print(f"capsync cloud serve: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.workers > 1 and args.worker is None:
+        return _serve_workers(args)
+    if args.worker is not None:
+        become_worker(args.worker)
     try:
         trio.run(_serve_until_signal, args)
     except KeyboardInterrupt:  # a second Ctrl-C just as the stop ended (during it: _say_interrupted)
@@ -193,6 +199,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         return _serve_failed(args, _leaf(exc))
     return EXIT_OK
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """`serve --workers N`: the parent of N worker processes (cloud/workers.py)."""
+    scheme = "https" if args.tls_cert else "http"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    try:
+        return run_parent(args, lambda port: f"{scheme}://{host}:{port}", _say_interrupted)
+    except KeyboardInterrupt:
+        _say_interrupted()
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        return _serve_failed(args, exc)
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -258,6 +277,8 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
         blobs = open_blobs(args)
         if blobs is not None:
             await run_blocking(blobs.check)  # and when the object store cannot be used
+        elif args.worker is not None:
+            blobs = LocalBlobs(args.data_dir, shared=True)  # other workers write there too
         await _serve(args, scheme, store, blobs)
     finally:
         if store is not None:
@@ -266,18 +287,23 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
 
 
 async def _serve(args: argparse.Namespace, scheme: str, store: Any, blobs: Any = None) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    worker = args.worker is not None
+    with trio.open_signal_receiver(*((signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM))) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: serve(
                 args.data_dir, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                 store=store, limits=_limits(args), blobs=blobs, trusted_proxies=frozenset(args.trusted_proxy),
+                listen_fd=args.listen_fd, retention_interval_s=math.inf if args.worker else None,  # worker 0 sweeps
                 task_status=task_status,
             ))
+            if worker:
+                nursery.start_soon(stop_when_parent_dies, nursery.cancel_scope)
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)
             async for signum in signals:
                 log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                exit_on_second_signal(signals, _say_interrupted)
+                if not worker:  # a worker's parent owns the hard stop (cloud/workers.py)
+                    exit_on_second_signal(signals, _say_interrupted)
                 nursery.cancel_scope.cancel()
                 break
 

@@ -1,23 +1,30 @@
 """The cloud's Prometheus metrics (`GET /metrics`, docs/cloud.md): requests by route and status,
 what ingest committed, commit latency and store errors, plus the process's CPU and memory.
 
-Each app has a registry of its own (several apps may run in one process, as in tests). Labels are
+Each app has a registry of its own (several apps may run in one process, as in tests). In the
+workers of `serve --workers N` (cloud/workers.py sets PROMETHEUS_MULTIPROC_DIR for them),
+prometheus_client keeps the values in files that every worker's `/metrics` adds up, so a scrape
+through the shared port sees the whole cloud; the per-process CPU and memory are left out there. Labels are
 bounded: routes are the app's route templates (anything unmatched is `other`), never a part id, a
 file id or a path, so a fleet of any size and a hostile client cannot grow the metrics.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 
 from capsync.cloud.store import CommittedFile
 
+#: Where prometheus_client's multiprocess mode keeps its values (set for the workers of `serve --workers`).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 #: Commit latency buckets (seconds): a lone small commit takes milliseconds, a round under load more.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -29,7 +36,9 @@ class CloudMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        ProcessCollector(registry=r)
+        self._multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not self._multiprocess_dir:
+            ProcessCollector(registry=r)
         self.requests = Counter("capsync_cloud_http_requests", "HTTP requests answered, by route template, "
                                 "method and status", ["route", "method", "status"], registry=r)
         self.files = Counter("capsync_cloud_ingest_files", "Files committed (new ones; a repeated commit is "
@@ -57,8 +66,12 @@ class CloudMetrics:
         self.commit_seconds.observe(seconds)
 
     def exposition(self) -> Response:
-        """The registry in the Prometheus text format."""
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        """The registry in the Prometheus text format (every worker's values added up, in a worker)."""
+        registry = self.registry
+        if self._multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self._multiprocess_dir)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def metrics(request: Request) -> Response:

@@ -38,9 +38,13 @@ def seconds_to_next_sweep(now_s: float) -> float:
     return _DAY_S - (now_s % _DAY_S) + RETENTION_AFTER_MIDNIGHT_S
 
 
-def _config(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, graceful_timeout_s: float) -> Config:
+def _config(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, graceful_timeout_s: float,
+            listen_fd: int | None = None) -> Config:
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listen_fd is not None:
+        config.bind = [f"fd://{listen_fd}"]
+    else:
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key")
     if tls_cert is not None and tls_key is not None:
@@ -75,6 +79,7 @@ async def serve(
     limits: UploadLimits | None = None,
     blobs: Blobs | None = None,
     trusted_proxies: frozenset[str] = frozenset(),
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cloud over `data_dir` on host:port until cancelled; `task_status.started(port)`.
@@ -83,14 +88,16 @@ async def serve(
     `tls_cert` and `tls_key` the server speaks HTTPS. Cancellation is a graceful shutdown:
     in-flight requests get `graceful_timeout_s` to finish, then a store serve() opened is closed.
     `limits` are the per-part upload limits (capsync.cloud.limits); `blobs` the file bytes (default:
-    LocalBlobs in `data_dir`); `trusted_proxies` the reverse proxies whose X-Forwarded-For is believed. Retention, and with it the
+    LocalBlobs in `data_dir`); `trusted_proxies` the reverse proxies whose X-Forwarded-For is believed;
+    `listen_fd` an inherited listening socket to accept from instead of binding host:port (a worker
+    of `serve --workers`, cloud/workers.py). Retention, and with it the
     expiry of abandoned uploads, runs at start and daily after UTC midnight; `retention_interval_s` sweeps every
     that many seconds instead (`math.inf`: only on demand, through `capsync.cloud.app.apply_retention`).
     """
     owns_store = store is None
     app = create_app(Path(data_dir), store, limits=limits, blobs=blobs, trusted_proxies=trusted_proxies)
     cloud = app.state.cloud
-    config = _config(host, port, tls_cert, tls_key, graceful_timeout_s)
+    config = _config(host, port, tls_cert, tls_key, graceful_timeout_s, listen_fd)
     shutdown = trio.Event()
     server_scope = trio.CancelScope(shield=True)
 

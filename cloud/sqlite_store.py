@@ -51,6 +51,7 @@ from capsync.cloud.store import (
     ResourceSummary,
     SqlResult,
     StoreStatistics,
+    StoreUnavailable,
     TabularRow,
     UnknownPartError,
     Upload,
@@ -263,10 +264,16 @@ class SqliteStore:
         )
         db.executemany(f"INSERT OR IGNORE INTO tabular ({TABULAR_COLS}) VALUES ({placeholders(TABULAR_COLS)})", trows)
         db.executemany(f"INSERT OR IGNORE INTO binary_items ({BINARY_COLS}) VALUES ({placeholders(BINARY_COLS)})", brows)
+        moved = 0
         for table, staging in (("tabular", "staged_tabular"), ("binary_items", "staged_binary")):
             if c.staged:  # one statement inside SQLite: no Python work per row under the lock
-                db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {staging} WHERE part_id = ? AND file_id = ?", key)
+                moved += db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM {staging} "
+                                    "WHERE part_id = ? AND file_id = ?", key).rowcount
             db.execute(f"DELETE FROM {staging} WHERE part_id = ? AND file_id = ?", key)
+        if c.staged and moved + len(trows) + len(brows) != f.records:
+            # Another worker staging the same file dropped rows of this attempt (serve --workers).
+            raise StoreUnavailable(f"file {f.file_id!r} of part {f.part_id!r} is being committed by another "
+                                   "cloud process at the same time; retry the commit")
         db.execute("DELETE FROM uploads WHERE part_id = ? AND file_id = ?", key)
         return True
 

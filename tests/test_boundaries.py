@@ -22,6 +22,8 @@ CLOUD_MAY_IMPORT = {
     "capsync.runtime.untrusted_cbor",
     # A second Ctrl-C while stopping ends `cloud serve` as it ends `capsync run`.
     "capsync.runtime.second_signal",
+    # `serve --workers` restarts a dead worker with the agent's restart backoff (pure arithmetic).
+    "capsync.runtime.backoff",
     # The robot config format itself: `cloud add-part --from-config` reads a robot's cloud.id and secret.
     "capsync.runtime.config",
 }

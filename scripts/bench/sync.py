@@ -19,6 +19,8 @@ on a real socket:
 - nginx (Debian's, installed on first use as root): the transport baseline that is not capsync,
   nginx taking each file as one `PUT` onto the same disk (its WebDAV module; it does not fsync,
   capsync does), fed by the same bare httpx loop;
+- capsync wN (`--cloud-workers 2`): the agent to `capsync cloud serve --workers N`, N processes on
+  one data dir (SQLite, local file bytes) sharing one port;
 - capsync xN (`--clouds 1,2`): the agent through an nginx load balancer to N cloud processes on one
   PostgreSQL (a throwaway cluster) and one object store (moto's server mode, a stand-in for S3, in
   its own process), the multi-process deployment.
@@ -359,11 +361,12 @@ def measure(root: Path, w: Workload, client: str, uploaders: int, chunks: dict[s
             with ProcessKit(run_dir) as kit:
                 # At the default log level, as a cloud is run: the test kit's debug level logs
                 # every commit, a few percent of the cloud's CPU.
-                cloud = kit.start_cloud(run_dir / "cloud", args=("--log-level", "info"))
+                workers = client.rsplit("w", 1)[1] if client.startswith("capsync w") else "1"
+                cloud = kit.start_cloud(run_dir / "cloud", args=("--log-level", "info", "--workers", workers))
                 secret = add_part(cloud.data_dir, PART)
                 specs = w.copy_to(copy)
                 c0, t0 = _cpu_s([cloud.pid]), time.perf_counter()
-                if client == "capsync":
+                if client.startswith("capsync"):
                     n = trio.run(run_capsync, cloud.url, secret, w, copy, uploaders)
                 elif client == "httpx":
                     n = trio.run(run_httpx, cloud.url, secret, w, copy, specs, uploaders)
@@ -402,6 +405,11 @@ def print_table(results: list[Result]) -> None:
     for r in results:
         if r.client.startswith("capsync x"):
             scale.setdefault((r.workload, r.uploaders), {})[int(r.client.rsplit("x", 1)[1])] = r
+    for r in results:
+        if r.client.startswith("capsync w") and (r.workload, r.uploaders) in ours_by_key:
+            one = ours_by_key[(r.workload, r.uploaders)]
+            print(f"{r.workload}, {r.uploaders} uploaders: serve --workers {r.client.rsplit('w', 1)[1]} / one process = "
+                  f"{r.files_per_s / one.files_per_s:.2f}x files/s")
     for (workload, upl), by_n in scale.items():
         if 1 in by_n:
             for n, r in sorted(by_n.items()):
@@ -423,6 +431,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1, help="measure every combination this many times")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx transport baseline")
     p.add_argument("--no-httpx", action="store_true", help="skip the bare httpx baseline")
+    p.add_argument("--cloud-workers", default="", metavar="N,...",
+                   help="also measure `serve --workers N` (one data dir, SQLite) for each N, e.g. 2")
     p.add_argument("--clouds", default="", metavar="N,M",
                    help="also measure N (and M...) cloud processes on PostgreSQL + the S3 stand-in behind nginx")
     args = p.parse_args()
@@ -434,6 +444,7 @@ def main() -> int:
     clients += [] if args.no_curl or not shutil.which("curl") else ["curl"]
     nginx_missing = None if args.no_nginx else fleet.ensure_nginx()
     clients += [] if args.no_nginx or nginx_missing else ["nginx"]
+    clients += [f"capsync w{int(n)}" for n in args.cloud_workers.split(",") if n]
     clients += [f"capsync x{int(n)}" for n in args.clouds.split(",") if n]
     if nginx_missing and args.clouds:
         p.error(f"--clouds needs nginx as its load balancer: {nginx_missing}")
