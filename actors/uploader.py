@@ -3,6 +3,9 @@
 A file of at most one chunk goes in one request (declaration, bytes and commit together; see
 docs/sync-protocol.md), unless the cloud is older than that route. A bigger one is declared (size,
 sha256), its bytes are sent from the cloud's offset in chunks, and the cloud is asked to commit.
+Chunks start at 1 MiB and grow (`ChunkSizes`) while the link carries them quickly, up to the
+protocol's 8 MiB: a fast link pays one request and one cloud fsync per 8 MiB instead of per MiB,
+a slow or flaky one keeps small chunks, so a cut chunk loses little.
 The uploader deletes the local file only once the cloud answers committed for exactly
 the bytes on disk: the answer must state the size and sha256 the uploader computed from the file,
 and just before the delete the file must still be those bytes: its stamp (inode, size, mtime,
@@ -25,11 +28,13 @@ from pathlib import Path
 import trio
 
 from capsync.runtime.cloud_client import (
-    ChecksumMismatch, CloudClient, CloudUnavailable, OneRequestUnsupported, StaleOffset,
+    ChecksumMismatch, CloudClient, CloudUnavailable, OneRequestUnsupported, StaleOffset, UploadRejected,
 )
 from capsync.runtime.faults import FaultPlan, InjectedNetworkError
 from capsync.runtime.sync_files import SyncFile, file_id_of, fingerprint, hashed_stamp, read_at, stamp
-from capsync.runtime.sync_protocol import DEFAULT_CHUNK_BYTES, FileKind, FileState, FileStatus, UploadStart
+from capsync.runtime.sync_protocol import (
+    DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, FileKind, FileState, FileStatus, UploadStart,
+)
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.see_through import see_through
 
@@ -42,6 +47,35 @@ MAX_FRESH_STARTS = 2
 #: it: well inside the supervisor's shutdown timeout. Abandoning it is harmless (the cloud finishes
 #: the commit; the next start declares the file again and is told it is committed).
 COMMIT_GRACE_S = 2.0
+
+
+class ChunkSizes:
+    """The size of each next chunk of one upload: `start` bytes, doubled after a chunk the cloud
+    acknowledged within GROW_BELOW_S, halved (never below `start`) after one that took longer than
+    SHRINK_ABOVE_S, at most `limit` (MAX_CHUNK_BYTES, or less once a proxy refused a big chunk)."""
+
+    GROW_BELOW_S = 0.25
+    SHRINK_ABOVE_S = 1.0
+
+    def __init__(self, start: int, limit: int) -> None:
+        self.start = start
+        self.limit = max(start, limit)
+        self.size = start
+
+    def took(self, seconds: float) -> None:
+        """Adjust to a chunk of `size` bytes that took `seconds` from sending to its acknowledgement."""
+        if seconds < self.GROW_BELOW_S:
+            self.size = min(self.limit, self.size * 2)
+        elif seconds > self.SHRINK_ABOVE_S:
+            self.size = max(self.start, self.size // 2)
+
+    def refused(self) -> bool:
+        """A chunk of `size` bytes was refused as too large (413): True when a smaller one is worth a
+        try (then the limit is what was sent before); False when `size` was already the start."""
+        if self.size <= self.start:
+            return False
+        self.limit = self.size = self.start
+        return True
 
 
 class UnverifiedCommit(Exception):
@@ -73,12 +107,17 @@ async def _point(faults: FaultPlan | None, actor: str, point: str) -> None:
         raise CloudUnavailable(str(exc)) from exc
 
 
-async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int | None = None,
                       faults: FaultPlan | None = None) -> UploadResult:
     """Upload `f` until the cloud has committed it, then delete it locally.
 
-    With `faults`, the points `before_request` and `before_chunk` of actor `uploader <file_id>` fire.
+    Chunks are sized by ChunkSizes from DEFAULT_CHUNK_BYTES, or are all `chunk_bytes` when given
+    (tests). With `faults`, the points `before_request` and `before_chunk` of actor
+    `uploader <file_id>` fire.
     """
+    sizes = ChunkSizes(chunk_bytes or DEFAULT_CHUNK_BYTES,
+                       chunk_bytes or min(MAX_CHUNK_BYTES, client.max_chunk_bytes))
+    chunk_bytes = sizes.start
     if f.size <= chunk_bytes and client.one_request:
         data, digest, file_id, seen = await run_blocking(_read_small, f, chunk_bytes)  # one hop: read, hash, id
         if data is not None:
@@ -110,11 +149,21 @@ async def upload_file(client: CloudClient, f: SyncFile, *, chunk_bytes: int = DE
             continue
         try:
             if status.offset < size:
-                data = await run_blocking(read_at, f.path, status.offset, chunk_bytes)
+                data = await run_blocking(read_at, f.path, status.offset, sizes.size)
                 if not data:
                     raise OSError(f"{f.path} shrank to {status.offset} bytes while uploading (declared {size})")
                 await _point(faults, actor, "before_chunk")
-                status = await client.send(file_id, status.offset, data)
+                sending = trio.current_time()
+                try:
+                    status = await client.send(file_id, status.offset, data)
+                except UploadRejected as exc:
+                    if exc.status_code != 413 or not sizes.refused():
+                        raise
+                    client.max_chunk_bytes = sizes.limit  # a proxy in between takes no more: remember it
+                    log.info("a chunk was refused as too large; sending smaller chunks to this cloud",
+                             extra={"file_id": file_id, "refused_bytes": len(data), "chunk_bytes": sizes.limit})
+                    continue
+                sizes.took(trio.current_time() - sending)
                 sent += len(data)
             else:
                 await _point(faults, actor, "before_request")

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from capsync.runtime.rpc import warn_plain_text_secret
 from capsync.runtime.sync_protocol import (
+    MAX_CHUNK_BYTES,
     MTIME_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
@@ -91,6 +92,9 @@ class CloudClient:
         self.bytes_sent = 0
         #: False once the cloud answered that it has no one-request upload route (an older cloud).
         self.one_request = True
+        #: The biggest chunk worth sending: lowered when something in between (a proxy's body limit)
+        #: refused a bigger one with 413 (actors/uploader.py ChunkSizes).
+        self.max_chunk_bytes = MAX_CHUNK_BYTES
 
     async def aclose(self) -> None:
         """Close the connection pool; the next call opens a new one (a restarted scheduler reuses us)."""

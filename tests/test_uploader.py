@@ -6,9 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
-from capsync.actors.uploader import upload_file
+from capsync.actors.uploader import ChunkSizes, upload_file
 from capsync.runtime.cloud_client import CloudClient
 from capsync.runtime.sync_files import find_ready_files, stable_file_id
 from capsync.runtime.sync_protocol import FileKind, FileState, UploadStart
@@ -119,3 +120,70 @@ async def test_an_unchanged_file_is_deleted_without_being_read_again(tmp_path, c
     result = await upload_file(client, f)
     assert result.bytes_sent == f.size and not f.path.exists()
     assert (await client.status(file_id)).state is FileState.COMMITTED
+
+
+MIB = 1024 * 1024
+
+
+class _BodyLimit(httpx.AsyncBaseTransport):
+    """In front of the cloud like a proxy: records each chunk's size, answers 413 above `limit` bytes."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int | None) -> None:
+        self.inner, self.limit, self.chunks = inner, limit, []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/data"):
+            size = int(request.headers["content-length"])
+            self.chunks.append(size)
+            if self.limit is not None and size > self.limit:
+                return httpx.Response(413, text="<html>413 Request Entity Too Large</html>")
+        return await self.inner.handle_async_request(request)
+
+
+def test_chunk_sizes_double_while_quick_halve_when_slow_and_fall_back_once_refused():
+    s = ChunkSizes(MIB, 8 * MIB)
+    for expected in (2, 4, 8, 8):
+        s.took(0.01)
+        assert s.size == expected * MIB
+    s.took(ChunkSizes.SHRINK_ABOVE_S + 0.1)
+    assert s.size == 4 * MIB
+    s.took((ChunkSizes.GROW_BELOW_S + ChunkSizes.SHRINK_ABOVE_S) / 2)  # neither quick nor slow: kept
+    assert s.size == 4 * MIB
+    for _ in range(5):
+        s.took(5.0)
+    assert s.size == MIB  # never below the start
+    s.took(0.01)
+    assert s.refused() and (s.size, s.limit) == (MIB, MIB)
+    s.took(0.01)
+    assert s.size == MIB and not s.refused()  # at the start size a 413 is the cloud's own answer
+
+
+async def _behind(tmp_path: Path, limit: int | None) -> tuple[CloudClient, _BodyLimit]:
+    c = InProcessCloud(tmp_path / "cloud")
+    link = _BodyLimit(c.transport, limit)
+    return CloudClient(c.url, "p1", await c.add_part("p1"), transport=link), link
+
+
+async def test_chunks_grow_on_a_quick_link(tmp_path):
+    client, link = await _behind(tmp_path, None)
+    f, file_id = _plain_file(tmp_path, 40 * MIB + 5)
+    result = await upload_file(client, f)
+    assert sum(link.chunks) == f.size == result.bytes_sent
+    assert link.chunks[0] == MIB and max(link.chunks) > MIB  # in-process, a MiB takes milliseconds
+    assert all(b in (MIB, 2 * MIB, 4 * MIB, 8 * MIB) for b in link.chunks[:-1]), link.chunks
+    assert (await client.status(file_id)).state is FileState.COMMITTED
+    await client.aclose()
+
+
+async def test_a_proxy_refusing_big_chunks_gets_1_mib_chunks_from_then_on(tmp_path):
+    client, link = await _behind(tmp_path, MIB)  # nginx's default client_max_body_size 1m
+    f, file_id = _plain_file(tmp_path, 6 * MIB)
+    await upload_file(client, f)
+    assert (await client.status(file_id)).state is FileState.COMMITTED
+    assert link.chunks[:3] == [MIB, 2 * MIB, MIB] and client.max_chunk_bytes == MIB, link.chunks
+    link.chunks.clear()
+    (tmp_path / "second").mkdir()
+    g, _ = _plain_file(tmp_path / "second", 3 * MIB)
+    await upload_file(client, g)
+    await client.aclose()
+    assert link.chunks == [MIB, MIB, MIB]  # remembered: no second refusal
