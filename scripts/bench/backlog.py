@@ -159,6 +159,7 @@ def main() -> int:
     p.add_argument("--watch", type=float, default=20.0, help="seconds to watch the backlog after the first upload")
     p.add_argument("--drain", action="store_true", help="run until the backlog is empty and print the drain rate")
     p.add_argument("--uploaders", type=int, default=None, help="maximum_num_sync_threads (default: the default)")
+    p.add_argument("--cloud-workers", type=int, default=1, metavar="N", help="run the cloud as `serve --workers N`")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="capsync-bench-backlog-"))
     MB = 1 << 20
@@ -170,7 +171,7 @@ def main() -> int:
         n, scan_s = bare_scan(capture)
         print(f"backlog: {n} files written in {gen_s:.1f} s; bare scandir+stat of the tree: {scan_s:.3f} s", flush=True)
         with ProcessKit(root) as kit:
-            cloud = kit.start_cloud(root / "cloud")
+            cloud = kit.start_cloud(root / "cloud", args=("--workers", str(args.cloud_workers)))
             secret = add_part(cloud.data_dir, PART)
             empty_start_s, empty_rss = empty_agent_baseline(kit, root, cloud.url, secret)
             print(f"empty-dir agent: running after {empty_start_s:.2f} s, peak RSS {empty_rss / MB:.0f} MiB", flush=True)
