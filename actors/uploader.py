@@ -71,7 +71,8 @@ class ChunkSizes:
 
     def refused(self) -> bool:
         """A chunk of `size` bytes was refused as too large (413): True when a smaller one is worth a
-        try (then the limit is what was sent before); False when `size` was already the start."""
+        try (size and limit are then `start`, which has always been taken); False when `size` was
+        already `start` (the refusal is the cloud's own)."""
         if self.size <= self.start:
             return False
         self.limit = self.size = self.start
