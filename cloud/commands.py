@@ -27,7 +27,7 @@ from capsync.cloud.server import serve
 from capsync.cloud.store import PartExistsError, StoreUnavailable, UnknownPartError
 from capsync.cloud.store_url import StoreUrlError, check as check_store_url, open_store as store_url_open, store_url
 from capsync.cloud.timefmt import iso_from_ns
-from capsync.cloud.workers import become_worker, run_parent, stop_when_parent_dies
+from capsync.cloud.workers import LISTENING_PREFIX, become_worker, run_parent, stop_when_parent_dies
 from capsync.runtime.blocking import run_blocking
 from capsync.runtime.logs import configure_logging
 from capsync.runtime.second_signal import EXIT_INTERRUPTED, exit_on_second_signal
@@ -203,15 +203,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_workers(args: argparse.Namespace) -> int:
     """`serve --workers N`: the parent of N worker processes (cloud/workers.py)."""
-    scheme = "https" if args.tls_cert else "http"
-    host = f"[{args.host}]" if ":" in args.host else args.host
     try:
-        return run_parent(args, lambda port: f"{scheme}://{host}:{port}", _say_interrupted)
+        return run_parent(args, lambda port: _url(args, port), _say_interrupted)
     except KeyboardInterrupt:
         _say_interrupted()
         return EXIT_INTERRUPTED
     except OSError as exc:
         return _serve_failed(args, exc)
+
+
+def _url(args: argparse.Namespace, port: int) -> str:
+    """The URL `serve` listens on, as it announces it."""
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    return f"{'https' if args.tls_cert else 'http'}://{host}:{port}"
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -268,7 +272,6 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(args: argparse.Namespace) -> None:
-    scheme = "https" if args.tls_cert else "http"
     url = store_url(args)
     store = open_store(args.data_dir, url) if url else None
     try:
@@ -279,14 +282,14 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
             await run_blocking(blobs.check)  # and when the object store cannot be used
         elif args.worker is not None:
             blobs = LocalBlobs(args.data_dir, shared=True)  # other workers write there too
-        await _serve(args, scheme, store, blobs)
+        await _serve(args, store, blobs)
     finally:
         if store is not None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
 
 
-async def _serve(args: argparse.Namespace, scheme: str, store: Any, blobs: Any = None) -> None:
+async def _serve(args: argparse.Namespace, store: Any, blobs: Any = None) -> None:
     worker = args.worker is not None
     with trio.open_signal_receiver(*((signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM))) as signals:
         async with trio.open_nursery() as nursery:
@@ -298,8 +301,7 @@ async def _serve(args: argparse.Namespace, scheme: str, store: Any, blobs: Any =
             ))
             if worker:
                 nursery.start_soon(stop_when_parent_dies, nursery.cancel_scope)
-            host = f"[{args.host}]" if ":" in args.host else args.host
-            print(f"capsync cloud listening on {scheme}://{host}:{port}", flush=True)
+            print(f"{LISTENING_PREFIX}{_url(args, port)}", flush=True)
             async for signum in signals:
                 log.info("stopping", extra={"signal": signal.Signals(signum).name})
                 if not worker:  # a worker's parent owns the hard stop (cloud/workers.py)

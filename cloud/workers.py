@@ -32,8 +32,8 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,7 +50,8 @@ STOP_TIMEOUT_S = 15.0
 #: A worker that ran this long before it died restarts after the shortest backoff again.
 HEALTHY_AFTER_S = 60.0
 _RESTARTS = Backoff(initial=0.5, cap=30.0)
-_LISTENING_PREFIX = "capsync cloud listening on "
+#: How `serve` announces its URL on stdout (a worker's line marks it ready for the parent).
+LISTENING_PREFIX = "capsync cloud listening on "
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -206,9 +207,9 @@ class WorkerPool:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     text = line.decode(errors="replace")
-                    if text.startswith(_LISTENING_PREFIX) and not w.ready.is_set():
+                    if text.startswith(LISTENING_PREFIX):
                         w.ready.set()
-                    elif not text.startswith(_LISTENING_PREFIX):
+                    else:
                         print(text, flush=True)
 
 
@@ -251,6 +252,6 @@ async def _announce(pool: WorkerPool, url: str, everything: trio.CancelScope) ->
         log.error("a cloud worker could not start; stopping the others", extra={"exit_code": pool.failed_to_start})
         everything.cancel()
         return
-    print(f"{_LISTENING_PREFIX}{url}", flush=True)
+    print(f"{LISTENING_PREFIX}{url}", flush=True)
     log.info("cloud workers listening", extra={"url": url, "workers": len(pool.workers),
                                                "pids": [w.process.pid for w in pool.workers if w.process]})
